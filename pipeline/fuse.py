@@ -1,0 +1,289 @@
+"""Audio-visual fusions of one clip: every fusion of the comparison study (seed 000/001) and of
+MultiMAE-DER (seed 004), as pure functions of the clip's face crops and spectrogram images.
+
+Inputs for one clip (S = image size, T = time steps):
+* `faces`  (T, S, S, 3) uint8 face crops at T time steps,
+* `middle` (S, S, 3) uint8 middle-frame face (the 2D recipe),
+* `spec`   (S, S) uint8 whole-clip spectrogram image,
+* `chunks` (T, S, S) uint8 spectrogram chunks aligned in time with the faces.
+
+A spectrogram image becomes 3 channels by repetition wherever it meets an RGB face. Each fusion
+declares its output arrays up front (`fusion_arrays`) so the store can create fixed-shape arrays before
+any clip is computed; `fuse` returns exactly those arrays.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+ArraySpecs = dict[str, tuple[tuple[int, ...], str]]
+"""Output array name -> (shape of one clip, numpy dtype string)."""
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ClipInputs:
+    """The validated inputs of one clip, so each fusion can rely on shapes and dtypes."""
+
+    faces: np.ndarray
+    middle: np.ndarray
+    spec: np.ndarray
+    chunks: np.ndarray
+    clip_id: str
+    seed: int
+
+    @property
+    def size(self) -> int:
+        return self.faces.shape[1]
+
+
+@dataclass(frozen=True)
+class FusionSpec:
+    """One fusion: its CLI name, what it is, the arrays it produces, and how it produces them."""
+
+    name: str
+    description: str
+    arrays: Callable[[int, int], ArraySpecs]
+    build: Callable[[ClipInputs], dict[str, np.ndarray]]
+
+
+# --- shared helpers -----------------------------------------------------------------------------
+
+
+def _rgb(gray: np.ndarray) -> np.ndarray:
+    """A spectrogram image (..., S, S) repeated into 3 channels (..., S, S, 3) to meet an RGB face."""
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def concat224_widths(size: int) -> tuple[int, int]:
+    """(face width, chunk width): 208 + 16 at S=224, the chunk keeping 16/224 of the frame otherwise."""
+    chunk_width = max(1, int(round(16 * size / 224)))
+    if chunk_width >= size:
+        raise ValueError(f"size {size} is too small to squeeze a face beside a spectrogram chunk")
+    return size - chunk_width, chunk_width
+
+
+def _squeeze_width(image: np.ndarray, width: int) -> np.ndarray:
+    """Narrows an (S, S[, C]) image to (S, width[, C]) by area averaging (no aliasing when shrinking)."""
+    return cv2.resize(image, (width, image.shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def _normalise_face(face: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 ImageNet-normalised, what a pretrained image backbone expects."""
+    return (face.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def _normalise_spectrogram(spectrogram: np.ndarray) -> np.ndarray:
+    """uint8 gray -> float32 in [-1, 1], 3 channels; the usual normalisation for non-natural images."""
+    return _rgb((spectrogram.astype(np.float32) / 255.0 - 0.5) / 0.5)
+
+
+# --- side by side, channel stack, sum -------------------------------------------------------------
+
+
+def _concat_arrays(frames: int, size: int) -> ArraySpecs:
+    return {
+        "image": ((size, 2 * size, 3), "uint8"),
+        "video": ((frames, size, 2 * size, 3), "uint8"),
+    }
+
+
+def _concat(clip: ClipInputs) -> dict[str, np.ndarray]:
+    """Face left, spectrogram right, at full resolution each (the study's report: CFAS)."""
+    return {
+        "image": np.concatenate([clip.middle, _rgb(clip.spec)], axis=1),
+        "video": np.concatenate([clip.faces, _rgb(clip.chunks)], axis=2),
+    }
+
+
+def _concat224_arrays(frames: int, size: int) -> ArraySpecs:
+    return {"image": ((size, size, 3), "uint8"), "video": ((frames, size, size, 3), "uint8")}
+
+
+def _squeezed_pair(face: np.ndarray, spectrogram: np.ndarray) -> np.ndarray:
+    """One (S, S, 3) frame: the face squeezed to the left, the spectrogram squeezed to the right."""
+    face_width, chunk_width = concat224_widths(face.shape[0])
+    return np.concatenate(
+        [_squeeze_width(face, face_width), _rgb(_squeeze_width(spectrogram, chunk_width))], axis=1
+    )
+
+
+def _concat224(clip: ClipInputs) -> dict[str, np.ndarray]:
+    """Side by side but still S x S, so a video transformer with a fixed input size takes it as is."""
+    video = np.stack([_squeezed_pair(face, chunk) for face, chunk in zip(clip.faces, clip.chunks)])
+    return {"image": _squeezed_pair(clip.middle, clip.spec), "video": video}
+
+
+def _stack_arrays(frames: int, size: int) -> ArraySpecs:
+    return {"image": ((size, size, 6), "uint8"), "video": ((frames, size, size, 6), "uint8")}
+
+
+def _stack(clip: ClipInputs) -> dict[str, np.ndarray]:
+    """Face in channels 0..2, spectrogram in 3..5: what the seed code actually did."""
+    return {
+        "image": np.concatenate([clip.middle, _rgb(clip.spec)], axis=-1),
+        "video": np.concatenate([clip.faces, _rgb(clip.chunks)], axis=-1),
+    }
+
+
+def _sum_arrays(frames: int, size: int) -> ArraySpecs:
+    return {"image": ((size, size, 3), "float16"), "video": ((frames, size, size, 3), "float16")}
+
+
+def _sum(clip: ClipInputs) -> dict[str, np.ndarray]:
+    """SFAS done right: normalised float inputs added; the seed code added uint8 images, which wrap."""
+    image = _normalise_face(clip.middle) + _normalise_spectrogram(clip.spec)
+    video = _normalise_face(clip.faces) + _normalise_spectrogram(clip.chunks)
+    return {"image": image.astype(np.float16), "video": video.astype(np.float16)}
+
+
+# --- token sequences (MultiMAE-DER) --------------------------------------------------------------
+
+
+def sequence_steps(frames: int) -> int:
+    """K: the sequences take every other of the T steps (0, 2, 4, ...), so both halves span the clip."""
+    return frames // 2
+
+
+def _sequence_arrays(frames: int, size: int) -> ArraySpecs:
+    items = 2 * sequence_steps(frames)
+    return {"video": ((items, size, size, 3), "uint8"), "order": ((items,), "int16")}
+
+
+def _sequence_items(clip: ClipInputs) -> np.ndarray:
+    """(2K, S, S, 3): V_1..V_K then A_1..A_K; an order indexes into this (j < K: V_j, else A_{j-K})."""
+    steps = 2 * np.arange(sequence_steps(len(clip.faces)))
+    return np.concatenate([clip.faces[steps], _rgb(clip.chunks[steps])], axis=0)
+
+
+def _ordered_sequence(order_of: Callable[[int, ClipInputs], np.ndarray]):
+    """A fusion that arranges the 2K items in the order `order_of(K, clip)` and records that order."""
+
+    def build(clip: ClipInputs) -> dict[str, np.ndarray]:
+        order = order_of(sequence_steps(len(clip.faces)), clip).astype(np.int16)
+        return {"video": _sequence_items(clip)[order], "order": order}
+
+    return build
+
+
+def _faces_first(k: int, clip: ClipInputs) -> np.ndarray:
+    return np.arange(2 * k)
+
+
+def _spectrograms_first(k: int, clip: ClipInputs) -> np.ndarray:
+    return np.concatenate([np.arange(k, 2 * k), np.arange(k)])
+
+
+def _interleaved(k: int, clip: ClipInputs) -> np.ndarray:
+    return np.stack([np.arange(k), np.arange(k, 2 * k)], axis=1).reshape(-1)
+
+
+def _random(k: int, clip: ClipInputs) -> np.ndarray:
+    """Seeded from (seed, crc32(clip_id)): reproducible per clip, independent of processing order."""
+    rng = np.random.default_rng([clip.seed, zlib.crc32(clip.clip_id.encode("utf-8"))])
+    return rng.permutation(2 * k)
+
+
+# --- registry and entry points -------------------------------------------------------------------
+
+FUSIONS: dict[str, FusionSpec] = {
+    spec.name: spec
+    for spec in (
+        FusionSpec(
+            "concat", "CFAS: face | spectrogram side by side, each S x S", _concat_arrays, _concat
+        ),
+        FusionSpec(
+            "concat224",
+            "face squeezed to S-round(16S/224) wide | chunk round(16S/224) wide; 208+16 at S=224",
+            _concat224_arrays,
+            _concat224,
+        ),
+        FusionSpec(
+            "stack", "face in channels 0-2, spectrogram in 3-5 (the seed code)", _stack_arrays, _stack
+        ),
+        FusionSpec(
+            "sum", "SFAS in float: ImageNet-normalised face + normalised spectrogram", _sum_arrays, _sum
+        ),
+        FusionSpec(
+            "ffls",
+            "sequence: faces V_1..V_K first, spectrogram chunks A_1..A_K last",
+            _sequence_arrays,
+            _ordered_sequence(_faces_first),
+        ),
+        FusionSpec(
+            "fslf",
+            "sequence: spectrogram chunks A_1..A_K first, faces V_1..V_K last",
+            _sequence_arrays,
+            _ordered_sequence(_spectrograms_first),
+        ),
+        FusionSpec(
+            "ofos",
+            "sequence: V_1 A_1 V_2 A_2 ... alternating",
+            _sequence_arrays,
+            _ordered_sequence(_interleaved),
+        ),
+        FusionSpec(
+            "rfas",
+            "sequence: the 2K items in a random order seeded per clip, stored in 'order'",
+            _sequence_arrays,
+            _ordered_sequence(_random),
+        ),
+    )
+}
+
+
+def get_fusion(name: str) -> FusionSpec:
+    """The registered fusion; an unknown name is an error that lists the valid ones."""
+    try:
+        return FUSIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown fusion {name!r}; valid: {', '.join(FUSIONS)}") from None
+
+
+def fusion_arrays(name: str, frames: int, size: int) -> ArraySpecs:
+    """Per output array: (shape of ONE clip, numpy dtype str), to create store arrays up front."""
+    return get_fusion(name).arrays(frames, size)
+
+
+def fuse(
+    name: str,
+    *,
+    faces: np.ndarray,
+    middle: np.ndarray,
+    spec: np.ndarray,
+    chunks: np.ndarray,
+    clip_id: str,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The fused arrays of one clip, exactly as `fusion_arrays(name, T, S)` declares them."""
+    fusion = get_fusion(name)
+    clip = _validated(faces, middle, spec, chunks, clip_id, seed)
+    return fusion.build(clip)
+
+
+def _validated(
+    faces: np.ndarray, middle: np.ndarray, spec: np.ndarray, chunks: np.ndarray, clip_id: str, seed: int
+) -> ClipInputs:
+    """Checks the inputs agree on T and S and are uint8, so no fusion silently broadcasts or wraps."""
+    if faces.ndim != 4 or faces.shape[3] != 3 or faces.shape[1] != faces.shape[2]:
+        raise ValueError(f"faces must be (T, S, S, 3), got {faces.shape}")
+    frames, size = faces.shape[0], faces.shape[1]
+    expected = {
+        "middle": (middle, (size, size, 3)),
+        "spec": (spec, (size, size)),
+        "chunks": (chunks, (frames, size, size)),
+    }
+    for label, (array, shape) in expected.items():
+        if array.shape != shape:
+            raise ValueError(f"{label} must be {shape} to match faces {faces.shape}, got {array.shape}")
+    for label, array in {"faces": faces, "middle": middle, "spec": spec, "chunks": chunks}.items():
+        if array.dtype != np.uint8:
+            raise ValueError(f"{label} must be uint8, got {array.dtype}")
+    return ClipInputs(faces, middle, spec, chunks, clip_id, seed)

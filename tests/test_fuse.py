@@ -1,0 +1,192 @@
+"""Tests of pipeline.fuse on small synthetic clips whose every time step and modality is recognisable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.fuse import (
+    FUSIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    concat224_widths,
+    fuse,
+    fusion_arrays,
+)
+
+T, S = 6, 16
+K = T // 2
+SEQUENCE_FUSIONS = ("ffls", "fslf", "ofos", "rfas")
+
+
+def make_clip(frames: int = T, size: int = S, clip_id: str = "1001_DFA_ANG_XX") -> dict:
+    """Face t is filled with 10 + t (channel c adds c), chunk t with 100 + t, so every item is unique."""
+    faces = np.zeros((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        faces[t] = 10 + t + np.arange(3, dtype=np.uint8)
+    chunks = np.empty((frames, size, size), dtype=np.uint8)
+    chunks[:] = (100 + np.arange(frames, dtype=np.uint8))[:, None, None]
+    middle = np.full((size, size, 3), 50, dtype=np.uint8)
+    spec = np.full((size, size), 200, dtype=np.uint8)
+    return dict(faces=faces, middle=middle, spec=spec, chunks=chunks, clip_id=clip_id)
+
+
+def face_item(clip: dict, step: int) -> np.ndarray:
+    return clip["faces"][step]
+
+
+def audio_item(clip: dict, step: int) -> np.ndarray:
+    return np.repeat(clip["chunks"][step][..., None], 3, axis=-1)
+
+
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+def test_outputs_match_declared_arrays(name: str) -> None:
+    declared = fusion_arrays(name, T, S)
+    fused = fuse(name, **make_clip())
+    assert set(fused) == set(declared)
+    for key, (shape, dtype) in declared.items():
+        assert fused[key].shape == shape, key
+        assert fused[key].dtype == np.dtype(dtype), key
+
+
+def test_registry_entries_are_described() -> None:
+    assert set(FUSIONS) == {"concat", "concat224", "stack", "sum", *SEQUENCE_FUSIONS}
+    assert all(spec.name == name and spec.description for name, spec in FUSIONS.items())
+
+
+def test_unknown_fusion_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match="concat224.*fslf|fslf.*concat224"):
+        fuse("nope", **make_clip())
+    with pytest.raises(ValueError, match="rfas"):
+        fusion_arrays("nope", T, S)
+
+
+def test_mismatched_inputs_rejected() -> None:
+    clip = make_clip()
+    clip["chunks"] = clip["chunks"][:-1]
+    with pytest.raises(ValueError, match="chunks"):
+        fuse("concat", **clip)
+    clip = make_clip()
+    clip["spec"] = clip["spec"].astype(np.float32)
+    with pytest.raises(ValueError, match="uint8"):
+        fuse("concat", **clip)
+
+
+def test_concat_face_left_spectrogram_right() -> None:
+    clip = make_clip()
+    fused = fuse("concat", **clip)
+    np.testing.assert_array_equal(fused["image"][:, :S], clip["middle"])
+    np.testing.assert_array_equal(fused["image"][:, S:], np.repeat(clip["spec"][..., None], 3, -1))
+    for t in range(T):
+        np.testing.assert_array_equal(fused["video"][t, :, :S], face_item(clip, t))
+        np.testing.assert_array_equal(fused["video"][t, :, S:], audio_item(clip, t))
+
+
+def test_concat224_widths_at_224() -> None:
+    assert concat224_widths(224) == (208, 16)
+    assert concat224_widths(112) == (104, 8)
+    clip = make_clip(frames=2, size=224)
+    fused = fuse("concat224", **clip)
+    assert fused["video"].shape == (2, 224, 224, 3)
+    for t in range(2):
+        face_colour = face_item(clip, t)[0, 0]
+        np.testing.assert_array_equal(fused["video"][t, :, :208], np.broadcast_to(face_colour, (224, 208, 3)))
+        np.testing.assert_array_equal(fused["video"][t, :, 208:], 100 + t)
+    np.testing.assert_array_equal(fused["image"][:, :208], 50)
+    np.testing.assert_array_equal(fused["image"][:, 208:], 200)
+
+
+def test_concat224_squeezes_the_face_rather_than_cropping_it() -> None:
+    clip = make_clip(frames=2, size=224)
+    clip["faces"][:, :, 112:] = 255  # right half of each face white
+    fused = fuse("concat224", **clip)
+    face = fused["video"][0, :, :208, 0]
+    assert np.all(face[:, :100] == 10) and np.all(face[:, 108:] == 255)  # white half kept, narrower
+
+
+def test_stack_channels() -> None:
+    clip = make_clip()
+    fused = fuse("stack", **clip)
+    np.testing.assert_array_equal(fused["image"][..., :3], clip["middle"])
+    assert np.all(fused["image"][..., 3:] == 200)
+    np.testing.assert_array_equal(fused["video"][..., :3], clip["faces"])
+    for t in range(T):
+        np.testing.assert_array_equal(fused["video"][t, ..., 3:], audio_item(clip, t))
+
+
+def expected_sum(face_value: float, spec_value: float) -> np.ndarray:
+    face = (face_value / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return face + (spec_value / 255.0 - 0.5) / 0.5
+
+
+def test_sum_is_normalised_float_sum_without_wraparound() -> None:
+    clip = make_clip()
+    clip["middle"][:] = 200  # 200 + 200 wraps to 144 in uint8
+    fused = fuse("sum", **clip)
+    np.testing.assert_allclose(fused["image"][0, 0], expected_sum(200, 200), rtol=2e-3)
+    np.testing.assert_allclose(fused["image"], np.broadcast_to(expected_sum(200, 200), (S, S, 3)), 2e-3)
+    clip["middle"][:] = 100
+    clip["spec"][:] = 100
+    lower = fuse("sum", **clip)["image"]
+    assert np.all(fused["image"] > lower)  # a wrapped uint8 sum (144 < 200) would invert this
+    video = fuse("sum", **clip)["video"]
+    for channel in range(3):
+        face_value, chunk_value = clip["faces"][1, 0, 0, channel], clip["chunks"][1, 0, 0]
+        expected = expected_sum(float(face_value), float(chunk_value))[channel]
+        np.testing.assert_allclose(video[1, 3, 3, channel], expected, rtol=2e-3)
+
+
+def items_in(video: np.ndarray, clip: dict) -> list[str]:
+    """Names each item of a fused sequence: 'V1'..'VK' faces, 'A1'..'AK' chunks (steps 0, 2, 4, ...)."""
+    catalogue = {f"V{k + 1}": face_item(clip, 2 * k) for k in range(K)}
+    catalogue |= {f"A{k + 1}": audio_item(clip, 2 * k) for k in range(K)}
+    names = []
+    for item in video:
+        matches = [name for name, image in catalogue.items() if np.array_equal(item, image)]
+        assert len(matches) == 1
+        names.append(matches[0])
+    return names
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ffls", ["V1", "V2", "V3", "A1", "A2", "A3"]),
+        ("fslf", ["A1", "A2", "A3", "V1", "V2", "V3"]),
+        ("ofos", ["V1", "A1", "V2", "A2", "V3", "A3"]),
+    ],
+)
+def test_fixed_sequence_orders(name: str, expected: list[str]) -> None:
+    clip = make_clip()
+    fused = fuse(name, **clip)
+    assert items_in(fused["video"], clip) == expected
+    assert order_names(fused["order"]) == expected
+
+
+def order_names(order: np.ndarray) -> list[str]:
+    return [f"V{j + 1}" if j < K else f"A{j - K + 1}" for j in order.tolist()]
+
+
+def test_sequences_span_whole_clip_with_odd_frame_count() -> None:
+    clip = make_clip(frames=7)
+    fused = fuse("ffls", **clip)
+    assert fused["video"].shape[0] == 6
+    np.testing.assert_array_equal(fused["video"][2], face_item(clip, 4))
+
+
+def test_rfas_is_a_recorded_reproducible_permutation() -> None:
+    clip = make_clip(frames=16)
+    k = 8
+    fused = fuse("rfas", **clip, seed=3)
+    order = fused["order"]
+    assert sorted(order.tolist()) == list(range(2 * k))
+    for position, j in enumerate(order.tolist()):
+        expected = face_item(clip, 2 * j) if j < k else audio_item(clip, 2 * (j - k))
+        np.testing.assert_array_equal(fused["video"][position], expected)
+    again = fuse("rfas", **clip, seed=3)
+    np.testing.assert_array_equal(again["order"], order)
+    np.testing.assert_array_equal(again["video"], fused["video"])
+    other_clip = fuse("rfas", **{**clip, "clip_id": "1002_DFA_ANG_XX"}, seed=3)
+    other_seed = fuse("rfas", **clip, seed=4)
+    assert not np.array_equal(other_clip["order"], order)
+    assert not np.array_equal(other_seed["order"], order)
