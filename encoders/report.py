@@ -1,0 +1,305 @@
+"""The paper's comparison table, built from a folder of finished runs.
+
+Each run folder holds a ``metrics.json``; this module averages the test
+metrics over seeds per (encoder type, encoder, modality, fusion) and writes
+``comparison.md`` (Type | Encoder | Audio | Vision | Multimodal),
+``comparison.csv`` (long format) and two bar charts.
+
+Decisions, stated once here:
+
+* Table rows are one per (encoder_type, encoder). A cell whose runs used a
+  fusion (anything but ``none``) names it, ``concat: 0.64 ± 0.01 (...)``; several
+  fusions for one encoder are stacked in the same cell (one line each, ``<br>``),
+  so the unimodal baselines are not repeated on every fusion row.
+* SD is the sample SD over seeds (ddof=1), 0.0 for a single seed; ``n`` is the
+  number of seeds.
+* Ablation runs (``ablate`` set) answer a different question and are left out
+  of the table; the Markdown says how many were.
+* Two runs with the same (type, encoder, modality, fusion, seed) would count a
+  seed twice; the first by path is kept and the rest are reported.
+* Unreadable ``metrics.json`` files (bad JSON, missing keys) are skipped with a
+  warning and listed at the foot of the Markdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from encoders.metrics import mean_sd
+from encoders.plots import plot_comparison
+
+__all__ = ["collect_runs", "comparison_table", "write_report", "REPORTED_METRICS"]
+
+#: Test metrics aggregated over seeds, in the order they are written.
+REPORTED_METRICS: tuple[str, ...] = ("accuracy", "uar", "macro_f1")
+
+REQUIRED_KEYS: tuple[str, ...] = ("encoder", "encoder_type", "modality", "test")
+TABLE_COLUMNS: dict[str, str] = {"audio": "Audio", "vision": "Vision", "av": "Multimodal"}
+TYPE_ORDER: dict[str, int] = {"2D": 0, "3D": 1, "fusion": 2}
+NO_FUSION = "none"
+MISSING = "—"
+CSV_FIELDS: tuple[str, ...] = ("encoder_type", "encoder", "modality", "fusion", "metric", "mean", "sd", "n")
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    """Load one metrics.json and check it has what the table needs; raise ValueError if not."""
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{type(error).__name__}: {error}") from error
+    if not isinstance(run, dict):
+        raise ValueError("top level is not a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in run]
+    if missing:
+        raise ValueError(f"missing keys {missing}")
+    if not isinstance(run["test"], dict):
+        raise ValueError("'test' is not an object")
+    return {**run, "path": str(path)}
+
+
+def _read_runs(runs_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every readable run under ``runs_dir`` (sorted by path) and the unreadable ones with reasons."""
+    runs, skipped = [], []
+    for path in sorted(Path(runs_dir).rglob("metrics.json")):
+        try:
+            runs.append(_read_run(path))
+        except ValueError as error:
+            skipped.append(f"{path}: {error}")
+    return runs, skipped
+
+
+def _warn_skipped(skipped: list[str]) -> None:
+    """One warning naming every skipped file, so none is dropped silently."""
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable metrics.json: " + "; ".join(skipped),
+                      stacklevel=3)
+
+
+def collect_runs(runs_dir: Path) -> list[dict]:
+    """All ``*/metrics.json`` below ``runs_dir`` (recursively, sorted by path).
+
+    Each run dict gains a ``path`` key. Unreadable files are skipped with one
+    warning listing them.
+    """
+    runs, skipped = _read_runs(runs_dir)
+    _warn_skipped(skipped)
+    return runs
+
+
+# --------------------------------------------------------------------------- aggregating
+
+
+def _fusion_of(run: dict[str, Any]) -> str:
+    """The run's fusion, with null/empty spelled 'none'."""
+    fusion = run.get("fusion")
+    return NO_FUSION if fusion in (None, "") else str(fusion)
+
+
+def _cell_key(run: dict[str, Any]) -> tuple[str, str, str, str]:
+    """What a table cell averages over seeds: (type, encoder, modality, fusion)."""
+    return (str(run["encoder_type"]), str(run["encoder"]), str(run["modality"]), _fusion_of(run))
+
+
+def _split_ablations(runs: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """(main runs, ablation runs): ablations have a non-null ``ablate``."""
+    main, ablations = [], []
+    for run in runs:
+        (ablations if run.get("ablate") not in (None, "", False) else main).append(run)
+    return main, ablations
+
+
+def _drop_duplicate_seeds(runs: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+    """Keep the first run (by path) per cell and seed; return the paths dropped."""
+    kept, dropped, seen = [], [], set()
+    for run in sorted(runs, key=lambda item: item.get("path", "")):
+        identity = (*_cell_key(run), run.get("seed"))
+        if identity in seen:
+            dropped.append(run.get("path", repr(identity)))
+            continue
+        seen.add(identity)
+        kept.append(run)
+    return kept, dropped
+
+
+def _aggregate_cell(fusion: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, sd and n per reported metric over the seeds of one cell."""
+    cell: dict[str, Any] = {
+        "fusion": fusion,
+        "n": len(runs),
+        "seeds": sorted((run.get("seed") for run in runs), key=str),
+    }
+    for metric in REPORTED_METRICS:
+        values = [float(run["test"][metric]) for run in runs if run["test"].get(metric) is not None]
+        mean, sd = mean_sd(values) if values else (None, None)
+        cell.update({f"{metric}_mean": mean, f"{metric}_sd": sd, f"{metric}_n": len(values)})
+    return cell
+
+
+def _row_sort_key(key: tuple[str, str]) -> tuple[int, str, str]:
+    """2D, then 3D, then fusion encoders, then anything else; by name within a type."""
+    encoder_type, encoder = key
+    return (TYPE_ORDER.get(encoder_type, len(TYPE_ORDER)), encoder_type, encoder)
+
+
+def comparison_table(runs: list[dict]) -> list[dict]:
+    """One row per (encoder_type, encoder), averaging test metrics over seeds.
+
+    Row: ``{"encoder_type", "encoder", "modalities": {modality: [cell, ...]}}``,
+    one cell per fusion (sorted), each cell holding ``fusion``, ``n``, ``seeds``
+    and ``<metric>_mean``, ``<metric>_sd``, ``<metric>_n`` for accuracy, UAR and
+    macro-F1. Ablation runs and duplicated seeds are left out (see the module
+    docstring); :func:`write_report` reports them.
+    """
+    main_runs, _ = _split_ablations(runs)
+    unique_runs, _ = _drop_duplicate_seeds(main_runs)
+    grouped: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
+    for run in unique_runs:
+        grouped[_cell_key(run)].append(run)
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for (encoder_type, encoder, modality, fusion), cell_runs in sorted(grouped.items()):
+        row = rows.setdefault((encoder_type, encoder),
+                              {"encoder_type": encoder_type, "encoder": encoder, "modalities": {}})
+        row["modalities"].setdefault(modality, []).append(_aggregate_cell(fusion, cell_runs))
+    return [rows[key] for key in sorted(rows, key=_row_sort_key)]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _format_mean_sd(mean: float | None, sd: float | None) -> str:
+    """'0.58 ± 0.02', or the missing mark."""
+    return MISSING if mean is None else f"{mean:.2f} ± {sd:.2f}"
+
+
+def _format_cell(cell: dict[str, Any]) -> str:
+    """'concat: 0.58 ± 0.02 (UAR 0.55 ± 0.03, n=2)'; the fusion prefix only when there is one."""
+    text = (f"{_format_mean_sd(cell['accuracy_mean'], cell['accuracy_sd'])} "
+            f"(UAR {_format_mean_sd(cell['uar_mean'], cell['uar_sd'])}, n={cell['n']})")
+    return text if cell["fusion"] == NO_FUSION else f"{cell['fusion']}: {text}"
+
+
+def _escape_markdown(text: str) -> str:
+    """Keep a '|' in a name from splitting a table cell."""
+    return text.replace("|", "\\|")
+
+
+def _markdown_row(row: dict[str, Any]) -> str:
+    """One table line: Type | Encoder | Audio | Vision | Multimodal."""
+    cells = [_escape_markdown(row["encoder_type"]), _escape_markdown(row["encoder"])]
+    for modality in TABLE_COLUMNS:
+        modality_cells = row["modalities"].get(modality, [])
+        cells.append("<br>".join(_escape_markdown(_format_cell(cell)) for cell in modality_cells) or MISSING)
+    return "| " + " | ".join(cells) + " |"
+
+
+def _notes(rows: list[dict], ablations: list[dict], duplicates: list[str], skipped: list[str]) -> list[str]:
+    """Footnotes for everything that did not make it into the table, and why."""
+    notes = []
+    other = sorted({m for row in rows for m in row["modalities"] if m not in TABLE_COLUMNS})
+    if other:
+        notes.append(f"- Modalities not in the table (see the CSV): {', '.join(other)}.")
+    if ablations:
+        notes.append(f"- {len(ablations)} ablation run(s) (`ablate` set) left out of the table.")
+    if duplicates:
+        listed = ", ".join(f"`{path}`" for path in duplicates)
+        notes.append(f"- {len(duplicates)} duplicate seed run(s) ignored (first by path kept): {listed}")
+    if skipped:
+        notes.append(f"- {len(skipped)} unreadable metrics.json skipped:")
+        notes.extend(f"  - `{reason}`" for reason in skipped)
+    return notes
+
+
+def _markdown(rows: list[dict], notes: list[str], num_runs: int) -> str:
+    """The whole comparison.md text."""
+    header = ["Type", "Encoder", *TABLE_COLUMNS.values()]
+    lines = [
+        "# Encoder comparison",
+        "",
+        f"Test accuracy (WAR) as mean ± sample sd over seeds; UAR in parentheses; n = seeds. "
+        f"Built from {num_runs} run(s). Multimodal cells name their fusion. "
+        "Chance = 1/6 ≈ 0.17 on CREMA-D's 6 classes.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *(_markdown_row(row) for row in rows),
+    ]
+    if not rows:
+        lines.append("| " + " | ".join(MISSING for _ in header) + " |")
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_records(rows: list[dict]) -> list[dict[str, Any]]:
+    """Long format: one line per (row, modality, fusion, metric) with a value."""
+    records = []
+    for row in rows:
+        for modality, cells in row["modalities"].items():
+            for cell in cells:
+                for metric in REPORTED_METRICS:
+                    if cell[f"{metric}_mean"] is None:
+                        continue
+                    records.append({
+                        "encoder_type": row["encoder_type"], "encoder": row["encoder"],
+                        "modality": modality, "fusion": cell["fusion"], "metric": metric,
+                        "mean": cell[f"{metric}_mean"], "sd": cell[f"{metric}_sd"],
+                        "n": cell[f"{metric}_n"],
+                    })
+    return records
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    """comparison.csv with full-precision floats (the Markdown rounds, the CSV does not)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(CSV_FIELDS))
+        writer.writeheader()
+        writer.writerows(_csv_records(rows))
+    return path
+
+
+def write_report(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """Write comparison.md, comparison.csv, comparison_accuracy.png and comparison_uar.png.
+
+    Returns ``{"markdown", "csv", "accuracy_plot", "uar_plot"}`` -> path.
+    """
+    runs, skipped = _read_runs(Path(runs_dir))
+    _warn_skipped(skipped)
+    main_runs, ablations = _split_ablations(runs)
+    _, duplicates = _drop_duplicate_seeds(main_runs)
+    rows = comparison_table(runs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown_path = out_dir / "comparison.md"
+    markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped), len(runs)),
+                             encoding="utf-8")
+    return {
+        "markdown": markdown_path,
+        "csv": _write_csv(out_dir / "comparison.csv", rows),
+        "accuracy_plot": plot_comparison(rows, out_dir / "comparison_accuracy.png", metric="accuracy",
+                                         human_reference=True),
+        "uar_plot": plot_comparison(rows, out_dir / "comparison_uar.png", metric="uar"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m encoders.report RUNS_DIR OUT_DIR``: print the written paths."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", type=Path)
+    parser.add_argument("out_dir", type=Path)
+    arguments = parser.parse_args(argv)
+    for name, path in write_report(arguments.runs_dir, arguments.out_dir).items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

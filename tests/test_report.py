@@ -1,0 +1,261 @@
+"""The comparison report and the figures, from fake run folders with known numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from encoders.plots import plot_comparison, plot_confusion, plot_learning_curve
+from encoders.report import collect_runs, comparison_table, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CREMA_D = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+
+# (encoder_type, encoder, modality, fusion) -> (test accuracy per seed, test UAR per seed)
+# Hand-worked: mean of [0.50, 0.54] = 0.52, sample sd = 0.02 * sqrt(2) = 0.0283 -> "0.03".
+KNOWN_RUNS: dict[tuple[str, str, str, str], tuple[list[float], list[float]]] = {
+    ("2D", "resnet18", "audio", "none"): ([0.50, 0.54], [0.48, 0.50]),
+    ("2D", "resnet18", "vision", "none"): ([0.60, 0.66], [0.58, 0.62]),
+    ("2D", "resnet18", "av", "concat"): ([0.70, 0.72], [0.68, 0.72]),
+    ("3D", "r3d18", "audio", "none"): ([0.40, 0.46], [0.38, 0.40]),
+    ("3D", "r3d18", "vision", "none"): ([0.55, 0.65], [0.50, 0.60]),
+    ("3D", "r3d18", "av", "concat"): ([0.66, 0.70], [0.64, 0.66]),
+}
+EXPECTED_MARKDOWN_ROWS = [
+    "| 2D | resnet18 | 0.52 ± 0.03 (UAR 0.49 ± 0.01, n=2) | 0.63 ± 0.04 (UAR 0.60 ± 0.03, n=2) "
+    "| concat: 0.71 ± 0.01 (UAR 0.70 ± 0.03, n=2) |",
+    "| 3D | r3d18 | 0.43 ± 0.04 (UAR 0.39 ± 0.01, n=2) | 0.60 ± 0.07 (UAR 0.55 ± 0.07, n=2) "
+    "| concat: 0.68 ± 0.03 (UAR 0.65 ± 0.01, n=2) |",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the PNG header, after checking the magic bytes."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _assert_sensible_png(path: Path) -> None:
+    assert path.is_file()
+    width, height = _png_size(path)
+    assert 300 <= width <= 4000 and 200 <= height <= 3000, (width, height)
+
+
+def _write_run(root: Path, name: str, **fields: object) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    path = folder / "metrics.json"
+    path.write_text(json.dumps(fields), encoding="utf-8")
+    return path
+
+
+def _write_known_runs(root: Path) -> None:
+    for (encoder_type, encoder, modality, fusion), (accuracies, uars) in KNOWN_RUNS.items():
+        for seed, (accuracy, uar) in enumerate(zip(accuracies, uars)):
+            _write_run(root / encoder, f"{modality}_{fusion}_seed{seed}", encoder=encoder,
+                       encoder_type=encoder_type, modality=modality, fusion=fusion, seed=seed, ablate=None,
+                       test={"accuracy": accuracy, "uar": uar, "macro_f1": accuracy - 0.01})
+
+
+@pytest.fixture()
+def runs_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    _write_known_runs(root)
+    return root
+
+
+def _history(val_uar: list[float]) -> list[dict]:
+    return [
+        {"epoch": epoch, "train_loss": 1.8 - 0.2 * epoch, "val_loss": 1.7 - 0.1 * epoch,
+         "train_accuracy": 0.2 + 0.1 * epoch, "val_accuracy": uar + 0.02, "val_uar": uar}
+        for epoch, uar in enumerate(val_uar, start=1)
+    ]
+
+
+# --------------------------------------------------------------------------- collect_runs
+
+
+def test_collect_runs_finds_all_runs_sorted_by_path(runs_dir: Path) -> None:
+    runs = collect_runs(runs_dir)
+    assert len(runs) == 12
+    paths = [run["path"] for run in runs]
+    assert paths == sorted(paths)
+    assert all(path.endswith("metrics.json") for path in paths)
+
+
+def test_collect_runs_skips_and_reports_unreadable(runs_dir: Path) -> None:
+    broken = runs_dir / "broken_run"
+    broken.mkdir()
+    (broken / "metrics.json").write_text("{not json", encoding="utf-8")
+    _write_run(runs_dir, "no_test_key", encoder="x", encoder_type="2D", modality="audio")
+    with pytest.warns(UserWarning, match="broken_run") as record:
+        runs = collect_runs(runs_dir)
+    assert len(runs) == 12
+    assert "no_test_key" in str(record[0].message)
+
+
+# --------------------------------------------------------------------------- comparison_table
+
+
+def test_comparison_table_means_and_sds(runs_dir: Path) -> None:
+    rows = comparison_table(collect_runs(runs_dir))
+    assert [(row["encoder_type"], row["encoder"]) for row in rows] == [("2D", "resnet18"), ("3D", "r3d18")]
+    (audio,) = rows[0]["modalities"]["audio"]
+    assert audio["accuracy_mean"] == pytest.approx(0.52)
+    assert audio["accuracy_sd"] == pytest.approx(0.02 * 2**0.5)
+    assert audio["uar_mean"] == pytest.approx(0.49)
+    assert audio["macro_f1_mean"] == pytest.approx(0.51)
+    assert audio["n"] == 2 and audio["seeds"] == [0, 1] and audio["fusion"] == "none"
+    (multimodal,) = rows[1]["modalities"]["av"]
+    assert multimodal["fusion"] == "concat"
+    assert multimodal["accuracy_mean"] == pytest.approx(0.68)
+
+
+def test_comparison_table_leaves_out_ablations_and_duplicate_seeds(runs_dir: Path) -> None:
+    common = {"encoder": "resnet18", "encoder_type": "2D", "modality": "audio", "fusion": "none"}
+    _write_run(runs_dir, "ablation", **common, seed=0, ablate="no_audio", test={"accuracy": 0.99, "uar": 0.99})
+    _write_run(runs_dir, "zz_rerun", **common, seed=1, ablate=None, test={"accuracy": 0.01, "uar": 0.01})
+    (audio,) = comparison_table(collect_runs(runs_dir))[0]["modalities"]["audio"]
+    assert audio["n"] == 2
+    assert audio["accuracy_mean"] == pytest.approx(0.52)
+
+
+def test_single_seed_cell_has_zero_sd(tmp_path: Path) -> None:
+    _write_run(tmp_path, "only", encoder="vit", encoder_type="2D", modality="vision", seed=3,
+               test={"accuracy": 0.61, "uar": 0.57})
+    (cell,) = comparison_table(collect_runs(tmp_path))[0]["modalities"]["vision"]
+    assert (cell["n"], cell["accuracy_sd"], cell["uar_sd"]) == (1, 0.0, 0.0)
+    assert cell["fusion"] == "none"  # a missing fusion key reads as "none"
+
+
+# --------------------------------------------------------------------------- write_report
+
+
+def test_markdown_table_has_the_right_means_and_sds(runs_dir: Path, tmp_path: Path) -> None:
+    paths = write_report(runs_dir, tmp_path / "report")
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    assert "| Type | Encoder | Audio | Vision | Multimodal |" in markdown
+    for expected_row in EXPECTED_MARKDOWN_ROWS:
+        assert expected_row in markdown
+    assert "Notes:" not in markdown
+
+
+def test_missing_cell_is_a_dash(runs_dir: Path, tmp_path: Path) -> None:
+    _write_run(runs_dir, "audio_only", encoder="wav2vec", encoder_type="2D", modality="audio", fusion="none",
+               seed=0, test={"accuracy": 0.5, "uar": 0.4})
+    markdown = write_report(runs_dir, tmp_path / "report")["markdown"].read_text(encoding="utf-8")
+    assert "| 2D | wav2vec | 0.50 ± 0.00 (UAR 0.40 ± 0.00, n=1) | — | — |" in markdown
+
+
+def test_several_fusions_are_named_in_the_multimodal_cell(runs_dir: Path, tmp_path: Path) -> None:
+    for seed, accuracy in enumerate([0.74, 0.78]):
+        _write_run(runs_dir / "resnet18", f"av_gated_seed{seed}", encoder="resnet18", encoder_type="2D",
+                   modality="av", fusion="gated", seed=seed, test={"accuracy": accuracy, "uar": 0.7})
+    markdown = write_report(runs_dir, tmp_path / "report")["markdown"].read_text(encoding="utf-8")
+    assert ("concat: 0.71 ± 0.01 (UAR 0.70 ± 0.03, n=2)<br>gated: 0.76 ± 0.03 (UAR 0.70 ± 0.00, n=2) |"
+            in markdown)
+
+
+def test_csv_round_trips(runs_dir: Path, tmp_path: Path) -> None:
+    paths = write_report(runs_dir, tmp_path / "report")
+    with paths["csv"].open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == ["encoder_type", "encoder", "modality", "fusion", "metric", "mean", "sd", "n"]
+        records = list(reader)
+    assert len(records) == 6 * 3  # 6 cells x (accuracy, uar, macro_f1)
+    by_key = {(r["encoder"], r["modality"], r["fusion"], r["metric"]): r for r in records}
+    for (_, encoder, modality, fusion), (accuracies, uars) in KNOWN_RUNS.items():
+        accuracy = by_key[(encoder, modality, fusion, "accuracy")]
+        assert float(accuracy["mean"]) == pytest.approx(sum(accuracies) / 2, abs=1e-12)
+        assert float(accuracy["sd"]) == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2**0.5, abs=1e-12)
+        assert int(accuracy["n"]) == 2
+        assert float(by_key[(encoder, modality, fusion, "uar")]["mean"]) == pytest.approx(sum(uars) / 2)
+
+
+def test_report_skips_and_lists_unreadable_and_ablations(runs_dir: Path, tmp_path: Path) -> None:
+    broken = runs_dir / "resnet18" / "half_written"
+    broken.mkdir()
+    (broken / "metrics.json").write_text('{"encoder": "resnet18", "tes', encoding="utf-8")
+    _write_run(runs_dir, "ablation", encoder="resnet18", encoder_type="2D", modality="av", fusion="concat",
+               seed=0, ablate="drop_audio", test={"accuracy": 0.3, "uar": 0.3})
+    with pytest.warns(UserWarning, match="half_written"):
+        paths = write_report(runs_dir, tmp_path / "report")
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    assert "1 unreadable metrics.json skipped" in markdown
+    assert "half_written" in markdown
+    assert "1 ablation run(s)" in markdown
+    assert EXPECTED_MARKDOWN_ROWS[0] in markdown  # neither changed the numbers
+
+
+def test_report_writes_both_plots(runs_dir: Path, tmp_path: Path) -> None:
+    paths = write_report(runs_dir, tmp_path / "report")
+    assert set(paths) == {"markdown", "csv", "accuracy_plot", "uar_plot"}
+    assert paths["accuracy_plot"].name == "comparison_accuracy.png"
+    assert paths["uar_plot"].name == "comparison_uar.png"
+    for key in ("accuracy_plot", "uar_plot"):
+        _assert_sensible_png(paths[key])
+    assert paths["accuracy_plot"].read_bytes() != paths["uar_plot"].read_bytes()
+
+
+def test_report_on_empty_folder(tmp_path: Path) -> None:
+    paths = write_report(tmp_path / "nothing_here", tmp_path / "report")
+    assert "Built from 0 run(s)" in paths["markdown"].read_text(encoding="utf-8")
+    _assert_sensible_png(paths["accuracy_plot"])
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def test_plot_confusion_writes_a_png_that_depends_on_the_data(tmp_path: Path) -> None:
+    confusion_a = [[5, 1, 0, 0, 0, 0], [0, 4, 2, 0, 0, 0], [1, 0, 3, 0, 0, 2],
+                   [0, 0, 0, 6, 0, 0], [0, 1, 0, 0, 5, 0], [0, 0, 1, 0, 0, 5]]
+    confusion_b = [row[::-1] for row in confusion_a]
+    path_a = plot_confusion(confusion_a, CREMA_D, tmp_path / "a.png", title="test set")
+    path_b = plot_confusion(confusion_b, CREMA_D, tmp_path / "b.png", title="test set")
+    raw = plot_confusion(confusion_a, CREMA_D, tmp_path / "raw.png", title="test set", normalise=False)
+    for path in (path_a, path_b, raw):
+        _assert_sensible_png(path)
+    assert path_a.read_bytes() != path_b.read_bytes()
+    assert path_a.read_bytes() != raw.read_bytes()
+
+
+def test_plot_confusion_rejects_mismatched_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        plot_confusion([[1, 0], [0, 1]], CREMA_D, tmp_path / "x.png", title="bad")
+
+
+def test_plot_learning_curve_marks_max_val_uar_by_default(tmp_path: Path) -> None:
+    history = _history([0.30, 0.45, 0.52, 0.50, 0.49])
+    default = plot_learning_curve(history, tmp_path / "default.png", title="resnet18 audio")
+    at_three = plot_learning_curve(history, tmp_path / "three.png", title="resnet18 audio", best_epoch=3)
+    at_one = plot_learning_curve(history, tmp_path / "one.png", title="resnet18 audio", best_epoch=1)
+    _assert_sensible_png(default)
+    assert default.read_bytes() == at_three.read_bytes()  # epoch 3 has the highest val_uar
+    assert default.read_bytes() != at_one.read_bytes()
+
+
+def test_plot_learning_curve_differs_when_history_differs(tmp_path: Path) -> None:
+    first = plot_learning_curve(_history([0.3, 0.4, 0.5]), tmp_path / "a.png", title="run")
+    second = plot_learning_curve(_history([0.3, 0.2, 0.1]), tmp_path / "b.png", title="run")
+    assert first.read_bytes() != second.read_bytes()
+    with pytest.raises(ValueError):
+        plot_learning_curve([], tmp_path / "empty.png", title="run")
+
+
+def test_plot_comparison_human_reference_and_data_change_the_image(runs_dir: Path, tmp_path: Path) -> None:
+    rows = comparison_table(collect_runs(runs_dir))
+    plain = plot_comparison(rows, tmp_path / "plain.png")
+    human = plot_comparison(rows, tmp_path / "human.png", human_reference=True)
+    fewer = plot_comparison(rows[:1], tmp_path / "fewer.png")
+    _assert_sensible_png(plain)
+    assert plain.read_bytes() != human.read_bytes()
+    assert plain.read_bytes() != fewer.read_bytes()
