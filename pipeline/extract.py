@@ -1,0 +1,210 @@
+"""The per-clip tasks: pure functions from a clip record to arrays and a status. Dask runs them (run.py).
+
+A clip's timeline comes from its video: the clip is cut into T equal spans, frame i is the frame at the
+centre of span i, and spectrogram chunk i covers exactly span i of the audio, so the two modalities are
+aligned by timestamps rather than by assuming equal lengths (SPEC defect 7). Faces and audio are separate
+feature sets, so a changed mel parameter reuses the faces and vice versa; each task is independent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.audio import MelConfig, MelExtractor, chunk_images, max_mel_frames, spectrogram_image
+from pipeline.faces import FaceConfig, track_faces
+from pipeline.fuse import fuse, fusion_arrays
+from pipeline.media import DecodeError, MediaInfo, decode_audio, decode_frames, probe
+from pipeline.records import ClipRecord
+
+ALGORITHM_VERSION = 1
+"""Bump by hand when a change to this code changes the numbers: it is part of every fingerprint."""
+
+STATUSES = ("ok", "no_face", "no_audio", "decode_error", "too_short", "too_long", "error")
+
+
+@dataclass
+class TaskResult:
+    status: str
+    reason: str = ""
+    arrays: dict[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Timeline:
+    frame_index: np.ndarray  # (T,) int32, the decoded frame per step
+    timestamps: np.ndarray  # (T,) float32 seconds, that frame's start time
+    spans: np.ndarray  # (T, 2) float32 seconds, [start, end) of each step
+    middle_index: int
+
+
+def clip_timeline(info: MediaInfo, steps: int) -> Timeline:
+    edges = np.linspace(0.0, info.duration, steps + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    frame_index = np.minimum((centres * info.fps).astype(np.int64), info.n_frames - 1).astype(np.int32)
+    return Timeline(
+        frame_index=frame_index,
+        timestamps=(frame_index / info.fps).astype(np.float32),
+        spans=np.stack([edges[:-1], edges[1:]], axis=1).astype(np.float32),
+        middle_index=info.n_frames // 2,
+    )
+
+
+def probe_timeline(record: ClipRecord, steps: int, max_duration: float) -> tuple[MediaInfo, Timeline] | TaskResult:
+    """The video's timeline, or the reason this clip cannot have one."""
+    try:
+        info = probe(record.video_path)
+    except DecodeError as err:
+        return TaskResult("decode_error", str(err))
+    if info.n_frames == 0 or info.fps <= 0:
+        return TaskResult("decode_error", "the video stream holds no frames")
+    if info.claimed_duration and info.duration < 0.5 * info.claimed_duration:
+        return TaskResult(
+            "decode_error",
+            f"truncated or corrupt: the container says {info.claimed_duration:.2f} s but only {info.n_frames} frames ({info.duration:.2f} s) are readable",
+        )
+    if info.n_frames < steps:
+        return TaskResult("too_short", f"{info.n_frames} frames, fewer than the {steps} steps asked for")
+    if info.duration > max_duration:
+        return TaskResult("too_long", f"{info.duration:.1f} s, longer than max_duration {max_duration:.0f} s (a take of several clips?)")
+    return info, clip_timeline(info, steps)
+
+
+# ---- faces -----------------------------------------------------------------------------------------------
+def face_arrays(config: FaceConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    t, s = config.frames, config.size
+    return {
+        "crops": ((t, s, s, 3), "uint8"),
+        "middle": ((s, s, 3), "uint8"),
+        "frame_index": ((t,), "int32"),
+        "timestamps": ((t,), "float32"),
+        "boxes": ((t, 4), "float32"),
+        "prob": ((t,), "float32"),
+        "found": ((t,), "bool"),
+        "middle_box": ((4,), "float32"),
+        "video_frames": ((), "int32"),
+        "fps": ((), "float32"),
+    }
+
+
+def face_params(config: FaceConfig) -> dict:
+    return {"stage": "faces", "algorithm": ALGORITHM_VERSION, "detector": detector_weights_hash(), **dataclasses.asdict(config)}
+
+
+def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, device: str = "cpu") -> TaskResult:
+    timeline = probe_timeline(record, config.frames, max_duration)
+    if isinstance(timeline, TaskResult):
+        return timeline
+    info, tl = timeline
+    try:
+        frames = decode_frames(record.video_path, [*tl.frame_index.tolist(), tl.middle_index], info.width, info.height)
+    except DecodeError as err:
+        return TaskResult("decode_error", str(err))
+    track = track_faces(frames[:-1], frames[-1], config, device)
+    if track is None:
+        return TaskResult("no_face", f"no face with probability >= {config.min_prob} in any of the key frames")
+    return TaskResult(
+        "ok",
+        "" if track.found.all() else f"face seen in {int(track.found.sum())} of {config.frames} steps",
+        {
+            "crops": track.crops,
+            "middle": track.middle,
+            "frame_index": tl.frame_index,
+            "timestamps": tl.timestamps,
+            "boxes": track.boxes,
+            "prob": track.prob,
+            "found": track.found,
+            "middle_box": track.middle_box,
+            "video_frames": np.int32(info.n_frames),
+            "fps": np.float32(info.fps),
+        },
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def detector_weights_hash() -> str:
+    """MTCNN's weights are part of what makes the numbers: hash the files shipped in facenet-pytorch."""
+    import hashlib
+    from pathlib import Path
+
+    import facenet_pytorch
+
+    digest = hashlib.sha256()
+    for path in sorted((Path(facenet_pytorch.__file__).parent / "data").glob("*.pt")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# ---- audio -----------------------------------------------------------------------------------------------
+def audio_arrays(config: MelConfig, steps: int, size: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {
+        "mel": ((config.n_mels, max_mel_frames(config)), "float16"),
+        "mel_frames": ((), "int32"),
+        "spec": ((size, size), "uint8"),
+        "chunks": ((steps, size, size), "uint8"),
+        "chunk_valid": ((steps,), "bool"),
+        "spans": ((steps, 2), "float32"),
+        "duration": ((), "float32"),
+    }
+
+
+def audio_params(config: MelConfig, steps: int, size: int) -> dict:
+    return {"stage": "audio", "algorithm": ALGORITHM_VERSION, "steps": steps, "size": size, **dataclasses.asdict(config)}
+
+
+@functools.lru_cache(maxsize=2)
+def mel_extractor(config: MelConfig) -> MelExtractor:
+    """One filterbank per worker process and configuration."""
+    return MelExtractor(config)
+
+
+def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int) -> TaskResult:
+    timeline = probe_timeline(record, steps, config.max_duration)
+    if isinstance(timeline, TaskResult):
+        return timeline
+    info, tl = timeline
+    source = record.audio_path or record.video_path
+    if record.audio_path is None and not info.has_audio:
+        return TaskResult("no_audio", "the video has no audio stream and no WAV was found")
+    try:
+        audio = decode_audio(source, config.sample_rate)
+    except DecodeError as err:
+        return TaskResult("decode_error", str(err))
+    if audio.size == 0 or float(np.abs(audio).max()) < 1e-4:
+        return TaskResult("no_audio", f"{source} holds no audible samples")
+    log_mel = mel_extractor(config).log_mel(audio)
+    chunks, valid = chunk_images(log_mel, tl.spans, config, size)
+    mel = np.full((config.n_mels, max_mel_frames(config)), -config.top_db, np.float16)
+    n = min(log_mel.shape[1], mel.shape[1])
+    mel[:, :n] = log_mel[:, :n]
+    return TaskResult(
+        "ok",
+        "" if valid.all() else f"audio ends before the video: {int((~valid).sum())} of {steps} chunks are silence",
+        {
+            "mel": mel,
+            "mel_frames": np.int32(n),
+            "spec": spectrogram_image(log_mel, size, config.top_db),
+            "chunks": chunks,
+            "chunk_valid": valid,
+            "spans": tl.spans,
+            "duration": np.float32(audio.size / config.sample_rate),
+        },
+    )
+
+
+# ---- fusions ---------------------------------------------------------------------------------------------
+def fusion_params(name: str, faces_fingerprint: str, audio_fingerprint: str, seed: int) -> dict:
+    return {"stage": "fusion", "fusion": name, "faces": faces_fingerprint, "audio": audio_fingerprint, "seed": seed, "algorithm": ALGORITHM_VERSION}
+
+
+def fuse_clip(name: str, faces: dict[str, np.ndarray], audio: dict[str, np.ndarray], clip_id: str, seed: int) -> dict[str, np.ndarray]:
+    return fuse(name, faces=faces["crops"], middle=faces["middle"], spec=audio["spec"], chunks=audio["chunks"], clip_id=clip_id, seed=seed)
+
+
+__all__ = [
+    "TaskResult", "clip_timeline", "extract_faces", "extract_audio", "face_arrays", "audio_arrays",
+    "face_params", "audio_params", "fusion_params", "fuse_clip", "fusion_arrays", "STATUSES",
+]

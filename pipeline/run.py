@@ -1,0 +1,241 @@
+"""Extraction as a whole: plan what is missing, compute it on a Dask cluster, write it into the store.
+
+The orchestration holds no feature logic (that is extract.py): it finds the rows whose feature sets are not
+yet done, submits one task per clip to a cluster of processes (one MTCNN and one mel filterbank per worker,
+loaded once), and writes results from this process alone, a shard's worth at a time. Fusions are then derived
+from the stored crops and chunks, so a fusion asked for later costs no decoding and no detection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.audio import MelConfig
+from pipeline.extract import (
+    TaskResult, audio_arrays, audio_params, extract_audio, extract_faces, face_arrays, face_params, fuse_clip,
+    fusion_arrays, fusion_params,
+)
+from pipeline.faces import FaceConfig
+from pipeline.records import ClipRecord
+from stores.integrity import write_checksums
+from stores.lock import WriterLock
+from stores.provenance import provenance
+from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, store_exists
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """What to compute. Defaults are the comparison study's values."""
+
+    faces: FaceConfig = FaceConfig()
+    mel: MelConfig = MelConfig()
+    fusions: tuple[str, ...] = ("concat",)
+    fusion_seed: int = 0  # orders the rfas sequences
+
+
+@dataclass
+class ExtractSummary:
+    clips: int
+    computed: int
+    skipped: int
+    status: Counter = field(default_factory=Counter)
+    failures: dict[str, str] = field(default_factory=dict)
+    feature_sets: list[str] = field(default_factory=list)
+    faces_computed: int = 0
+    audio_computed: int = 0
+    fusions_computed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str) -> tuple[TaskResult | None, TaskResult | None]:
+    """The Dask task. An unexpected exception becomes status `error` (retried by the next run), never a crash."""
+    import torch
+
+    torch.set_num_threads(1)  # one core per worker process; parallelism comes from the processes
+    results = []
+    for wanted, task in ((want_faces, lambda: extract_faces(record, config.faces, config.mel.max_duration, device)),
+                         (want_audio, lambda: extract_audio(record, config.mel, config.faces.frames, config.faces.size))):
+        if not wanted:
+            results.append(None)
+            continue
+        try:
+            results.append(task())
+        except Exception as err:  # noqa: BLE001 - recorded per clip with its message, by policy
+            results.append(TaskResult("error", f"{type(err).__name__}: {err}"))
+    return results[0], results[1]
+
+
+def open_writer(location: str, dataset: str, class_names: list[str], split_seed: int) -> FeatureStore:
+    if store_exists(location):
+        store = FeatureStore.open(location, mode="r+")
+        if store.info["dataset"] != dataset:
+            raise ValueError(f"store '{location}' holds dataset '{store.info['dataset']}', not '{dataset}'; use another --store")
+        return store
+    return FeatureStore.create(location, dataset=dataset, class_names=class_names, split_seed=split_seed)
+
+
+def run_extract(
+    records: list[ClipRecord], location: str | Path, config: ExtractConfig, *, dataset: str, class_names: list[str],
+    split_seed: int = 0, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
+    commit_every: int = SHARD_ROWS,
+) -> ExtractSummary:
+    """Compute what the store lacks for `records` and commit it, `commit_every` clips at a time.
+
+    A smaller `commit_every` loses less work to a crash but rewrites each shard more often.
+    """
+    started = time.perf_counter()
+    location = str(location)
+    Path(location).mkdir(parents=True, exist_ok=True)
+    with WriterLock(Path(location)):
+        remove_partial_files(Path(location))
+        store = open_writer(location, dataset, class_names, split_seed)
+        rows = store.add_clips(records)
+        store.set_splits(rows, [r.split for r in records], split_seed)
+        who = provenance(device=device)
+        faces = store.ensure_feature_set("faces", face_params(config.faces), face_arrays(config.faces), who)
+        audio = store.ensure_feature_set(
+            "audio", audio_params(config.mel, config.faces.frames, config.faces.size),
+            audio_arrays(config.mel, config.faces.frames, config.faces.size), who,
+        )
+        todo_faces, todo_audio = ~faces.done()[rows], ~audio.done()[rows]
+        todo = np.flatnonzero(todo_faces | todo_audio)
+        summary = ExtractSummary(
+            clips=len(records), computed=len(todo), skipped=len(records) - len(todo),
+            faces_computed=int(todo_faces.sum()), audio_computed=int(todo_audio.sum()),
+        )
+        summary.feature_sets = [faces.name, audio.name]
+        if len(todo):
+            tasks = [(rows[i], records[i], bool(todo_faces[i]), bool(todo_audio[i])) for i in todo]
+            results = compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress)
+            write_results(store, faces, audio, results, commit_every=commit_every)
+        for name in config.fusions:
+            fused, n = materialise_fusion(store, name, faces, audio, seed=config.fusion_seed, progress=progress, who=who)
+            summary.feature_sets.append(fused.name)
+            summary.fusions_computed += n
+        for feature_set in (faces, audio):
+            status = feature_set.status()[rows]
+            summary.status.update(f"{feature_set.kind}:{s}" for s in status)
+        clip_ids = np.asarray([r.clip_id for r in records])
+        for feature_set in (faces, audio):
+            status, reason = feature_set.status()[rows], feature_set["reason"][:][rows]
+            for clip_id, s, why in zip(clip_ids, status, reason):
+                if s != "ok":
+                    summary.failures.setdefault(clip_id, f"{feature_set.kind} {s}: {why}")
+        write_checksums(Path(location))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None, device: str, progress: bool):
+    """Yield (row, faces_result, audio_result) as clips finish, from a Dask cluster (or in-process for workers=0)."""
+    bar = tqdm(total=len(tasks), desc="extract", unit="clip", disable=not progress, file=sys.stderr)
+    if workers == 0 and scheduler is None:
+        for row, record, want_faces, want_audio in tasks:
+            yield (row, *process_clip(record, config, want_faces, want_audio, device))
+            bar.update()
+        bar.close()
+        return
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    repo = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+    client = Client(cluster or scheduler)
+    try:
+        futures = {client.submit(process_clip, record, config, wf, wa, device, pure=False, retries=2): row for row, record, wf, wa in tasks}
+        for future in as_completed(futures):
+            yield (futures[future], *future.result())
+            future.release()
+            bar.update()
+    finally:
+        bar.close()
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int) -> None:
+    """Buffer finished clips and commit them `commit_every` at a time (by default a shard's worth, so a shard
+    is rewritten once rather than once per clip)."""
+    pending: dict[str, list] = {"faces": [], "audio": []}
+    for row, face_result, audio_result in results:
+        for kind, result in (("faces", face_result), ("audio", audio_result)):
+            if result is not None and result.status != "error":
+                pending[kind].append((row, result))
+            elif result is not None:
+                log.warning("clip row %d: %s (will be retried by the next run)", row, result.reason)
+        for kind, feature_set in (("faces", faces), ("audio", audio)):
+            if len(pending[kind]) >= commit_every:
+                flush(store, feature_set, pending[kind])
+                pending[kind] = []
+    flush(store, faces, pending["faces"])
+    flush(store, audio, pending["audio"])
+
+
+def flush(store: FeatureStore, feature_set: FeatureSet, items: list) -> None:
+    if not items:
+        return
+    specs = {name: feature_set[name] for name in feature_set.group.array_keys() if name not in ("status", "reason", "done")}
+    arrays = {name: np.zeros((len(items), *array.shape[1:]), array.dtype) for name, array in specs.items()}
+    for k, (_, result) in enumerate(items):
+        for name, value in (result.arrays or {}).items():
+            arrays[name][k] = value
+    store.write_rows(
+        feature_set, np.asarray([row for row, _ in items]), arrays,
+        [result.status for _, result in items], [result.reason for _, result in items],
+    )
+
+
+def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio: FeatureSet, *, seed: int, progress: bool, who: dict) -> tuple[FeatureSet, int]:
+    """Derive fusion `name` for every row whose faces and audio are ok, from the stored arrays; cached."""
+    frames, size = faces.params["frames"], faces.params["size"]
+    fused = store.ensure_feature_set("fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, seed), fusion_arrays(name, frames, size), who)
+    clip_ids = store.root["clips/clip_id"][:]
+    both_ok = faces.ok() & audio.ok()
+    done = fused.done()
+    todo = np.flatnonzero(~done & (faces.done() & audio.done()))
+    bar = tqdm(total=len(todo), desc=f"fusion {name}", unit="clip", disable=not progress or not len(todo), file=sys.stderr)
+    for start in range(0, len(todo), SHARD_ROWS):
+        rows = todo[start : start + SHARD_ROWS]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        face_data = {k: faces[k][lo:hi] for k in ("crops", "middle")}
+        audio_data = {k: audio[k][lo:hi] for k in ("spec", "chunks")}
+        outputs = {k: np.zeros((len(rows), *fused[k].shape[1:]), fused[k].dtype) for k in fusion_arrays(name, frames, size)}
+        status, reason = [], []
+        for k, row in enumerate(rows):
+            if not both_ok[row]:
+                status.append("skipped")
+                reason.append("faces or audio not ok for this clip")
+                continue
+            one = fuse_clip(name, {key: v[row - lo] for key, v in face_data.items()}, {key: v[row - lo] for key, v in audio_data.items()}, str(clip_ids[row]), seed)
+            for key, value in one.items():
+                outputs[key][k] = value
+            status.append("ok")
+            reason.append("")
+        store.write_rows(fused, rows, outputs, status, reason)
+        bar.update(len(rows))
+    bar.close()
+    return fused, len(todo)
+
+
+def remove_partial_files(location: Path) -> None:
+    """A writer killed mid-write leaves Zarr's temporary `*.partial` files; they were never visible."""
+    for path in location.rglob("*.partial"):
+        path.unlink(missing_ok=True)

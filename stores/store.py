@@ -1,0 +1,231 @@
+"""The feature store: one Zarr (format 3) group per dataset, readable with plain `zarr`.
+
+Layout::
+
+    <store>/                     attrs["avstore"]: format version, dataset, class names, split seed
+      clips/                     one row per clip, in the order clips were first added (never reordered)
+        clip_id label emotion speaker sentence intensity split video_path broken extra_json
+      features/<kind>-<fp>/      a feature set: kind is faces | audio | fusion-<name>; fp the fingerprint
+        <arrays>                 row r belongs to clip r; attrs: params, fingerprint, versions, who, when
+        status reason            per row: ok / no_face / no_audio / decode_error / too_short / too_long
+        done                     per row, 1 once every array of that row is written: the commit marker
+
+Why so: rows are written data first and `done` last, so a reader that selects `done == 1` never sees a half
+written clip, and a killed run resumes by redoing rows whose `done` is 0. Large arrays hold one clip per
+inner chunk inside shards of SHARD_ROWS clips (few files on NFS or object storage, one chunk read per
+sample). Exactly one process writes (the extract's client; see WriterLock).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import zarr
+
+from stores.fingerprint import fingerprint
+
+FORMAT_VERSION = 1
+SHARD_ROWS = 32
+META_CHUNK_ROWS = 4096
+CLIP_COLUMNS = ("clip_id", "label", "emotion", "speaker", "sentence", "intensity", "split", "video_path", "broken", "extra_json")
+
+
+class StoreError(ValueError):
+    """The store is missing, of another format, or lacks what was asked; the message says what to do."""
+
+
+ArraySpec = dict[str, tuple[tuple[int, ...], str]]
+"""Array name -> (shape of one clip's entry, dtype). Dtype "str" is a variable-length UTF-8 string."""
+
+
+@dataclass
+class FeatureSet:
+    name: str
+    group: zarr.Group
+
+    @property
+    def kind(self) -> str:
+        return self.group.attrs["kind"]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.group.attrs["params"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.group.attrs["fingerprint"]
+
+    def done(self) -> np.ndarray:
+        return self.group["done"][:].astype(bool)
+
+    def status(self) -> np.ndarray:
+        return self.group["status"][:]
+
+    def ok(self) -> np.ndarray:
+        """Rows committed with status ok."""
+        return self.done() & (self.status() == "ok")
+
+    def __getitem__(self, array: str) -> zarr.Array:
+        return self.group[array]
+
+
+def _is_big(shape: tuple[int, ...]) -> bool:
+    return int(np.prod(shape)) >= 4096
+
+
+def _create_array(group: zarr.Group, name: str, n_rows: int, clip_shape: tuple[int, ...], dtype: str) -> zarr.Array:
+    shape = (n_rows, *clip_shape)
+    if dtype == "str":
+        return group.create_array(name, shape=shape, dtype=str, chunks=(META_CHUNK_ROWS, *clip_shape), fill_value="")
+    if _is_big(clip_shape):
+        return group.create_array(
+            name, shape=shape, dtype=dtype, chunks=(1, *clip_shape), shards=(SHARD_ROWS, *clip_shape), fill_value=0,
+            config={"write_empty_chunks": False},
+        )
+    return group.create_array(name, shape=shape, dtype=dtype, chunks=(META_CHUNK_ROWS, *clip_shape), fill_value=0)
+
+
+class FeatureStore:
+    """A store opened for reading (default) or, by the extract command, for writing."""
+
+    def __init__(self, group: zarr.Group, location: str, writable: bool):
+        self.root = group
+        self.location = location
+        self.writable = writable
+
+    # ---- opening -------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, location: str | Path, *, mode: str = "r") -> "FeatureStore":
+        """Open an existing store; `mode="r"` for consumers (the default), "r+" for the writer."""
+        location = str(location)
+        try:
+            group = zarr.open_group(location, mode=mode, zarr_format=3)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise StoreError(f"no avstore store at '{location}'; run `python cli.py extract` first or check --store") from None
+        info = group.attrs.get("avstore")
+        if not info:
+            raise StoreError(f"'{location}' is a Zarr group but not an avstore store (no 'avstore' attribute)")
+        if info.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"'{location}' has store format {info.get('format_version')}, this avstore reads {FORMAT_VERSION}; re-extract it")
+        return cls(group, location, writable=mode != "r")
+
+    @classmethod
+    def create(cls, location: str | Path, *, dataset: str, class_names: Iterable[str], split_seed: int) -> "FeatureStore":
+        location = str(location)
+        group = zarr.open_group(location, mode="a", zarr_format=3)  # the folder may hold our lock file already
+        group.attrs["avstore"] = {
+            "format_version": FORMAT_VERSION,
+            "dataset": dataset,
+            "class_names": list(class_names),
+            "split_seed": split_seed,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        clips = group.create_group("clips")
+        for column in CLIP_COLUMNS:
+            _create_array(clips, column, 0, (), "int16" if column == "label" else "str")
+        group.create_group("features")
+        return cls(group, location, writable=True)
+
+    # ---- the clip table --------------------------------------------------------------------------------
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.root.attrs["avstore"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info["class_names"])
+
+    def __len__(self) -> int:
+        return self.root["clips/clip_id"].shape[0]
+
+    def clip_table(self) -> dict[str, np.ndarray]:
+        return {column: self.root[f"clips/{column}"][:] for column in CLIP_COLUMNS}
+
+    def add_clips(self, records: list) -> np.ndarray:
+        """Rows of `records` in the store; clips new to the store are appended and every feature set grows."""
+        existing = {clip_id: row for row, clip_id in enumerate(self.root["clips/clip_id"][:])}
+        new = [r for r in records if r.clip_id not in existing]
+        if new:
+            start = len(self)
+            rows = np.arange(start, start + len(new))
+            for column in CLIP_COLUMNS:
+                array = self.root[f"clips/{column}"]
+                array.resize((start + len(new),))
+                values = [_column_value(r, column) for r in new]
+                array[start:] = np.asarray(values, dtype=np.int16 if column == "label" else object)
+            for feature_set in self.feature_sets():
+                for array in feature_set.group.array_values():
+                    array.resize((start + len(new), *array.shape[1:]))
+            existing.update({r.clip_id: int(row) for r, row in zip(new, rows)})
+        return np.asarray([existing[r.clip_id] for r in records], dtype=np.int64)
+
+    def set_splits(self, rows: np.ndarray, splits: list[str], seed: int) -> None:
+        array = self.root["clips/split"]
+        values = array[:]
+        values[rows] = splits
+        array[:] = values
+        info = dict(self.info)
+        info["split_seed"] = seed
+        self.root.attrs["avstore"] = info
+
+    # ---- feature sets ----------------------------------------------------------------------------------
+    def feature_sets(self, kind: str | None = None) -> list[FeatureSet]:
+        sets = [FeatureSet(name, group) for name, group in sorted(self.root["features"].groups())]
+        return [s for s in sets if kind is None or s.kind == kind]
+
+    def find(self, kind: str, params: dict[str, Any]) -> FeatureSet | None:
+        name = f"{kind}-{fingerprint(params)}"
+        return FeatureSet(name, self.root[f"features/{name}"]) if name in self.root["features"] else None
+
+    def ensure_feature_set(self, kind: str, params: dict[str, Any], arrays: ArraySpec, provenance: dict[str, Any]) -> FeatureSet:
+        """The feature set for `params`, created (schema first, before any clip is computed) if missing."""
+        found = self.find(kind, params)
+        if found is not None:
+            return found
+        fp = fingerprint(params)
+        group = self.root["features"].create_group(f"{kind}-{fp}")
+        group.attrs.update({"kind": kind, "fingerprint": fp, "params": json.loads(json.dumps(params)), **provenance})
+        n = len(self)
+        for name, (clip_shape, dtype) in {**arrays, "status": ((), "str"), "reason": ((), "str"), "done": ((), "uint8")}.items():
+            _create_array(group, name, n, tuple(clip_shape), dtype)
+        return FeatureSet(f"{kind}-{fp}", group)
+
+    # ---- writing rows ------------------------------------------------------------------------------------
+    def write_rows(self, feature_set: FeatureSet, rows: np.ndarray, arrays: dict[str, np.ndarray], status: list[str], reason: list[str]) -> None:
+        """Write rows' arrays, then their status, then mark them done: the order readers rely on."""
+        order = np.argsort(rows)
+        rows = np.asarray(rows)[order]
+        for name, values in arrays.items():
+            _write_rows(feature_set[name], rows, np.asarray(values)[order])
+        _write_rows(feature_set["status"], rows, np.asarray(status, dtype=object)[order])
+        _write_rows(feature_set["reason"], rows, np.asarray(reason, dtype=object)[order])
+        _write_rows(feature_set["done"], rows, np.ones(len(rows), np.uint8))
+
+
+def _write_rows(array: zarr.Array, rows: np.ndarray, values: np.ndarray) -> None:
+    """Runs of consecutive rows go in one slice assignment each, so a shard is rewritten once per run."""
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end] != rows[end - 1] + 1:
+            array[int(rows[start]) : int(rows[end - 1]) + 1] = values[start:end]
+            start = end
+
+
+def _column_value(record: Any, column: str) -> Any:
+    if column == "extra_json":
+        return json.dumps(record.extra, sort_keys=True)
+    value = getattr(record, column)
+    return "" if value is None else value
+
+
+def store_exists(location: str | Path) -> bool:
+    try:
+        zarr.open_group(str(location), mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return False
+    return True

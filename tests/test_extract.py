@@ -1,0 +1,232 @@
+"""Extraction end to end through the CLI, with a real Dask cluster, real ffmpeg, real MTCNN, real Zarr."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline.corpora.sample import write_sample_corpus
+from stores.lock import WriterLock
+from stores.store import FeatureStore
+from tests.conftest import REPO, run_cli
+
+SMALL = ["--size", "48", "--n-mels", "32", "--frames", "10", "--detect-every", "3", "--no-progress"]
+EXPECTED = {"decode_error", "no_audio", "no_face", "too_short"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    write_sample_corpus(out, actors=3, sentences=1, seed=0, with_broken=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def extracted(corpus, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    store = tmp_path_factory.mktemp("stores") / "sample.zarr"
+    result = run_cli("extract", "--dataset", "sample", "--root", str(corpus), "--store", str(store), "--workers", "2", "--fusion", "concat", "--fusion", "rfas", *SMALL)
+    assert result.returncode == 0, result.stderr
+    return store, result
+
+
+def arrays_of(store: Path) -> dict[str, np.ndarray]:
+    root = zarr.open_group(str(store), mode="r")
+    out = {}
+    for name, group in root["features"].groups():
+        for array_name, array in group.arrays():
+            out[f"{name}/{array_name}"] = array[:]
+    out["clips/clip_id"] = root["clips/clip_id"][:]
+    return out
+
+
+@pytest.mark.slow
+def test_every_good_clip_ok_and_each_broken_clip_recorded_with_its_reason(extracted, corpus):
+    store, result = extracted
+    expected = {b["id"]: b["expect"] for b in json.loads((corpus / "SAMPLE.json").read_text())["broken"]}
+    assert set(expected.values()) == EXPECTED
+    s = FeatureStore.open(store)
+    ids = s.clip_table()["clip_id"]
+    faces, audio = s.feature_sets("faces")[0], s.feature_sets("audio")[0]
+    assert faces.done().all() and audio.done().all()
+    for row, clip_id in enumerate(ids):
+        statuses = {faces.status()[row], audio.status()[row]}
+        if clip_id in expected:
+            assert expected[clip_id] in statuses, (clip_id, statuses)
+            assert clip_id in result.stdout  # the summary names it
+        else:
+            assert statuses == {"ok"}, (clip_id, statuses, faces["reason"][row], audio["reason"][row])
+    ok = faces.ok()
+    assert faces["found"][:][ok].all() and (faces["crops"][:][ok].reshape(ok.sum(), -1).std(axis=1) > 5).all()
+
+
+@pytest.mark.slow
+def test_stored_arrays_are_aligned_and_fusions_cached(extracted):
+    store, _ = extracted
+    s = FeatureStore.open(store)
+    faces, audio = s.feature_sets("faces")[0], s.feature_sets("audio")[0]
+    ok = np.flatnonzero(faces.ok() & audio.ok())
+    spans, stamps = audio["spans"][:][ok], faces["timestamps"][:][ok]
+    assert (stamps >= spans[..., 0] - 1e-3).all() and (stamps < spans[..., 1]).all()  # frame i lies in span i
+    concat = s.feature_sets("fusion-concat")[0]
+    row = ok[0]
+    video = concat["video"][row]
+    assert video.shape == (10, 48, 96, 3)
+    assert np.array_equal(video[:, :, :48], faces["crops"][row])
+    assert np.array_equal(video[:, :, 48:, 0], audio["chunks"][row])
+    rfas = s.feature_sets("fusion-rfas")[0]
+    assert sorted(rfas["order"][row].tolist()) == list(range(10))
+    assert rfas.ok().sum() == len(ok)
+
+
+@pytest.mark.slow
+def test_second_run_reprocesses_nothing(extracted, corpus):
+    store, _ = extracted
+    before = arrays_of(store)
+    result = run_cli("extract", "--dataset", "sample", "--root", str(corpus), "--store", str(store), "--workers", "2", "--fusion", "concat", "--fusion", "rfas", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "0 processed" in result.stdout and "0 fused entries computed" in result.stdout
+    after = arrays_of(store)
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_info_and_verify_catch_a_flipped_byte(extracted, tmp_path):
+    store, _ = extracted
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    info = json.loads(run_cli("info", "--store", str(copy), "--json").stdout)
+    assert info["dataset"] == "sample" and info["clips"] == 22
+    kinds = sorted(fs["kind"] for fs in info["feature_sets"])
+    assert kinds == ["audio", "faces", "fusion-concat", "fusion-rfas"]
+    faces = next(fs for fs in info["feature_sets"] if fs["kind"] == "faces")
+    assert faces["params"]["frames"] == 10 and faces["arrays"]["crops"]["shape"] == [22, 10, 48, 48, 3]
+    assert faces["status"]["ok"] == 19 and info["bytes"] > 0 and faces["versions"]["zarr"]
+    assert run_cli("verify", "--store", str(copy)).returncode == 0
+    shard = sorted((copy / "features" / faces["name"] / "crops").rglob("c/*"))[0]
+    shard = next(p for p in (copy / "features" / faces["name"] / "crops").rglob("*") if p.is_file() and p.name != "zarr.json")
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = run_cli("verify", "--store", str(copy))
+    assert result.returncode == 1
+    assert f"changed: features/{faces['name']}/crops/c/0" in result.stdout and "clip rows 0-31" in result.stdout
+
+
+@pytest.mark.slow
+def test_changed_audio_parameter_reuses_faces_and_new_clips_only_are_processed(corpus, tmp_path):
+    partial = tmp_path / "corpus"
+    shutil.copytree(corpus, partial)
+    moved = sorted((partial / "VideoFlash").glob("1003_*_[AD]*.flv"))  # two clips of a speaker that stays
+    for video in moved:
+        video.rename(tmp_path / video.name)
+    store = tmp_path / "s.zarr"
+    args = ["extract", "--dataset", "sample", "--root", str(partial), "--store", str(store), "--workers", "0", *SMALL]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert f"{22 - len(moved)} processed" in first.stdout
+    for video in moved:
+        (tmp_path / video.name).rename(video)
+    second = run_cli(*args)
+    assert f"{len(moved)} processed (faces {len(moved)}, audio {len(moved)})" in second.stdout
+    third = run_cli(*[a if a != "32" else "24" for a in args])  # n_mels 32 -> 24: a new audio feature set
+    assert "22 processed (faces 0, audio 22)" in third.stdout, third.stdout
+    s = FeatureStore.open(store)
+    assert len(s.feature_sets("faces")) == 1 and len(s.feature_sets("audio")) == 2
+    assert len(s.feature_sets("fusion-concat")) == 2
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_identical_arrays(corpus, tmp_path):
+    reference = tmp_path / "reference.zarr"
+    args = ["--dataset", "sample", "--root", str(corpus), "--workers", "0", *SMALL]
+    assert run_cli("extract", "--store", str(reference), *args).returncode == 0
+    store = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "extract", "--store", str(store), *args, "--commit-every", "3"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            faces = [g for k, g in zarr.open_group(str(store), mode="r")["features"].groups() if k.startswith("faces-")]
+            done = int(faces[0]["done"][:].sum()) if faces else 0
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            done = 0
+        if done >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 1 <= done < 22, f"the kill did not land mid-run (done={done})"
+    killed_state = FeatureStore.open(store).feature_sets("faces")[0].done()
+    assert not killed_state.all()
+    resumed = run_cli("extract", "--store", str(store), *args)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = arrays_of(reference), arrays_of(store)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    assert run_cli("verify", "--store", str(store)).returncode == 0
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(corpus, tmp_path):
+    store = tmp_path / "locked.zarr"
+    store.mkdir()
+    with WriterLock(store):
+        result = run_cli("extract", "--dataset", "sample", "--root", str(corpus), "--store", str(store), *SMALL)
+    assert result.returncode == 2
+    assert f"is being written by pid {os.getpid()}" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert sorted(p.name for p in store.iterdir()) == []
+
+
+def test_unknown_dataset_and_fusion_are_refused_without_writing(tmp_path, corpus):
+    result = run_cli("extract", "--dataset", "nope", "--store", str(tmp_path / "s.zarr"))
+    assert result.returncode == 2 and "unknown dataset 'nope'" in result.stderr
+    result = run_cli("extract", "--dataset", "sample", "--root", str(corpus), "--store", str(tmp_path / "s.zarr"), "--fusion", "zip")
+    assert result.returncode == 2 and "unknown fusion 'zip'" in result.stderr and "concat" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_real_grid_clips_have_a_face_in_every_frame_and_centred_crops(grid_dir, tmp_path):
+    from facenet_pytorch import MTCNN
+
+    manifest = tmp_path / "grid.csv"
+    videos = sorted(grid_dir.glob("*.mpg"))
+    manifest.write_text("video,label,speaker\n" + "".join(f"{v},NEU,s{i % 3}\n" for i, v in enumerate(videos)))
+    store = tmp_path / "grid.zarr"
+    result = run_cli("extract", "--dataset", "manifest", "--root", str(manifest), "--store", str(store), "--workers", "2",
+                     "--size", "160", "--n-mels", "64", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    faces = FeatureStore.open(store).feature_sets("faces")[0]
+    assert faces.ok().all() and faces["found"][:].all() and (faces["prob"][:] > 0.95).all()
+    detector = MTCNN(keep_all=False, device="cpu")
+    crops = faces["crops"][:]
+    for clip in range(len(videos)):
+        for step in (0, 8, 15):
+            box, prob = detector.detect(crops[clip, step])
+            assert box is not None and prob[0] > 0.9
+            cx, cy = (box[0][0] + box[0][2]) / 2, (box[0][1] + box[0][3]) / 2
+            assert abs(cx - 80) < 16 and abs(cy - 80) < 16, (clip, step, cx, cy)
+
+
+@pytest.mark.slow
+def test_a_one_minute_take_is_recorded_as_too_long(grid_dir, tmp_path):
+    from pipeline.media import ffmpeg_exe
+
+    long_video = tmp_path / "take.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-stream_loop", "4", "-i", str(grid_dir / "bbaf2n.mpg"), "-t", "12", str(long_video)], check=True)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video,label,speaker\n{long_video},NEU,a\n{grid_dir / 'lwbsza.mpg'},HAP,b\n{grid_dir / 'lrwp9a.mpg'},SAD,c\n")
+    result = run_cli("extract", "--dataset", "manifest", "--root", str(manifest), "--store", str(tmp_path / "s.zarr"), "--workers", "0", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "faces:too_long 1" in result.stdout and "faces:ok 2" in result.stdout
