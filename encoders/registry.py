@@ -1,0 +1,135 @@
+"""The encoder registry: the one way to name, list and build the models of the comparison study.
+
+Modelled on torchvision's ``models/_api.py``: each encoder module decorates its public builder with
+:func:`register_encoder`, which records an :class:`EncoderSpec` under a unique name and refuses a
+second registration of the same name. Everything else (the trainer, the CLI's ``--model`` choices)
+goes through :func:`get_model`, :func:`get_spec` and :func:`list_models`.
+
+Input conventions, which the trainer follows:
+
+* ``"image"`` models take float tensors ``(B, C, H, W)`` with ``C`` in {1, 3, 6} and
+  ``(H, W) == image_size`` (non-square allowed where the architecture allows it, e.g. 224x448
+  side-by-side fusion images for the CNNs).
+* ``"video"`` models take ``(B, C, T, H, W)``.
+* ``"pair"`` models are called as ``model(vision, audio)``.
+
+Every model returns raw logits ``(B, num_classes)``; none applies a softmax (the study's seed code
+applied softmax before the cross-entropy loss, a defect not carried over).
+
+Every builder takes the same keyword-only arguments as :func:`get_model`
+(``num_classes, in_channels, image_size, frames, pretrained``); a builder ignores the ones that do
+not concern its architecture (a 2D CNN does not care about ``frames``) and raises ``ValueError`` for
+values it cannot honour (``pretrained=True`` for a model trained from scratch, for example).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from torch import nn
+
+__all__ = [
+    "EncoderSpec",
+    "InputKind",
+    "UnknownEncoderError",
+    "get_model",
+    "get_spec",
+    "list_models",
+    "register_encoder",
+]
+
+InputKind = Literal["image", "video", "pair"]
+
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What the registry knows about one encoder."""
+
+    name: str
+    input_kind: InputKind
+    description: str
+    builder: Callable[..., nn.Module]
+
+
+class UnknownEncoderError(KeyError):
+    """Raised for a name that is not registered; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message, quotes and all
+        return str(self.args[0]) if self.args else ""
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(name: str, *, input_kind: InputKind, description: str) -> Callable[[Builder], Builder]:
+    """Decorator that registers a model builder under ``name``.
+
+    Raises:
+        ValueError: ``name`` is already registered, or ``input_kind`` is not one of the known kinds.
+    """
+    if input_kind not in ("image", "video", "pair"):
+        raise ValueError(f"input_kind must be 'image', 'video' or 'pair', not {input_kind!r}")
+
+    def wrapper(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"an encoder named {name!r} is already registered")
+        _REGISTRY[name] = EncoderSpec(name=name, input_kind=input_kind, description=description, builder=builder)
+        return builder
+
+    return wrapper
+
+
+def list_models() -> list[str]:
+    """The registered encoder names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> EncoderSpec:
+    """The :class:`EncoderSpec` registered under ``name``.
+
+    Raises:
+        UnknownEncoderError: (a ``KeyError``) ``name`` is not registered; the message lists the valid names.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownEncoderError(
+            f"unknown encoder {name!r}; valid names: {', '.join(list_models())}"
+        ) from None
+
+
+def get_model(
+    name: str,
+    *,
+    num_classes: int = 6,
+    in_channels: int = 3,
+    image_size: tuple[int, int] = (224, 224),
+    frames: int = 16,
+    pretrained: bool = False,
+) -> nn.Module:
+    """Build the encoder registered under ``name``.
+
+    Args:
+        name: a name from :func:`list_models`.
+        num_classes: size of the logit vector.
+        in_channels: channels of the (vision) input; the 2D CNNs accept 1, 3 or 6.
+        image_size: ``(H, W)`` of the input frames / images.
+        frames: number of frames ``T`` of a video or frame-sequence input.
+        pretrained: start from published weights (needs network access or a filled cache).
+
+    Raises:
+        UnknownEncoderError: (a ``KeyError``) for an unknown name.
+        ValueError: for options the architecture cannot honour.
+    """
+    spec = get_spec(name)
+    return spec.builder(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=tuple(image_size),
+        frames=frames,
+        pretrained=pretrained,
+    )
