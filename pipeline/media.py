@@ -114,10 +114,10 @@ def decode_audio(path: str, sample_rate: int) -> np.ndarray:
             .run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
         )
     except ffmpeg.Error as err:
-        message = _last_line(err.stderr)
-        if "matches no streams" in message or "does not contain any stream" in message:
-            return np.zeros(0, np.float32)
-        raise DecodeError(f"audio decode failed: {message}") from None
+        full = (err.stderr or b"").decode(errors="replace")
+        if "matches no streams" in full or "does not contain any stream" in full:
+            return np.zeros(0, np.float32)  # the file simply has no audio track
+        raise DecodeError(f"audio decode failed: {_last_line(err.stderr)}") from None
     return np.frombuffer(out, np.float32).copy()
 
 
