@@ -135,7 +135,7 @@ class CrossModalAttentionFusion(nn.Module):
 
 @register_encoder(
     "xattn",
-    input_kind="pair",
+    input_kind="pair-video",
     description="Cross-modal attention, ResNet-18 faces (B,T,3,H,W) + CNN mel chunks (B,T,1,H,W), ~12.6 M",
 )
 def xattn(
@@ -191,7 +191,7 @@ def build_late_fusion(
 
 @register_encoder(
     "late",
-    input_kind="pair",
+    input_kind="pair-image",
     description="Late fusion, mean of ResNet-18 logits: middle face (B,3,H,W), spectrogram (B,1,H,W), ~22.4 M",
 )
 def late(

@@ -11,7 +11,8 @@ Input conventions, which the trainer follows:
   ``(H, W) == image_size`` (non-square allowed where the architecture allows it, e.g. 224x448
   side-by-side fusion images for the CNNs).
 * ``"video"`` models take ``(B, C, T, H, W)``.
-* ``"pair"`` models are called as ``model(vision, audio)``.
+* ``"pair-image"`` and ``"pair-video"`` models are called as ``model(vision, audio)``: the first with
+  one face image and the whole-clip spectrogram, the second with T face crops and T spectrogram chunks.
 
 Every model returns raw logits ``(B, num_classes)``; none applies a softmax (the study's seed code
 applied softmax before the cross-entropy loss, a defect not carried over).
@@ -40,7 +41,8 @@ __all__ = [
     "register_encoder",
 ]
 
-InputKind = Literal["image", "video", "pair"]
+InputKind = Literal["image", "video", "pair-image", "pair-video"]
+INPUT_KINDS: tuple[str, ...] = ("image", "video", "pair-image", "pair-video")
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
@@ -71,8 +73,8 @@ def register_encoder(name: str, *, input_kind: InputKind, description: str) -> C
     Raises:
         ValueError: ``name`` is already registered, or ``input_kind`` is not one of the known kinds.
     """
-    if input_kind not in ("image", "video", "pair"):
-        raise ValueError(f"input_kind must be 'image', 'video' or 'pair', not {input_kind!r}")
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(f"input_kind must be one of {INPUT_KINDS}, not {input_kind!r}")
 
     def wrapper(builder: Builder) -> Builder:
         if name in _REGISTRY:

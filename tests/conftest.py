@@ -34,3 +34,29 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     return subprocess.run(
         [sys.executable, str(REPO / "cli.py"), *args], capture_output=True, text=True, cwd=cwd or REPO, timeout=timeout
     )
+
+
+def run_cli_unprivileged(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The CLI as an ordinary user (nobody), so that file permissions bind even when the tests run as root.
+
+    `cwd` must be a folder that user can write (the caller makes it world-writable).
+    """
+    if os.geteuid() != 0:
+        return run_cli(*args, cwd=cwd, timeout=timeout)
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions cannot be made to bind")
+    env = {**os.environ, "HOME": str(cwd), "MPLCONFIGDIR": str(cwd), "NUMBA_CACHE_DIR": str(cwd)}
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, str(REPO / "cli.py"), *args],
+        capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env,
+    )
+
+
+def open_up(path: Path) -> None:
+    """Let the unprivileged user traverse and read `path` and its parents (pytest makes them 0700)."""
+    for folder in [path, *path.parents]:
+        if str(folder) in ("/", "/tmp"):
+            break
+        folder.chmod(folder.stat().st_mode | 0o755)

@@ -33,8 +33,8 @@ EXPECTED_KINDS = {
     "simple3d": "video",
     "i3d": "video",
     "videomae": "video",
-    "xattn": "pair",
-    "late": "pair",
+    "xattn": "pair-video",
+    "late": "pair-image",
 }
 
 # Dotted paths of the weights that first touch each input.

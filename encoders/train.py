@@ -1,0 +1,333 @@
+"""Train one encoder from the store, in nanoGPT's order: set-up, data, model, optimiser, one loop, evaluate.
+
+What makes the numbers trustworthy (each a defect of the seed code, SPEC): splits are actor-disjoint and come
+from the store; the epoch kept is the one with the best *validation* UAR, and the test split is evaluated
+once, with that checkpoint; models return logits and the loss applies the softmax; seeds are set and
+recorded; every metric (WAR, UAR, F1, per class, confusion) is written, not just accuracy.
+
+On a GPU: bf16 autocast (no loss scaler needed), channels-last images, pinned memory and non-blocking copies.
+On a CPU the same code runs in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from encoders.metrics import classification_metrics
+from encoders.plots import plot_confusion, plot_learning_curve
+from encoders.registry import get_model, get_spec
+from stores.provenance import code_commit, library_versions
+from stores.splits import actor_disjoint_split
+from stores.store import FeatureStore, StoreError
+from stores.torchdata import (
+    InputRecipe, StoreSplit, ablate, fusion_set, read_rows, recipe_for, select_feature_sets, to_model_inputs,
+)
+
+ENCODER_TYPE = {"image": "2D", "video": "3D", "pair-image": "fusion", "pair-video": "fusion"}
+
+ENCODER_DEFAULTS: dict[str, dict] = {
+    # Adam throughout. Large or attention models get a smaller step; xattn follows seed 003.
+    "vgg16": {"lr": 1e-4},
+    "vit": {"lr": 3e-4},
+    "vit-b16": {"lr": 1e-4},
+    "videomae": {"lr": 1e-4},
+    "xattn": {"lr": 1e-4, "weight_decay": 1e-3},
+}
+
+
+class MissingFusionError(StoreError):
+    """The store has no cached fusion for these faces and audio; `fusion` says which."""
+
+    def __init__(self, fusion: str, location: str):
+        super().__init__(f"store '{location}' has no '{fusion}' fusion yet; derive it with `python cli.py extract ... --fusion {fusion}`")
+        self.fusion = fusion
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    encoder: str = "resnet18"
+    modality: str = "av"  # audio | vision | av
+    fusion: str = "concat"  # none for unimodal and pair models
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float | None = None  # None: the encoder's default (ENCODER_DEFAULTS, else 1e-3)
+    weight_decay: float | None = None  # None: the encoder's default, else 0
+    seed: int = 0
+    split_seed: int | None = None  # None: the split stored with the clips
+    device: str = "auto"
+    pretrained: bool = False
+    max_memory_gb: float = 4.0  # a split larger than this is streamed from the store
+    faces: str | None = None  # feature-set fingerprints, when a store holds several
+    audio: str | None = None
+
+    def resolved(self) -> "TrainConfig":
+        defaults = ENCODER_DEFAULTS.get(self.encoder, {})
+        return dataclasses.replace(
+            self,
+            lr=self.lr if self.lr is not None else defaults.get("lr", 1e-3),
+            weight_decay=self.weight_decay if self.weight_decay is not None else defaults.get("weight_decay", 0.0),
+            device=resolve_device(self.device),
+        )
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+@dataclass
+class Data:
+    recipe: InputRecipe
+    splits: dict[str, StoreSplit]
+    class_names: list[str]
+    image_size: tuple[int, int]
+    frames: int
+    fingerprints: dict[str, str]
+    speakers: dict[str, int]
+
+
+def load_data(location: str, config: TrainConfig) -> Data:
+    store = FeatureStore.open(location)
+    recipe = recipe_for(get_spec(config.encoder).input_kind, config.modality, config.fusion)
+    faces, audio = select_feature_sets(store, config.faces, config.audio)
+    sets = {"faces": faces.name, "audio": audio.name}
+    fused = None
+    if any(p.source.startswith("fusion-") for p in recipe.parts):
+        fused = fusion_set(store, config.fusion, faces, audio)
+        if fused is None:
+            raise MissingFusionError(config.fusion, location)
+        sets[f"fusion-{config.fusion}"] = fused.name
+    table = store.clip_table()
+    if config.split_seed is not None:
+        partition = actor_disjoint_split(table["speaker"].tolist(), seed=config.split_seed)
+        store_split = np.asarray([partition[s] for s in table["speaker"]])
+    else:
+        store_split = table["split"]
+    ok = faces.ok() & audio.ok() & (fused.ok() if fused is not None else True)
+    rows = {name: np.flatnonzero(ok & (store_split == name)) for name in ("train", "val", "test")}
+    for name, r in rows.items():
+        if len(r) == 0:
+            raise StoreError(f"the {name} split of '{location}' has no usable clips; extract more clips or use another --split-seed")
+    arrays = [store.root[f"features/{sets[p.source]}/{p.array}"] for p in recipe.parts]
+    per_row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in arrays)
+    in_memory = per_row * ok.sum() <= config.max_memory_gb * 1e9
+    splits = {name: StoreSplit(location, sets, recipe, r, table["label"][r], in_memory=in_memory) for name, r in rows.items()}
+    first = to_model_inputs(recipe, [torch.from_numpy(read_rows(a, rows["train"][:1])) for a in arrays])[0]
+    return Data(
+        recipe=recipe,
+        splits=splits,
+        class_names=store.class_names,
+        image_size=tuple(first.shape[-2:]),
+        frames=int(faces.params["frames"]),
+        fingerprints={k: store.root[f"features/{v}"].attrs["fingerprint"] for k, v in sets.items()},
+        speakers={name: len(set(table["speaker"][r].tolist())) for name, r in rows.items()},
+    )
+
+
+def batches(split: StoreSplit, batch_size: int, *, shuffle: bool, generator: torch.Generator, device: str):
+    """(raw stored tensors, labels) per batch, on `device`; in-memory splits are indexed directly."""
+    pin = device == "cuda"
+    if split.memory is not None:
+        order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
+        for start in range(0, len(split), batch_size):
+            index = order[start : start + batch_size]
+            raw = [m[index] for m in split.memory]
+            if pin:
+                raw = [r.pin_memory() for r in raw]
+            yield [r.to(device, non_blocking=True) for r in raw], split.labels[index].to(device, non_blocking=True)
+        return
+    loader = torch.utils.data.DataLoader(
+        split, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=2,
+        multiprocessing_context="spawn", persistent_workers=False, pin_memory=pin,
+    )
+    for *raw, labels in loader:
+        yield [r.to(device, non_blocking=True) for r in raw], labels.to(device, non_blocking=True)
+
+
+# ---- model ------------------------------------------------------------------------------------------------
+def build_model(config: TrainConfig, data: Data) -> torch.nn.Module:
+    return get_model(
+        config.encoder, num_classes=len(data.class_names), in_channels=data.recipe.channels,
+        image_size=data.image_size, frames=data.frames, pretrained=config.pretrained,
+    )
+
+
+def autocast(device: str):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+
+
+def prepare(recipe: InputRecipe, raw: list[torch.Tensor], device: str, ablation: str | None = None) -> list[torch.Tensor]:
+    inputs = to_model_inputs(recipe, raw)
+    if ablation:
+        inputs = ablate(recipe, inputs, raw, ablation)
+    if device == "cuda":
+        inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
+    return inputs
+
+
+@torch.no_grad()
+def evaluate(model, data: Data, split: str, device: str, batch_size: int, ablation: str | None = None) -> tuple[dict, float]:
+    model.eval()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    y_true, y_pred, losses = [], [], []
+    for raw, labels in batches(data.splits[split], batch_size, shuffle=False, generator=torch.Generator(), device=device):
+        with autocast(device):
+            logits = model(*prepare(data.recipe, raw, device, ablation))
+        losses.append(loss_fn(logits.float(), labels).item() * len(labels))
+        y_true.append(labels.cpu())
+        y_pred.append(logits.argmax(1).cpu())
+    y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
+    metrics = classification_metrics(y_true, y_pred, data.class_names)
+    return metrics, float(sum(losses) / len(y_true))
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------
+def train(location: str, config: TrainConfig, out: Path, *, progress: bool = True) -> dict:
+    """Train, keep the best validation epoch, test it once, and write the run directory `out`."""
+    config = config.resolved()
+    seed_everything(config.seed)
+    device = config.device
+    data = load_data(location, config)  # before anything is written: bad input leaves no run directory
+    out.mkdir(parents=True, exist_ok=False)
+    log = run_logger(out)
+
+    model = build_model(config, data).to(device)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    pretrained_ids = {id(p) for p in getattr(model, "pretrained_parameters", lambda: [])()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in pretrained_ids], "lr": config.lr},
+        {"params": [p for p in model.parameters() if id(p) in pretrained_ids], "lr": config.lr * 0.01},  # seed 003
+    ]
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config.weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=getattr(model, "label_smoothing", 0.0))
+    generator = torch.Generator().manual_seed(config.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("encoder %s (%s params), modality %s, fusion %s, device %s, inputs %s, train/val/test clips %s, speakers %s",
+             config.encoder, f"{n_params:,}", config.modality, config.fusion, device, data.image_size,
+             [len(s) for s in data.splits.values()], list(data.speakers.values()))
+
+    history, best, best_state, epoch_seconds = [], None, None, []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = tqdm(total=len(data.splits["train"]), desc=f"epoch {epoch}/{config.epochs}", unit="clip", disable=not progress, file=sys.stderr, leave=False)
+        for raw, labels in batches(data.splits["train"], config.batch_size, shuffle=True, generator=generator, device=device):
+            with autocast(device):
+                logits = model(*prepare(data.recipe, raw, device))
+                loss = loss_fn(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(labels)
+            seen += len(labels)
+            bar.update(len(labels))
+        bar.close()
+        epoch_seconds.append(time.perf_counter() - started)
+        val, val_loss = evaluate(model, data, "val", device, config.batch_size)
+        row = {"epoch": epoch, "train_loss": float(loss_sum) / seen, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1]}
+        history.append(row)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.3f, val UAR %.3f, %.1f s", epoch, row["train_loss"], val_loss, val["accuracy"], val["uar"], epoch_seconds[-1])
+        if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):
+            best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+    model.load_state_dict(best_state)
+    save_checkpoint(out / "model.pt", best_state, config, data)
+    train_metrics, train_loss = evaluate(model, data, "train", device, config.batch_size)
+    val_metrics, val_loss = evaluate(model, data, "val", device, config.batch_size)
+    test_metrics, test_loss = evaluate(model, data, "test", device, config.batch_size)  # once, with the chosen epoch
+    metrics = {
+        "encoder": config.encoder,
+        "encoder_type": ENCODER_TYPE[get_spec(config.encoder).input_kind],
+        "modality": config.modality,
+        "fusion": config.fusion,
+        "seed": config.seed,
+        "split_seed": config.split_seed,
+        "ablate": None,
+        "best_epoch": best["epoch"],
+        "selection": "best validation UAR (ties: validation accuracy, then the earlier epoch)",
+        "train": {**train_metrics, "loss": train_loss},
+        "val": {**val_metrics, "loss": val_loss},
+        "test": {**test_metrics, "loss": test_loss},
+        "history": history,
+        "seconds_per_epoch": float(np.mean(epoch_seconds)),
+        "samples_per_second": float(len(data.splits["train"]) / np.mean(epoch_seconds)),
+        "parameters": n_params,
+        "clips": {k: len(v) for k, v in data.splits.items()},
+        "speakers": data.speakers,
+        "class_names": data.class_names,
+        "store": {"location": location, "fingerprints": data.fingerprints},
+        "config": dataclasses.asdict(config),
+        "inputs": {"image_size": list(data.image_size), "frames": data.frames, "in_channels": data.recipe.channels,
+                   "in_memory": data.splits["train"].memory is not None},
+        "code_commit": code_commit(),
+        "versions": library_versions(),
+        "device": device if device != "cuda" else torch.cuda.get_device_name(),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_learning_curve(history, out / "learning_curve.png", title=f"{config.encoder} {config.modality} {config.fusion} seed {config.seed}", best_epoch=best["epoch"])
+    plot_confusion(test_metrics["confusion"], data.class_names, out / "confusion_test.png", title=f"test: {config.encoder} {config.modality} {config.fusion}")
+    log.info("best epoch %d; test accuracy (WAR) %.3f, UAR %.3f, macro-F1 %.3f", best["epoch"], test_metrics["accuracy"], test_metrics["uar"], test_metrics["macro_f1"])
+    close_logger(log)
+    return metrics
+
+
+def save_checkpoint(path: Path, state: dict, config: TrainConfig, data: Data) -> None:
+    """A state dict plus plain values only, so it loads with torch.load(weights_only=True)."""
+    torch.save({"state_dict": state, "config": dataclasses.asdict(config), "class_names": data.class_names,
+                "image_size": list(data.image_size), "frames": data.frames}, path)
+
+
+def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = None, progress: bool = False) -> dict:
+    """Re-evaluate a finished run on its test split, optionally with one modality zeroed."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = TrainConfig(**metrics["config"])
+    checkpoint = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    data = load_data(store or metrics["store"]["location"], config)
+    model = build_model(dataclasses.replace(config, pretrained=False), data)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.to(config.device)
+    result, loss = evaluate(model, data, "test", config.device, config.batch_size, ablation)
+    name = f"evaluate{'-ablate-' + ablation if ablation else ''}"
+    report = {**{k: metrics[k] for k in ("encoder", "encoder_type", "modality", "fusion", "seed", "best_epoch")}, "ablate": ablation, "test": {**result, "loss": loss}}
+    (run / f"{name}.json").write_text(json.dumps(report, indent=2))
+    plot_confusion(result["confusion"], data.class_names, run / f"confusion_{name}.png", title=f"test{' (' + ablation + ' zeroed)' if ablation else ''}: {config.encoder}")
+    return report
+
+
+def run_logger(out: Path) -> logging.Logger:
+    log = logging.getLogger(f"avstore.train.{out}")
+    close_logger(log)  # a retried run reuses the name
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stderr)):
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    return log
+
+
+def close_logger(log: logging.Logger) -> None:
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)

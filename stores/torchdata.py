@@ -1,0 +1,204 @@
+"""Model inputs straight from the store: which arrays an encoder reads, and how they become tensors.
+
+Nothing here decodes a video or imports the pipeline: that is the point of the store. A split small enough
+for memory is read once, as uint8, and turned into float tensors a batch at a time on the training device
+(cheap, and 4x less memory than float); a larger one is streamed by row from Zarr in DataLoader worker
+processes started with "spawn" (zarr 3's event loop does not survive a fork).
+
+Every uint8 image is mapped to [-1, 1] the same way, whatever its modality, so faces, spectrograms and
+their fusions are normalised consistently (the seed code did not; SPEC defect 9). The `sum` fusion is
+stored already normalised, as float16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stores.store import FeatureSet, FeatureStore, StoreError
+
+MODALITIES = ("audio", "vision", "av")
+SEQUENCE_FUSIONS = ("ffls", "fslf", "ofos", "rfas")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One model input: `array` of feature set `source` ("faces", "audio" or "fusion-<name>")."""
+
+    source: str
+    array: str
+
+
+@dataclass(frozen=True)
+class InputRecipe:
+    input_kind: str  # the encoder's: "image" | "video" | "pair-image" | "pair-video"
+    modality: str
+    fusion: str
+    parts: tuple[Part, ...]
+
+    @property
+    def channels(self) -> int:
+        """Channels of the (first) model input, for building the encoder's stem."""
+        if self.modality == "audio" or self.input_kind.startswith("pair"):
+            return 1 if self.modality == "audio" else 3
+        return 6 if self.fusion == "stack" else 3
+
+
+def recipe_for(input_kind: str, modality: str, fusion: str) -> InputRecipe:
+    """The arrays an encoder of `input_kind` reads for `modality` and `fusion`; ValueError lists valid choices."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality '{modality}'; choose one of {', '.join(MODALITIES)}")
+    valid = valid_fusions(input_kind, modality)
+    if fusion not in valid:
+        raise ValueError(f"a {input_kind} encoder with modality {modality} takes --fusion {' | '.join(valid)}, not '{fusion}'")
+    if input_kind == "pair-video":
+        parts = (Part("faces", "crops"), Part("audio", "chunks"))
+    elif input_kind == "pair-image":
+        parts = (Part("faces", "middle"), Part("audio", "spec"))
+    elif modality == "audio":
+        parts = (Part("audio", "spec" if input_kind == "image" else "chunks"),)
+    elif modality == "vision":
+        parts = (Part("faces", "middle" if input_kind == "image" else "crops"),)
+    else:
+        parts = (Part(f"fusion-{fusion}", "image" if input_kind == "image" else "video"),)
+        if fusion in SEQUENCE_FUSIONS:
+            parts += (Part(f"fusion-{fusion}", "order"),)
+    return InputRecipe(input_kind, modality, fusion, parts)
+
+
+def valid_fusions(input_kind: str, modality: str) -> list[str]:
+    if input_kind.startswith("pair"):
+        return ["none"] if modality == "av" else []  # the model itself fuses
+    if modality != "av":
+        return ["none"]
+    base = ["concat", "concat224", "stack", "sum"]
+    return base + list(SEQUENCE_FUSIONS) if input_kind == "video" else base
+
+
+def select_feature_sets(store: FeatureStore, faces: str | None = None, audio: str | None = None) -> tuple[FeatureSet, FeatureSet]:
+    """The faces and audio feature sets to train from; ambiguous stores need a fingerprint."""
+
+    def pick(kind: str, wanted: str | None) -> FeatureSet:
+        sets = store.feature_sets(kind)
+        if wanted:
+            sets = [s for s in sets if s.fingerprint.startswith(wanted)]
+        if len(sets) == 1:
+            return sets[0]
+        names = ", ".join(s.fingerprint for s in store.feature_sets(kind)) or "none"
+        raise StoreError(f"store '{store.location}' has {len(sets)} matching {kind} feature sets ({names}); choose one with --{kind} FINGERPRINT")
+
+    return pick("faces", faces), pick("audio", audio)
+
+
+def fusion_set(store: FeatureStore, name: str, faces: FeatureSet, audio: FeatureSet) -> FeatureSet | None:
+    """The cached fusion made from exactly these faces and audio, if any."""
+    for fs in store.feature_sets(f"fusion-{name}"):
+        if fs.params.get("faces") == faces.fingerprint and fs.params.get("audio") == audio.fingerprint:
+            return fs
+    return None
+
+
+def usable_rows(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, split: str, extra: FeatureSet | None = None) -> np.ndarray:
+    """Rows of `split` whose faces and audio (and fusion) are committed and ok.
+
+    Every modality trains on the same clips, so audio, vision and fused results compare like with like.
+    """
+    ok = faces.ok() & audio.ok() & (store.root["clips/split"][:] == split)
+    if extra is not None:
+        ok &= extra.ok()
+    return np.flatnonzero(ok)
+
+
+def read_rows(array, rows: np.ndarray) -> np.ndarray:
+    """Rows of a Zarr array, reading the covering range once (fast for the dense selections of a split)."""
+    if len(rows) == 0:
+        return np.zeros((0, *array.shape[1:]), array.dtype)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    return array[lo:hi][rows - lo]
+
+
+class StoreSplit(torch.utils.data.Dataset):
+    """One split of the store as (inputs..., label) rows: in memory, or read from Zarr row by row."""
+
+    def __init__(self, location: str, sets: dict[str, str], recipe: InputRecipe, rows: np.ndarray, labels: np.ndarray, *, in_memory: bool):
+        self.location, self.sets, self.recipe = location, sets, recipe
+        self.rows, self.labels = rows, torch.as_tensor(labels, dtype=torch.long)
+        self.arrays = None
+        self.memory = None
+        if in_memory:
+            self.memory = [torch.from_numpy(read_rows(self._array(p), rows)) for p in recipe.parts]
+
+    def _array(self, part: Part):
+        if self.arrays is None:  # opened lazily: in each DataLoader worker, after the spawn
+            store = FeatureStore.open(self.location)
+            self.arrays = {p: store.root[f"features/{self.sets[p.source]}/{p.array}"] for p in self.recipe.parts}
+        return self.arrays[part]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        if self.memory is not None:
+            return (*[m[i] for m in self.memory], self.labels[i])
+        row = int(self.rows[i])
+        return (*[torch.from_numpy(np.asarray(self._array(p)[row])) for p in self.recipe.parts], self.labels[i])
+
+    def nbytes(self) -> int:
+        return sum(m.numel() * m.element_size() for m in self.memory) if self.memory is not None else 0
+
+
+def to_model_inputs(recipe: InputRecipe, raw: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Stored layout (N, [T,] H, W[, C]) -> the encoder's layout, as float in [-1, 1]."""
+    if recipe.fusion in SEQUENCE_FUSIONS:
+        raw = raw[:1]  # the order array is for ablation only
+    return [_layout(recipe, k, _unit(x)) for k, x in enumerate(raw)]
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+
+
+def _layout(recipe: InputRecipe, k: int, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 3:  # (N, H, W) gray image
+        return x[:, None]
+    if recipe.input_kind == "pair-video":
+        return x.permute(0, 1, 4, 2, 3) if x.dim() == 5 else x[:, :, None]  # (N, T, C, H, W)
+    if x.dim() == 4 and recipe.input_kind == "video" and recipe.parts[k].array == "chunks":
+        return x[:, None]  # (N, T, H, W) gray chunks -> (N, 1, T, H, W)
+    if x.dim() == 4:
+        return x.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    return x.permute(0, 4, 1, 2, 3)  # (N, T, H, W, C) -> (N, C, T, H, W)
+
+
+def ablate(recipe: InputRecipe, inputs: list[torch.Tensor], raw: list[torch.Tensor], which: str) -> list[torch.Tensor]:
+    """Zero the `which` ("audio" or "vision") half of a multimodal input, as the study's "ablated" rows did.
+
+    Zero is applied to the model's input (after normalisation), i.e. the mid-grey of [-1, 1].
+    """
+    if recipe.modality != "av":
+        raise ValueError("--ablate needs a multimodal (av) run")
+    if which not in ("audio", "vision"):
+        raise ValueError(f"--ablate takes audio or vision, not '{which}'")
+    inputs = [x.clone() for x in inputs]
+    if recipe.input_kind.startswith("pair"):
+        inputs[1 if which == "audio" else 0].zero_()
+    elif recipe.fusion == "concat":
+        width = inputs[0].shape[-1] // 2
+        (inputs[0][..., width:] if which == "audio" else inputs[0][..., :width]).zero_()
+    elif recipe.fusion == "concat224":
+        chunk_width = max(1, round(16 * inputs[0].shape[-2] / 224))  # as pipeline.fuse.concat224_widths
+        (inputs[0][..., -chunk_width:] if which == "audio" else inputs[0][..., :-chunk_width]).zero_()
+    elif recipe.fusion == "stack":
+        (inputs[0][:, 3:] if which == "audio" else inputs[0][:, :3]).zero_()
+    elif recipe.fusion in SEQUENCE_FUSIONS:
+        order = raw[1].long()  # (N, 2K): item j < K is a face, j >= K a spectrogram chunk
+        k = order.shape[1] // 2
+        is_audio = (order >= k).to(inputs[0].device)
+        mask = is_audio if which == "audio" else ~is_audio
+        for n in range(inputs[0].shape[0]):
+            inputs[0][n, :, mask[n]] = 0
+    else:
+        raise ValueError(f"fusion '{recipe.fusion}' mixes the modalities into one value per pixel; it cannot be ablated")
+    return inputs

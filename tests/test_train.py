@@ -1,0 +1,182 @@
+"""Training straight from the store: honest splits, logits, every modality reaching the model, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.registry import get_spec, list_models
+from encoders.train import TrainConfig, load_data, train
+from pipeline.audio import MelConfig
+from pipeline.corpora import load_corpus
+from pipeline.corpora.sample import write_sample_corpus
+from pipeline.faces import FaceConfig
+from pipeline.run import ExtractConfig, run_extract
+from pipeline.splits import assign_splits
+from stores.store import FeatureStore
+from stores.torchdata import SEQUENCE_FUSIONS, ablate, recipe_for, to_model_inputs, valid_fusions
+from tests.conftest import open_up, run_cli, run_cli_unprivileged
+
+FAST = dict(epochs=12, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """A learnable sample corpus (6 actors: 4 train, 1 val, 1 test) extracted with every fusion."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    write_sample_corpus(corpus, actors=6, sentences=2, seed=1)
+    records = assign_splits(load_corpus("sample", corpus), seed=0)
+    location = str(tmp_path_factory.mktemp("store") / "sample.zarr")
+    config = ExtractConfig(faces=FaceConfig(frames=8, size=48, detect_every=3), mel=MelConfig(n_mels=48),
+                           fusions=("concat", "concat224", "stack", "sum", "ffls", "fslf", "ofos", "rfas"))
+    run_extract(records, location, config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=0, progress=False)
+    return location
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality, fusion", [("audio", "none"), ("vision", "none"), ("av", "concat")])
+def test_training_beats_chance_clearly_on_held_out_actors(store, tmp_path, modality, fusion):
+    metrics = train(store, TrainConfig(encoder="resnet18", modality=modality, fusion=fusion, **FAST), tmp_path / "run", progress=False)
+    assert metrics["test"]["accuracy"] >= 0.5, metrics["test"]  # chance is 1/6
+    assert metrics["test"]["n"] == 12 and metrics["speakers"] == {"train": 4, "val": 1, "test": 1}
+
+
+@pytest.mark.slow
+def test_run_directory_holds_everything_and_the_checkpoint_loads_safely(store, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(store, TrainConfig(encoder="simple3d", modality="av", fusion="fslf", epochs=3, batch_size=8), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["confusion_test.png", "learning_curve.png", "metrics.json", "model.pt", "train.log"]
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics))
+    for split in ("train", "val", "test"):
+        for key in ("accuracy", "uar", "macro_f1", "micro_f1", "per_class", "confusion"):
+            assert key in written[split]
+    assert len(written["history"]) == 3 and 1 <= written["best_epoch"] <= 3
+    best = max(written["history"], key=lambda r: (r["val_uar"], r["val_accuracy"]))
+    assert best["epoch"] == written["best_epoch"]  # chosen on validation, never on test
+    assert written["store"]["fingerprints"]["faces"] and written["seconds_per_epoch"] > 0 and written["samples_per_second"] > 0
+    assert written["config"]["seed"] == 0 and written["versions"]["torch"]
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert set(checkpoint) == {"state_dict", "config", "class_names", "image_size", "frames"}
+    for png in ("confusion_test.png", "learning_curve.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers(store, tmp_path):
+    config = TrainConfig(encoder="simple3d", modality="audio", fusion="none", epochs=2, batch_size=8, seed=3)
+    a = train(store, config, tmp_path / "a", progress=False)
+    b = train(store, config, tmp_path / "b", progress=False)
+    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+    assert a["test"]["confusion"] == b["test"]["confusion"]
+
+
+@pytest.mark.slow
+def test_streaming_from_the_store_trains_too(store, tmp_path):
+    metrics = train(store, TrainConfig(encoder="resnet18", modality="vision", fusion="none", epochs=1, batch_size=16, max_memory_gb=0.0), tmp_path / "s", progress=False)
+    assert metrics["inputs"]["in_memory"] is False and metrics["test"]["n"] == 12
+
+
+def kinds_with_inputs():
+    for name in list_models():
+        kind = get_spec(name).input_kind
+        for modality in ("audio", "vision", "av"):
+            for fusion in valid_fusions(kind, modality):
+                yield kind, modality, fusion
+
+
+@pytest.mark.parametrize("kind, modality, fusion", sorted(set(kinds_with_inputs())))
+def test_every_input_the_store_serves_has_the_encoder_layout_and_both_halves_matter(store, kind, modality, fusion):
+    encoder = next(n for n in list_models() if get_spec(n).input_kind == kind)
+    data = load_data(store, TrainConfig(encoder=encoder, modality=modality, fusion=fusion))
+    split = data.splits["train"]
+    raw = [m[:4] for m in split.memory]
+    inputs = to_model_inputs(data.recipe, raw)
+    assert all(x.dtype == torch.float32 and x.abs().max() <= 4 for x in inputs)
+    channels = {"audio": 1, "vision": 3}.get(modality, 6 if fusion == "stack" else 3)
+    if kind == "image":
+        assert inputs[0].shape[1] == channels and inputs[0].dim() == 4
+    elif kind == "video":
+        assert inputs[0].shape[1] == channels and inputs[0].dim() == 5
+    if modality == "av" and fusion != "sum":
+        for half in ("audio", "vision"):
+            changed = ablate(data.recipe, inputs, raw, half)
+            assert any(not torch.equal(a, b) for a, b in zip(changed, inputs)), (half, fusion)
+            assert all(torch.equal(a, b) or torch.count_nonzero(a) < torch.count_nonzero(b) for a, b in zip(changed, inputs))
+
+
+def test_recipes_refuse_pairs_that_cannot_go_together():
+    with pytest.raises(ValueError, match="takes --fusion none, not 'concat'"):
+        recipe_for("image", "audio", "concat")
+    with pytest.raises(ValueError, match="concat \\| concat224 \\| stack \\| sum, not 'fslf'"):
+        recipe_for("image", "av", "fslf")
+    assert set(SEQUENCE_FUSIONS) <= set(valid_fusions("video", "av"))
+
+
+@pytest.mark.slow
+def test_cli_train_evaluate_ablate_and_bad_input(store, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--encoder", "resnet18", "--fusion", "concat", "--store", store, "--epochs", "12", "--batch-size", "8", "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy (WAR)" in result.stdout and (out / "metrics.json").is_file()
+    full = run_cli("evaluate", "--run", str(out))
+    assert full.returncode == 0
+    original = json.loads((out / "evaluate.json").read_text())["test"]["accuracy"]
+    assert original == json.loads((out / "metrics.json").read_text())["test"]["accuracy"]
+    for half in ("audio", "vision"):
+        assert run_cli("evaluate", "--run", str(out), "--ablate", half).returncode == 0
+    ablated = {h: json.loads((out / f"evaluate-ablate-{h}.json").read_text())["test"]["accuracy"] for h in ("audio", "vision")}
+    assert min(ablated.values()) < original  # the model uses what was zeroed
+    again = run_cli("train", "--encoder", "resnet18", "--store", store, "--out", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr
+    unknown = run_cli("train", "--encoder", "resnet99", "--store", store, "--out", str(tmp_path / "x"))
+    assert unknown.returncode == 2 and "resnet18" in unknown.stderr and unknown.stderr.strip().count("\n") == 0
+    mismatch = run_cli("train", "--encoder", "vgg16", "--fusion", "fslf", "--store", store, "--out", str(tmp_path / "x"))
+    assert mismatch.returncode == 2 and "concat | concat224 | stack | sum" in mismatch.stderr
+    not_a_store = run_cli("train", "--encoder", "resnet18", "--store", str(tmp_path / "nothing.zarr"), "--out", str(tmp_path / "x"))
+    assert not_a_store.returncode == 2 and "no avstore store" in not_a_store.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_a_fusion_missing_from_the_store_is_derived_and_cached_but_never_in_a_read_only_store(store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    fs = FeatureStore.open(copy)
+    for name in [s.name for s in fs.feature_sets("fusion-stack")]:
+        shutil.rmtree(copy / "features" / name)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    open_up(workdir)
+    workdir.chmod(0o777)
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)  # chmod a-w, readable by all
+    refused = run_cli_unprivileged("train", "--encoder", "resnet18", "--fusion", "stack", "--store", str(copy), "--epochs", "1", "--out", "ro-run", cwd=workdir)
+    assert refused.returncode == 2, refused.stderr
+    assert "no 'stack' fusion" in refused.stderr and "read-only" in refused.stderr
+    assert not (workdir / "ro-run").exists() and not FeatureStore.open(copy).feature_sets("fusion-stack")
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    result = run_cli("train", "--encoder", "resnet18", "--fusion", "stack", "--store", str(copy), "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "deriving fusion 'stack'" in result.stderr
+    assert len(FeatureStore.open(copy).feature_sets("fusion-stack")) == 1
+
+
+@pytest.mark.slow
+def test_sweep_runs_the_matrix_and_ends_with_the_report(store, tmp_path):
+    out = tmp_path / "sweep"
+    result = run_cli("sweep", "--store", store, "--encoders", "simple3d,resnet18", "--modalities", "audio,vision,av", "--seeds", "0,1",
+                     "--epochs", "2", "--batch-size", "8", "--out", str(out), "--no-progress", timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(out.glob("*/metrics.json"))) == 12
+    table = (out / "report" / "comparison.md").read_text()
+    assert "resnet18" in table and "simple3d" in table and "n=2" in table
+    assert (out / "report" / "comparison_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "report" / "comparison.csv").read_text().count("\n") > 6
