@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
+from stores.location import locate
 from stores.store import FeatureStore
 
 
@@ -37,5 +37,5 @@ def describe_store(store: FeatureStore) -> dict:
 
 
 def store_bytes(location: str) -> int:
-    path = Path(location)
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+    """Bytes of every file (or object) of the store, wherever it lives."""
+    return sum(locate(location).files().values())

@@ -1,23 +1,27 @@
 """Checksums of every file of a store, written at commit; `verify` re-hashes and names what changed.
 
 A damaged file is reported by where it sits in the store (feature set, array, and the clip rows its shard
-holds), so a user knows which clips to re-extract.
+holds), so a user knows which clips to re-extract. Files are reached through the store's Location, so the
+same code checks a local folder and a bucket (where each object is one "file").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from stores.location import Location, locate
 
 CHECKSUMS = "avstore-checksums.json"
 IGNORED = {CHECKSUMS, ".avstore-writer.lock"}
 
 
-def _files(location: Path) -> list[Path]:
-    return sorted(p for p in location.rglob("*") if p.is_file() and p.name not in IGNORED and not p.name.endswith(".partial"))
+def _files(location: Location) -> dict[str, int]:
+    """The store's files that checksums cover (relative path -> size): not the lock, the list itself, or temp files."""
+    return {rel: size for rel, size in location.files().items()
+            if rel.rsplit("/", 1)[-1] not in IGNORED and not rel.endswith(".partial")}
 
 
 def sha256(path: Path) -> str:
@@ -28,11 +32,27 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_checksums(location: Path) -> dict[str, dict]:
-    sums = {p.relative_to(location).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)} for p in _files(location)}
-    tmp = location / f"{CHECKSUMS}.partial"
-    tmp.write_text(json.dumps(sums, indent=0, sort_keys=True))
-    os.replace(tmp, location / CHECKSUMS)
+def digests(location: Location, rels: list[str]) -> dict[str, str]:
+    """sha256 of each file: streamed from disk locally, fetched in concurrent batches remotely."""
+    if location.is_local:
+        return {rel: sha256(location.local_path / rel) for rel in rels}
+    return {rel: hashlib.sha256(data).hexdigest() for rel, data in location.read_many(rels)}
+
+
+def has_checksums(store: str | Path | Location) -> bool:
+    return locate(store).exists(CHECKSUMS)
+
+
+def read_checksums(store: str | Path | Location) -> dict[str, dict]:
+    return json.loads(locate(store).read_bytes(CHECKSUMS))
+
+
+def write_checksums(store: str | Path | Location) -> dict[str, dict]:
+    location = locate(store)
+    files = _files(location)
+    hashes = digests(location, sorted(files))
+    sums = {rel: {"size": files[rel], "sha256": hashes[rel]} for rel in sorted(files)}
+    location.write_bytes(CHECKSUMS, json.dumps(sums, indent=0, sort_keys=True).encode())
     return sums
 
 
@@ -46,7 +66,7 @@ class Damage:
         return f"{self.problem}: {self.path} ({self.where})"
 
 
-def describe(location: Path, path: str) -> str:
+def describe(store: str | Path | Location, path: str) -> str:
     """'features/faces-ab12/crops/c/3/0/0/0/0' -> 'array features/faces-ab12/crops, clip rows 96-127'."""
     parts = path.split("/")
     if "c" not in parts:
@@ -54,22 +74,25 @@ def describe(location: Path, path: str) -> str:
     array = "/".join(parts[: parts.index("c")])
     index = int(parts[parts.index("c") + 1])
     try:
-        meta = json.loads((location / array / "zarr.json").read_text())
+        meta = json.loads(locate(store).read_bytes(f"{array}/zarr.json"))
         rows = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
     except (OSError, ValueError, KeyError):
         return f"array {array}"
     return f"array {array}, clip rows {index * rows}-{(index + 1) * rows - 1}"
 
 
-def verify(location: Path) -> list[Damage]:
+def verify(store: str | Path | Location) -> list[Damage]:
     """Every difference between the store's files and the checksums written at its last commit."""
-    listed = json.loads((location / CHECKSUMS).read_text())
-    present = {p.relative_to(location).as_posix(): p for p in _files(location)}
+    location = locate(store)
+    listed = read_checksums(location)
+    present = _files(location)
+    same_size = [rel for rel, expected in listed.items() if present.get(rel) == expected["size"]]
+    hashes = digests(location, same_size)
     damage = []
     for rel, expected in listed.items():
         if rel not in present:
             damage.append(Damage(rel, "missing", describe(location, rel)))
-        elif present[rel].stat().st_size != expected["size"] or sha256(present[rel]) != expected["sha256"]:
+        elif present[rel] != expected["size"] or hashes[rel] != expected["sha256"]:
             damage.append(Damage(rel, "changed", describe(location, rel)))
     damage += [Damage(rel, "unexpected", describe(location, rel)) for rel in sorted(set(present) - set(listed))]
     return damage

@@ -1,7 +1,14 @@
-"""One writer per store: a lock file created with O_EXCL, removed when the writer finishes.
+"""One writer per store: a lock file created only if absent, removed when the writer finishes.
+
+Local folders use O_CREAT|O_EXCL, which the kernel makes exclusive. Object stores have no such call, but S3
+has a conditional PUT (`If-None-Match: *`): the server creates the object only if no object has that key,
+and answers 412 otherwise, so exactly one of two racing writers gets the lock. After the PUT the lock is read
+back and its random token compared, which catches a server that ignores the condition. A stale lock is taken
+over by deleting it with `If-Match: <etag>`, so a writer never removes a lock other than the one it judged.
 
 A lock left by a process that died on this host (kill -9) is recognised as stale and taken over; a live
-writer's lock is refused with a message that says who holds it.
+writer's lock, or one from another host (whose processes we cannot see), is refused with a message that says
+who holds it and how to remove it if that process is gone.
 """
 
 from __future__ import annotations
@@ -10,13 +17,20 @@ import json
 import os
 import socket
 import time
+import uuid
 from pathlib import Path
+
+from stores.location import Location, LocationError, locate
 
 LOCK_NAME = ".avstore-writer.lock"
 
 
 class StoreLockedError(RuntimeError):
     pass
+
+
+class StoreReadOnlyError(StoreLockedError):
+    """The lock could not be written because this user may not write the store."""
 
 
 def _alive(pid: int) -> bool:
@@ -30,39 +44,83 @@ def _alive(pid: int) -> bool:
 
 
 class WriterLock:
-    def __init__(self, store_dir: Path):
-        self.path = Path(store_dir) / LOCK_NAME
+    def __init__(self, store: str | Path | Location):
+        self.location = locate(store)
+        self.path = self.location.path(LOCK_NAME)
         self.held = False
 
+    @property
+    def where(self) -> str:
+        return self.location.url_of(LOCK_NAME)
+
     def acquire(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "token": uuid.uuid4().hex}
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create(json.dumps(me).encode())
             except FileExistsError:
-                holder = self._holder()
+                holder, etag = self._holder()
                 if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
-                    self.path.unlink(missing_ok=True)  # stale: its writer is gone
+                    self._remove(etag)  # stale: its writer is gone
                     continue
                 raise StoreLockedError(
-                    f"store '{self.path.parent}' is being written by pid {holder.get('pid')} on {holder.get('host')} "
-                    f"since {holder.get('since')}; wait for it to finish (or delete {self.path} if that process is gone)"
+                    f"store '{self.location.url}' is being written by pid {holder.get('pid')} on {holder.get('host')} "
+                    f"since {holder.get('since')}; wait for it to finish (or delete {self.where} if that process is gone)"
                 ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            except PermissionError:
+                raise StoreReadOnlyError(
+                    f"store '{self.location.url}' is read-only for this user (cannot create {self.where}); "
+                    "extract into a writable --store (consumers can still read this one)"
+                ) from None
             self.held = True
             return
-        raise StoreLockedError(f"could not take the writer lock {self.path}")
+        raise StoreLockedError(f"could not take the writer lock {self.where}; another writer is starting, try again")
 
-    def _holder(self) -> dict:
+    # ---- the two backends ----------------------------------------------------------------------------------
+    def _create(self, data: bytes) -> None:
+        if self.location.is_local:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return
+        if self.location.protocol not in ("s3", "s3a"):
+            raise LocationError(f"no exclusive create on {self.location.protocol}://; cannot lock '{self.location.url}' for writing")
+        self.location.fs.pipe_file(self.path, data, mode="create")
+        holder, _ = self._holder()
+        if holder.get("token") != json.loads(data)["token"]:  # the server ignored If-None-Match and another writer won
+            raise StoreLockedError(
+                f"store '{self.location.url}' was locked by pid {holder.get('pid')} on {holder.get('host')} at the same moment; "
+                "this object store may not honour conditional writes (If-None-Match), so run one writer at a time"
+            )
+
+    def _holder(self) -> tuple[dict, str | None]:
+        """The lock's content and, remotely, its ETag ({} and None if unreadable or gone)."""
         try:
-            return json.loads(self.path.read_text() or "{}")
+            if self.location.is_local:
+                return json.loads(Path(self.path).read_text() or "{}"), None
+            self.location.fs.invalidate_cache(self.path)
+            etag = self.location.fs.info(self.path).get("ETag")
+            return json.loads(self.location.fs.cat_file(self.path) or b"{}"), etag
         except (OSError, ValueError):
-            return {}
+            return {}, None
+
+    def _remove(self, etag: str | None) -> None:
+        """Delete the lock; remotely only if it is still the object we read (`etag`), when one is given."""
+        if self.location.is_local:
+            Path(self.path).unlink(missing_ok=True)
+            return
+        bucket, _, key = self.path.partition("/")
+        try:
+            kwargs = {"IfMatch": etag} if etag else {}
+            self.location.fs.call_s3("delete_object", Bucket=bucket, Key=key, **kwargs)
+        except (FileNotFoundError, OSError):
+            pass  # already gone, or replaced since we read it (412): the next create attempt decides
+        self.location.fs.invalidate_cache(self.path)
 
     def release(self) -> None:
+        """Unconditional: while we live nobody takes our lock over (other hosts never do, this host sees our pid)."""
         if self.held:
-            self.path.unlink(missing_ok=True)
+            self._remove(None)
             self.held = False
 
     def __enter__(self) -> "WriterLock":
@@ -71,3 +129,8 @@ class WriterLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_present(store: str | Path | Location) -> bool:
+    """Whether a writer lock (live or stale) sits in the store: such a store is not a finished one."""
+    return locate(store).exists(LOCK_NAME)

@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 
 from stores.fingerprint import fingerprint
+from stores.location import locate
 
 FORMAT_VERSION = 1
 SHARD_ROWS = 32
@@ -101,10 +102,11 @@ class FeatureStore:
     # ---- opening -------------------------------------------------------------------------------------
     @classmethod
     def open(cls, location: str | Path, *, mode: str = "r") -> "FeatureStore":
-        """Open an existing store; `mode="r"` for consumers (the default), "r+" for the writer."""
+        """Open an existing store (a path or an fsspec URL); `mode="r"` for consumers (the default), "r+" for the
+        writer. Reading writes nothing, so a chmod a-w folder or a bucket without write permission is fine."""
         location = str(location)
         try:
-            group = zarr.open_group(location, mode=mode, zarr_format=3)
+            group = zarr.open_group(locate(location).zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise StoreError(f"no avstore store at '{location}'; run `python cli.py extract` first or check --store") from None
         info = group.attrs.get("avstore")
@@ -117,7 +119,7 @@ class FeatureStore:
     @classmethod
     def create(cls, location: str | Path, *, dataset: str, class_names: Iterable[str], split_seed: int) -> "FeatureStore":
         location = str(location)
-        group = zarr.open_group(location, mode="a", zarr_format=3)  # the folder may hold our lock file already
+        group = zarr.open_group(locate(location).zarr_store(read_only=False), mode="a", zarr_format=3)  # may hold our lock already
         group.attrs["avstore"] = {
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
@@ -225,7 +227,7 @@ def _column_value(record: Any, column: str) -> Any:
 
 def store_exists(location: str | Path) -> bool:
     try:
-        zarr.open_group(str(location), mode="r", zarr_format=3)
+        zarr.open_group(locate(location).zarr_store(read_only=True), mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         return False
     return True

@@ -1,0 +1,173 @@
+"""Where a store lives: a local folder or an fsspec URL (s3://, gs://, file://), resolved in one place.
+
+Everything that touches a store's files (Zarr, the writer lock, checksums, publish, diff) asks this module
+for the filesystem and the root path, so local and remote stores go through the same code and a new URL
+scheme needs changes here only.
+
+Credentials and endpoints come from each backend's own standard configuration, never from avstore: for
+S3, botocore reads AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (a MinIO, Ceph or moto server), AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE and ~/.aws/config; for gs://, gcsfs reads
+GOOGLE_APPLICATION_CREDENTIALS. So the same `--store s3://lab/crema-d.zarr` works on a laptop and on a
+cluster node once the environment is set.
+
+Local paths (and file:// URLs) keep Zarr's LocalStore, exactly as before remote stores existed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.utils import get_protocol
+
+EXCLUSIVE_CREATE = {"s3", "s3a"}
+"""Remote protocols whose "create only if absent" write is known to be honoured (S3's `If-None-Match: *`,
+checked against moto and documented by AWS since 2024). The writer lock needs it, so extract writes only to
+local paths and these; other protocols can still be read and published to."""
+
+READ_BATCH_BYTES = 256 << 20
+"""Remote files are fetched concurrently in batches of about this many bytes (hashing, diff, publish)."""
+
+
+class LocationError(ValueError):
+    """A --store string that cannot be used; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Location:
+    url: str  # as the user wrote it, for messages
+    fs: fsspec.AbstractFileSystem
+    root: str  # the store's root inside `fs`: no protocol, no trailing slash
+
+    # ---- what kind of place ---------------------------------------------------------------------------
+    @property
+    def protocol(self) -> str:
+        protocol = self.fs.protocol
+        return protocol[0] if isinstance(protocol, (tuple, list)) else protocol
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol in ("file", "local")
+
+    @property
+    def local_path(self) -> Path:
+        assert self.is_local, self.url
+        return Path(self.root)
+
+    def path(self, rel: str = "") -> str:
+        """The filesystem path of `rel` (a '/'-separated path inside the store)."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def url_of(self, rel: str = "") -> str:
+        """What a user would type for `rel`: a local path, or a URL with the protocol."""
+        return self.path(rel) if self.is_local else self.fs.unstrip_protocol(self.path(rel))
+
+    # ---- Zarr ---------------------------------------------------------------------------------------------
+    def zarr_store(self, *, read_only: bool):
+        """The Zarr store object: LocalStore for local folders, FsspecStore (async fsspec) for URLs.
+
+        Listings are not cached: a reader that lists a store's feature sets while a writer adds one (or polls
+        a store being written) must see the bucket as it is, not as it was at its first look."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if self.is_local:
+            return LocalStore(self.root, read_only=read_only)
+        return FsspecStore.from_url(self.url_of(), read_only=read_only, storage_options={"use_listings_cache": False})
+
+    # ---- files ------------------------------------------------------------------------------------------
+    def files(self) -> dict[str, int]:
+        """Every file under the root (relative '/'-path -> size), fresh from the backend (no listing cache)."""
+        if self.is_local:
+            base = self.local_path
+            if not base.is_dir():
+                return {}
+            return {p.relative_to(base).as_posix(): p.stat().st_size for p in sorted(base.rglob("*")) if p.is_file()}
+        self.fs.invalidate_cache(self.root)
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return {}
+        prefix = self.root + "/"
+        return {p[len(prefix):]: int(i.get("size") or 0) for p, i in sorted(found.items())
+                if p.startswith(prefix) and i.get("type") == "file"}
+
+    def exists(self, rel: str = "") -> bool:
+        """Whether `rel` is a file here, or (rel="") whether anything at all is at the root."""
+        if not rel:
+            return self.local_path.exists() if self.is_local else bool(self.files())
+        if self.is_local:
+            return (self.local_path / rel).is_file()
+        self.fs.invalidate_cache(self.path(rel))
+        return self.fs.isfile(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write one file so that readers see the old content or the new, never a part: a local rename, or a
+        single object PUT (atomic on object stores)."""
+        if self.is_local:
+            target = self.local_path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f"{target.name}.partial")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(self.path(rel), data)
+
+    def read_many(self, rels: list[str]) -> Iterator[tuple[str, bytes]]:
+        """(rel, content) for each file; remote files are fetched concurrently, a batch at a time."""
+        if self.is_local:
+            for rel in rels:
+                yield rel, (self.local_path / rel).read_bytes()
+            return
+        sizes = self.files()
+        batch: list[str] = []
+        batch_bytes = 0
+        for i, rel in enumerate(rels):
+            batch.append(rel)
+            batch_bytes += sizes.get(rel, 0)
+            if i == len(rels) - 1 or batch_bytes >= READ_BATCH_BYTES or len(batch) >= 256:
+                contents = self.fs.cat([self.path(r) for r in batch])
+                for r in batch:
+                    yield r, contents[self.path(r)]
+                batch, batch_bytes = [], 0
+
+    # ---- before writing ---------------------------------------------------------------------------------
+    def prepare_for_writing(self) -> None:
+        """Make the root exist (local) or check it can take a writer (remote); raise LocationError if not."""
+        if self.is_local:
+            self.local_path.mkdir(parents=True, exist_ok=True)
+            return
+        if self.protocol not in EXCLUSIVE_CREATE:
+            raise LocationError(
+                f"cannot write a store at '{self.url}': avstore's writer lock needs an exclusive create, known to work on "
+                f"local paths and s3:// only; extract locally, then `python cli.py publish --to {self.url}`"
+            )
+        bucket = self.root.split("/")[0]
+        if not self.fs.exists(bucket):
+            raise LocationError(
+                f"bucket '{bucket}' does not exist (endpoint {os.environ.get('AWS_ENDPOINT_URL_S3') or os.environ.get('AWS_ENDPOINT_URL') or 'AWS'}); "
+                f"create it first (aws s3 mb s3://{bucket}) or fix --store / AWS_ENDPOINT_URL"
+            )
+
+
+def locate(store: str | Path | Location) -> Location:
+    """Turn a --store value (path or URL) into a Location; LocationError when its scheme can't be used."""
+    if isinstance(store, Location):
+        return store
+    url = str(store)
+    if not url:
+        raise LocationError("empty --store; give a folder (stores/x.zarr) or a URL (s3://bucket/x.zarr)")
+    try:
+        fs, root = url_to_fs(url)
+    except ImportError as err:
+        raise LocationError(f"'{url}' needs the fsspec backend for {get_protocol(url)}:// ({err}); it is not installed in .venv") from None
+    except ValueError as err:
+        raise LocationError(f"cannot use '{url}' as a store ({err}); give a local path or an s3://, gs:// or file:// URL") from None
+    root = root.rstrip("/") or root
+    return Location(url=url, fs=fs, root=root)

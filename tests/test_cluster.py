@@ -1,0 +1,95 @@
+"""`extract --scheduler`: a real external Dask cluster (a scheduler and two workers, as a lab would start them).
+
+The scheduler and workers are `.venv/bin/dask` subprocesses on 127.0.0.1 with `PYTHONPATH` at the repository,
+so workers can import `pipeline`. Each runs in its own process group and the fixture's finalizer kills every
+group, nanny and worker children included, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.remote_helpers import arrays_of, assert_same_arrays, cli, extract_args, reference_store, sample_corpus
+
+DASK = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "dask"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, request) -> str:
+    """tcp://127.0.0.1:PORT of a scheduler with two single-threaded workers."""
+    if not DASK.is_file():
+        pytest.skip(f"{DASK} not found")
+    folder = tmp_path_factory.mktemp("dask")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    processes: list[subprocess.Popen] = []
+
+    def start(*args: str, log: str) -> None:
+        with open(folder / log, "w") as out:
+            processes.append(subprocess.Popen([str(DASK), *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
+
+    def stop() -> None:
+        for proc in processes:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in processes:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for proc in processes:  # the nanny's worker children share the group; make sure none survived
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    request.addfinalizer(stop)
+    scheduler_file = folder / "scheduler.json"
+    start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file), log="scheduler.log")
+    address = _wait_for(lambda: scheduler_file.is_file() and json.loads(scheduler_file.read_text())["address"], "scheduler", folder)
+    for i in range(2):
+        start("worker", address, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard",
+              "--memory-limit", "0", "--name", f"w{i}", log=f"worker{i}.log")
+    _wait_for(lambda: _worker_count(address) >= 2, "two workers", folder)
+    return address
+
+
+def _worker_count(address: str) -> int:
+    from dask.distributed import Client
+
+    with Client(address, timeout=10) as client:
+        return len(client.scheduler_info()["workers"])
+
+
+def _wait_for(check, what: str, logs: Path, timeout: float = 120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = check()
+        except (OSError, ValueError, KeyError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.5)
+    details = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(logs.glob("*.log")))
+    raise AssertionError(f"{what} did not start within {timeout} s\n{details}")
+
+
+@pytest.mark.slow
+def test_extract_through_an_external_cluster_equals_a_local_run(cluster, tmp_path_factory, tmp_path):
+    corpus, reference = sample_corpus(tmp_path_factory), reference_store(tmp_path_factory)
+    store = tmp_path / "cluster.zarr"
+    result = cli(*extract_args(corpus, str(store), "--scheduler", cluster, workers=None))
+    assert result.returncode == 0, result.stderr
+    assert "18 processed" in result.stdout
+    assert_same_arrays(arrays_of(reference), arrays_of(store))
+    assert cli("verify", "--store", str(store)).returncode == 0
