@@ -7,6 +7,8 @@ that names the problem and the fix, and exit code 2.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -165,7 +167,7 @@ def extract(
         result = run_extract(records, store, config, dataset=dataset, class_names=class_names, split_seed=split_seed,
                              workers=workers, scheduler=scheduler, device=device, progress=progress,
                              commit_every=commit_every)
-    except (StoreLockedError, StoreError, ValueError) as err:
+    except (StoreLockedError, StoreError, ValueError, PermissionError) as err:
         fail(str(err))
     typer.echo(
         f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}), "
@@ -179,22 +181,42 @@ def extract(
 
 
 def check_writable(store: str) -> None:
-    """Refuse, before anything is written, a store location this user cannot write."""
+    """Refuse, before anything is written, a store location this user cannot write.
+
+    A local folder with no write bit at all (a published store, chmod a-w) is refused even for root, who could
+    write it anyway. A remote store's permissions are only known by trying: the writer lock, the first thing
+    extract writes, turns a denied PUT into the same one-line refusal."""
     import os
 
-    path = Path(store)
+    from stores.location import LocationError, locate
+
+    try:
+        where = locate(store)
+    except LocationError as err:
+        fail(str(err))
+    if not where.is_local:
+        return
+    path = where.local_path
     probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK):
+    if not os.access(probe, os.W_OK) or (path.exists() and not path.stat().st_mode & 0o222):
         fail(f"store '{store}' is read-only for this user; extract into a writable --store (consumers can still read this one)")
 
 
 def open_store(store: str):
+    from stores.location import LocationError
     from stores.store import FeatureStore, StoreError
 
     try:
         return FeatureStore.open(store)
-    except StoreError as err:
+    except (StoreError, LocationError) as err:
         fail(str(err))
+    except OSError as err:  # e.g. a bucket these credentials may not read
+        unreadable(f"store '{store}'", err)
+
+
+def unreadable(what: str, err: OSError) -> None:
+    """A store that exists but can't be read (permissions, network): one line, not a traceback."""
+    fail(f"cannot read {what} ({type(err).__name__}: {err}); check the path or URL and the credentials (AWS_* variables)")
 
 
 @app.command()
@@ -205,7 +227,10 @@ def info(
     """What a store holds: clips by status, feature sets with parameters and fingerprints, arrays, bytes on disk."""
     from stores.inspect import describe_store
 
-    description = describe_store(open_store(store))
+    try:
+        description = describe_store(open_store(store))
+    except OSError as err:
+        unreadable(f"store '{store}'", err)
     if as_json:
         typer.echo(json.dumps(description, indent=2, default=str))
         return
@@ -220,14 +245,17 @@ def info(
 
 
 @app.command()
-def verify(store: str = typer.Option("stores/crema-d.zarr", help="Store path.")) -> None:
+def verify(store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL.")) -> None:
     """Re-hash every file against the checksums written at commit; exit 1 and name the damage if any."""
-    from stores.integrity import CHECKSUMS, verify as verify_store
+    from stores.integrity import CHECKSUMS, has_checksums, verify as verify_store
 
     open_store(store)
-    if not (Path(store) / CHECKSUMS).is_file():
+    if not has_checksums(store):
         fail(f"'{store}' has no {CHECKSUMS}; it was never committed by a finished extract run")
-    damage = verify_store(Path(store))
+    try:
+        damage = verify_store(store)
+    except OSError as err:
+        unreadable(f"store '{store}'", err)
     if damage:
         for d in damage:
             typer.echo(str(d))
@@ -236,7 +264,251 @@ def verify(store: str = typer.Option("stores/crema-d.zarr", help="Store path."))
     typer.echo(f"{store}: every file matches its checksum")
 
 
-DEMO_SIZE, DEMO_MELS = 112, 128
+@app.command()
+def publish(
+    store: str = typer.Option(..., help="The finished store to publish (path or URL)."),
+    to: str = typer.Option(..., help="Where to publish it (path or URL); must not exist yet."),
+) -> None:
+    """Copy a finished store to a shared place, verify it there, and make it visible only once complete.
+
+    Example: python cli.py publish --store stores/crema-d.zarr --to s3://lab-features/crema-d.zarr
+    """
+    from stores.location import LocationError
+    from stores.publish import PublishError, publish as publish_store
+
+    try:
+        done = publish_store(store, to)
+    except (PublishError, LocationError) as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"publishing '{store}' to '{to}' failed ({type(err).__name__}: {err}); check both locations and the credentials")
+    typer.echo(f"published {store} -> {done.dest}: {done.files} files, {done.bytes / 1e6:.1f} MB, checksums verified on arrival")
+
+
+@app.command()
+def diff(
+    store_a: str = typer.Argument(..., help="First store (path or URL)."),
+    store_b: str = typer.Argument(..., help="Second store (path or URL)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Compare two stores by content (feature sets, parameters, clips, committed arrays); provenance is ignored.
+
+    Exit 0 and "no difference" when identical in content, exit 1 when they differ (like `diff`).
+    """
+    from stores.diff import diff_stores
+
+    for store in (store_a, store_b):
+        open_store(store)
+    try:
+        result = diff_stores(store_a, store_b)
+    except OSError as err:
+        unreadable(f"stores '{store_a}' and '{store_b}'", err)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2, default=str))
+    else:
+        for line in result.lines():
+            typer.echo(line)
+    if not result.identical:
+        raise typer.Exit(code=1)
+
+
+def encoder_names() -> list[str]:
+    from encoders.registry import list_models
+
+    return list_models()
+
+
+def train_config(encoder: str, modality: Optional[str], fusion: Optional[str], **options):
+    """Resolve the defaults a user expects: pair models fuse themselves; unimodal runs take no fusion."""
+    from encoders.registry import UnknownEncoderError, get_spec
+    from encoders.train import TrainConfig
+    from stores.torchdata import recipe_for
+
+    try:
+        spec = get_spec(encoder)
+    except UnknownEncoderError as err:
+        fail(str(err))
+    kind = spec.input_kind
+    modality = modality or "av"
+    if fusion is None:
+        fusion = "none" if kind.startswith("pair") or modality != "av" else "concat"
+    try:
+        recipe_for(kind, modality, fusion, square_only=spec.square_input)
+    except ValueError as err:
+        fail(f"encoder {encoder}: {err}")
+    return TrainConfig(encoder=encoder, modality=modality, fusion=fusion, **options)
+
+
+def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
+    """Train; a fusion the store lacks is first derived from its stored crops and chunks, and cached."""
+    from encoders.train import MissingFusionError, train
+    from stores.store import StoreError
+
+    for attempt in range(2):
+        try:
+            return train(store, config, out, progress=progress)
+        except MissingFusionError as err:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                fail(f"{err} first; under torchrun the ranks cannot derive it themselves")
+            if attempt or not writable(store):
+                fail(f"{err} (this store is read-only for you: ask its owner, or copy it)")
+            typer.echo(f"deriving fusion '{err.fusion}' from the stored faces and audio (no decoding) ...", err=True)
+            derive_missing_fusion(store, config, err.fusion)
+        except (StoreError, ValueError) as err:
+            fail(str(err))
+    raise AssertionError("unreachable")
+
+
+def derive_missing_fusion(store: str, config, fusion: str) -> None:
+    from pipeline.run import derive_fusion
+    from stores.lock import StoreLockedError
+    from stores.store import FeatureStore
+    from stores.torchdata import select_feature_sets
+
+    faces, audio = select_feature_sets(FeatureStore.open(store), config.faces, config.audio)
+    try:
+        derive_fusion(store, fusion, faces.fingerprint, audio.fingerprint)
+    except StoreLockedError as err:
+        fail(str(err))
+
+
+def writable(store: str) -> bool:
+    return Path(store).exists() and os.access(store, os.W_OK)
+
+
+def print_metrics(metrics: dict, out: Path) -> None:
+    test = metrics["test"]
+    typer.echo(
+        f"{metrics['encoder']} {metrics['modality']} {metrics['fusion']} seed {metrics['seed']}: best epoch {metrics['best_epoch']} (by validation UAR); "
+        f"test accuracy (WAR) {test['accuracy']:.3f}, UAR {test['uar']:.3f}, macro-F1 {test['macro_f1']:.3f} on {test['n']} clips"
+    )
+    typer.echo("  per-class recall: " + "  ".join(f"{k} {v['recall']:.2f}" for k, v in test["per_class"].items()))
+    typer.echo(f"  run directory: {out} (metrics.json, model.pt, learning_curve.png, confusion_test.png, train.log)")
+
+
+@app.command()
+def encoders() -> None:
+    """List the encoders (the registry) with what they read."""
+    from encoders.registry import get_spec
+
+    for name in encoder_names():
+        spec = get_spec(name)
+        typer.echo(f"{name:10s} {spec.input_kind:11s} {spec.description}")
+
+
+@app.command()
+def train(
+    encoder: str = typer.Option(..., help="Encoder name; `python cli.py encoders` lists them."),
+    fusion: Optional[str] = typer.Option(None, help="concat, concat224, stack, sum (2D/3D), ffls, fslf, ofos, rfas (3D), or none (unimodal, xattn, late). Default: concat for av, none otherwise."),
+    modality: Optional[str] = typer.Option(None, help="audio, vision or av (default av)."),
+    store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL (opened read-only)."),
+    epochs: int = typer.Option(20, min=1),
+    batch_size: int = typer.Option(16, min=1),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the encoder's)."),
+    seed: int = typer.Option(0, help="Seed of initialisation and batch order (recorded)."),
+    split_seed: Optional[int] = typer.Option(None, help="Re-derive the actor-disjoint split with this seed (default: the store's split)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Start from the library's pretrained weights (needs them cached or network access)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<encoder>-<modality>-<fusion>-seed<seed>); must not exist."),
+    faces: Optional[str] = typer.Option(None, help="Faces feature-set fingerprint, when the store holds several."),
+    audio: Optional[str] = typer.Option(None, help="Audio feature-set fingerprint, when the store holds several."),
+    max_memory_gb: float = typer.Option(4.0, help="Load the splits into memory up to this size; stream from the store beyond it."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train one encoder from the store; the best validation epoch is tested once.
+
+    Example: python cli.py train --encoder vgg16 --fusion concat --store stores/crema-d.zarr
+    """
+    config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed,
+                          device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
+                          max_memory_gb=max_memory_gb)
+    out = out or Path("runs") / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}"
+    if out.exists() and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 creates it
+        fail(f"run directory '{out}' exists; pass another --out or delete it")
+    open_store(store)
+    metrics = run_training(store, config, out, progress)
+    if metrics:  # under torchrun, rank 0 alone reports
+        print_metrics(metrics, out)
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Option(..., help="A run directory written by `train`."),
+    ablate: Optional[str] = typer.Option(None, help="Zero one modality of a multimodal model: audio or vision."),
+    store: Optional[str] = typer.Option(None, help="Read the store from here instead of where the run found it."),
+) -> None:
+    """Re-evaluate a run on its test split; --ablate gives the study's "ablated" rows."""
+    from encoders.train import evaluate_run
+    from stores.store import StoreError
+
+    if not (run / "metrics.json").is_file() or not (run / "model.pt").is_file():
+        fail(f"'{run}' is not a finished run directory (needs metrics.json and model.pt)")
+    try:
+        report = evaluate_run(run, ablation=ablate, store=store)
+    except (StoreError, ValueError) as err:
+        fail(str(err))
+    test = report["test"]
+    typer.echo(f"{report['encoder']} {report['modality']} {report['fusion']}{' ablated ' + ablate if ablate else ''}: "
+               f"test accuracy {test['accuracy']:.3f}, UAR {test['uar']:.3f}, macro-F1 {test['macro_f1']:.3f}")
+
+
+@app.command()
+def report(
+    runs: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
+    out: Optional[Path] = typer.Option(None, help="Where to write comparison.md/.csv/.png (default: RUNS/report)."),
+) -> None:
+    """The paper's comparison table (mean ± sd over seeds) as Markdown and CSV, plus bar plots."""
+    from encoders.report import write_report
+
+    if not runs.is_dir() or not any(runs.rglob("metrics.json")):
+        fail(f"'{runs}' holds no run directories with metrics.json; train something first")
+    paths = write_report(runs, out or runs / "report")
+    typer.echo(paths["markdown"].read_text())
+    typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command()
+def sweep(
+    store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL."),
+    encoders: str = typer.Option("resnet18,simple3d", help="Comma-separated encoders."),
+    modalities: str = typer.Option("audio,vision,av", help="Comma-separated modalities."),
+    seeds: str = typer.Option("0,1", help="Comma-separated seeds."),
+    fusion: str = typer.Option("concat", help="Fusion of the av runs of 2D/3D encoders."),
+    epochs: int = typer.Option(20, min=1),
+    batch_size: int = typer.Option(16, min=1),
+    device: str = typer.Option("auto"),
+    out: Path = typer.Option(Path("runs/sweep"), help="Folder for the runs and the report."),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Encoders x modalities x seeds in one command, ending with the comparison table and plots."""
+    from encoders.report import write_report
+    from encoders.registry import get_spec
+
+    open_store(store)
+    plan = []
+    for encoder in [e.strip() for e in encoders.split(",") if e.strip()]:
+        for modality in [m.strip() for m in modalities.split(",") if m.strip()]:
+            pair = encoder in encoder_names() and get_spec(encoder).input_kind.startswith("pair")
+            if pair and modality != "av":
+                continue  # a fusion model has no unimodal form
+            for seed in [int(s) for s in seeds.split(",")]:
+                config = train_config(encoder, modality, None if pair or modality != "av" else fusion, epochs=epochs,
+                                      batch_size=batch_size, seed=seed, device=default_device(device))
+                run_dir = out / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}"
+                plan.append((config, run_dir))
+    for k, (config, run_dir) in enumerate(plan, 1):
+        if (run_dir / "metrics.json").is_file():
+            typer.echo(f"[{k}/{len(plan)}] {run_dir.name}: done already")
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
+        typer.echo(f"[{k}/{len(plan)}] {run_dir.name}")
+        print_metrics(run_training(store, config, run_dir, progress), run_dir)
+    paths = write_report(out, out / "report")
+    typer.echo(paths["markdown"].read_text())
+    typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+DEMO_SIZE, DEMO_MELS, DEMO_EPOCHS = 64, 64, 5
 """The demo keeps images small so it runs in a couple of minutes on two cores; the paper's 224/512 are the defaults."""
 
 
@@ -245,7 +517,7 @@ def demo(
     out: Path = typer.Option(Path("demo"), help="Working folder for the demo (corpus, store, runs)."),
     workers: int = typer.Option(2, min=0, help="Dask worker processes for extraction."),
 ) -> None:
-    """End to end on a generated sample: corpus -> summary -> store (re-runs reuse what exists)."""
+    """End to end on a generated sample: corpus -> summary -> store -> trained vgg16 (re-runs reuse what exists)."""
     from pipeline.audio import MelConfig
     from pipeline.corpora.sample import write_sample_corpus
     from pipeline.faces import FaceConfig
@@ -253,21 +525,31 @@ def demo(
 
     corpus, store = out / "corpus", out / "sample.zarr"
     if not (corpus / "SAMPLE.json").is_file():
-        typer.echo(f"[1/3] generating the sample corpus in {corpus}")
+        typer.echo(f"[1/4] generating the sample corpus in {corpus}")
         write_sample_corpus(corpus, actors=8, sentences=2, seed=0, with_broken=True)
     else:
-        typer.echo(f"[1/3] reusing the sample corpus in {corpus}")
-    typer.echo("[2/3] corpus summary")
+        typer.echo(f"[1/4] reusing the sample corpus in {corpus}")
+    typer.echo("[2/4] corpus summary")
     records = load_records("sample", corpus, None, 0)
     print_summary(records)
-    typer.echo(f"[3/3] extracting into {store} (size {DEMO_SIZE}, {DEMO_MELS} mel bands, fusion concat)")
+    typer.echo(f"[3/4] extracting into {store} (size {DEMO_SIZE}, {DEMO_MELS} mel bands, fusion concat)")
     config = ExtractConfig(faces=FaceConfig(size=DEMO_SIZE), mel=MelConfig(n_mels=DEMO_MELS), fusions=("concat",))
     result = run_extract(records, store, config, dataset="sample", class_names=list(get_corpus("sample").class_names), workers=workers)
     typer.echo(f"      {result.computed} clips processed, {result.skipped} already done, {result.seconds:.1f} s")
     typer.echo("      status: " + ", ".join(f"{k} {v}" for k, v in sorted(result.status.items())))
     for clip_id, why in sorted(result.failures.items()):
         typer.echo(f"      not ok: {clip_id}: {why}")
-    typer.echo(f"done. Inspect the store with: .venv/bin/python cli.py info --store {store}")
+    run = out / "runs" / "vgg16-av-concat-seed0"
+    typer.echo(f"[4/4] training vgg16 on the concat fusion for {DEMO_EPOCHS} epochs (CPU: a few minutes) into {run}")
+    if (run / "metrics.json").is_file():
+        metrics = json.loads((run / "metrics.json").read_text())
+    else:
+        shutil.rmtree(run, ignore_errors=True)
+        config = train_config("vgg16", "av", "concat", epochs=DEMO_EPOCHS, batch_size=16, device=default_device("auto"))
+        metrics = run_training(str(store), config, run)
+    print_metrics(metrics, run)
+    typer.echo(f"done. Next: .venv/bin/python cli.py info --store {store}; "
+               f".venv/bin/python cli.py sweep --store {store} --encoders resnet18,simple3d --out {out / 'runs' / 'sweep'}")
 
 
 if __name__ == "__main__":

@@ -229,6 +229,7 @@ def vgg16(
     "vit-b16",
     input_kind="image",
     description="ViT-B/16 (Dosovitskiy et al. 2021), torchvision, ~86 M",
+    square_input=True,
 )
 def vit_b16(
     *,

@@ -55,6 +55,7 @@ class EncoderSpec:
     input_kind: InputKind
     description: str
     builder: Callable[..., nn.Module]
+    square_input: bool = False  # ViT-B/16 and VideoMAE fix a square image size; side-by-side S x 2S won't fit
 
 
 class UnknownEncoderError(KeyError):
@@ -67,7 +68,7 @@ class UnknownEncoderError(KeyError):
 _REGISTRY: dict[str, EncoderSpec] = {}
 
 
-def register_encoder(name: str, *, input_kind: InputKind, description: str) -> Callable[[Builder], Builder]:
+def register_encoder(name: str, *, input_kind: InputKind, description: str, square_input: bool = False) -> Callable[[Builder], Builder]:
     """Decorator that registers a model builder under ``name``.
 
     Raises:
@@ -79,7 +80,7 @@ def register_encoder(name: str, *, input_kind: InputKind, description: str) -> C
     def wrapper(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"an encoder named {name!r} is already registered")
-        _REGISTRY[name] = EncoderSpec(name=name, input_kind=input_kind, description=description, builder=builder)
+        _REGISTRY[name] = EncoderSpec(name=name, input_kind=input_kind, description=description, builder=builder, square_input=square_input)
         return builder
 
     return wrapper

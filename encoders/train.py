@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -109,7 +110,8 @@ class Data:
 
 def load_data(location: str, config: TrainConfig) -> Data:
     store = FeatureStore.open(location)
-    recipe = recipe_for(get_spec(config.encoder).input_kind, config.modality, config.fusion)
+    spec = get_spec(config.encoder)
+    recipe = recipe_for(spec.input_kind, config.modality, config.fusion, square_only=spec.square_input)
     faces, audio = select_feature_sets(store, config.faces, config.audio)
     sets = {"faces": faces.name, "audio": audio.name}
     fused = None
@@ -145,11 +147,17 @@ def load_data(location: str, config: TrainConfig) -> Data:
     )
 
 
-def batches(split: StoreSplit, batch_size: int, *, shuffle: bool, generator: torch.Generator, device: str):
-    """(raw stored tensors, labels) per batch, on `device`; in-memory splits are indexed directly."""
-    pin = device == "cuda"
+def batches(split: StoreSplit, batch_size: int, *, shuffle: bool, generator: torch.Generator, device: str, rank: int = 0, world: int = 1):
+    """(raw stored tensors, labels) per batch, on `device`; in-memory splits are indexed directly.
+
+    Under DDP every rank draws the same permutation (same generator seed) and takes every world-th clip of it,
+    cut to equal length so all ranks run the same number of steps.
+    """
+    pin = device.startswith("cuda")
     if split.memory is not None:
         order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
+        if world > 1:
+            order = order[: len(order) // world * world][rank::world]
         for start in range(0, len(split), batch_size):
             index = order[start : start + batch_size]
             raw = [m[index] for m in split.memory]
@@ -157,8 +165,12 @@ def batches(split: StoreSplit, batch_size: int, *, shuffle: bool, generator: tor
                 raw = [r.pin_memory() for r in raw]
             yield [r.to(device, non_blocking=True) for r in raw], split.labels[index].to(device, non_blocking=True)
         return
+    sampler = None
+    if world > 1:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            split, num_replicas=world, rank=rank, shuffle=shuffle, seed=int(torch.randint(0, 2**31, (1,), generator=generator)), drop_last=True)
     loader = torch.utils.data.DataLoader(
-        split, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=2,
+        split, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, generator=generator, num_workers=2,
         multiprocessing_context="spawn", persistent_workers=False, pin_memory=pin,
     )
     for *raw, labels in loader:
@@ -174,14 +186,14 @@ def build_model(config: TrainConfig, data: Data) -> torch.nn.Module:
 
 
 def autocast(device: str):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
 
 
 def prepare(recipe: InputRecipe, raw: list[torch.Tensor], device: str, ablation: str | None = None) -> list[torch.Tensor]:
     inputs = to_model_inputs(recipe, raw)
     if ablation:
         inputs = ablate(recipe, inputs, raw, ablation)
-    if device == "cuda":
+    if device.startswith("cuda"):
         inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
     return inputs
 
@@ -207,33 +219,36 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
     """Train, keep the best validation epoch, test it once, and write the run directory `out`."""
     config = config.resolved()
     seed_everything(config.seed)
-    device = config.device
+    rank, world, device = start_distributed(config.device)
+    master = rank == 0  # only rank 0 logs, evaluates and writes
     data = load_data(location, config)  # before anything is written: bad input leaves no run directory
-    out.mkdir(parents=True, exist_ok=False)
-    log = run_logger(out)
+    if master:
+        out.mkdir(parents=True, exist_ok=False)
+    log = run_logger(out if master else None)
 
-    model = build_model(config, data).to(device)
-    if device == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    pretrained_ids = {id(p) for p in getattr(model, "pretrained_parameters", lambda: [])()}
+    raw_model = build_model(config, data).to(device)
+    if device.startswith("cuda"):
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    model = torch.nn.parallel.DistributedDataParallel(raw_model) if world > 1 else raw_model
+    pretrained_ids = {id(p) for p in getattr(raw_model, "pretrained_parameters", lambda: [])()}
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in pretrained_ids], "lr": config.lr},
         {"params": [p for p in model.parameters() if id(p) in pretrained_ids], "lr": config.lr * 0.01},  # seed 003
     ]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config.weight_decay)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=getattr(model, "label_smoothing", 0.0))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=getattr(raw_model, "label_smoothing", 0.0))
     generator = torch.Generator().manual_seed(config.seed)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("encoder %s (%s params), modality %s, fusion %s, device %s, inputs %s, train/val/test clips %s, speakers %s",
-             config.encoder, f"{n_params:,}", config.modality, config.fusion, device, data.image_size,
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    log.info("encoder %s (%s params), modality %s, fusion %s, device %s x %d, inputs %s, train/val/test clips %s, speakers %s",
+             config.encoder, f"{n_params:,}", config.modality, config.fusion, device, world, data.image_size,
              [len(s) for s in data.splits.values()], list(data.speakers.values()))
 
     history, best, best_state, epoch_seconds = [], None, None, []
     for epoch in range(1, config.epochs + 1):
         model.train()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(total=len(data.splits["train"]), desc=f"epoch {epoch}/{config.epochs}", unit="clip", disable=not progress, file=sys.stderr, leave=False)
-        for raw, labels in batches(data.splits["train"], config.batch_size, shuffle=True, generator=generator, device=device):
+        bar = tqdm(total=len(data.splits["train"]) // world, desc=f"epoch {epoch}/{config.epochs}", unit="clip", disable=not (progress and master), file=sys.stderr, leave=False)
+        for raw, labels in batches(data.splits["train"], config.batch_size, shuffle=True, generator=generator, device=device, rank=rank, world=world):
             with autocast(device):
                 logits = model(*prepare(data.recipe, raw, device))
                 loss = loss_fn(logits.float(), labels)
@@ -245,18 +260,27 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
             bar.update(len(labels))
         bar.close()
         epoch_seconds.append(time.perf_counter() - started)
-        val, val_loss = evaluate(model, data, "val", device, config.batch_size)
+        if world > 1:
+            totals = torch.tensor([float(loss_sum), float(seen)], device=device)
+            torch.distributed.all_reduce(totals)
+            loss_sum, seen = totals[0], int(totals[1])
+        if not master:
+            continue
+        val, val_loss = evaluate(raw_model, data, "val", device, config.batch_size)
         row = {"epoch": epoch, "train_loss": float(loss_sum) / seen, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1]}
         history.append(row)
         log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.3f, val UAR %.3f, %.1f s", epoch, row["train_loss"], val_loss, val["accuracy"], val["uar"], epoch_seconds[-1])
         if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):
-            best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in raw_model.state_dict().items()})
 
-    model.load_state_dict(best_state)
+    if not master:
+        stop_distributed(world)
+        return {}
+    raw_model.load_state_dict(best_state)
     save_checkpoint(out / "model.pt", best_state, config, data)
-    train_metrics, train_loss = evaluate(model, data, "train", device, config.batch_size)
-    val_metrics, val_loss = evaluate(model, data, "val", device, config.batch_size)
-    test_metrics, test_loss = evaluate(model, data, "test", device, config.batch_size)  # once, with the chosen epoch
+    train_metrics, train_loss = evaluate(raw_model, data, "train", device, config.batch_size)
+    val_metrics, val_loss = evaluate(raw_model, data, "val", device, config.batch_size)
+    test_metrics, test_loss = evaluate(raw_model, data, "test", device, config.batch_size)  # once, with the chosen epoch
     metrics = {
         "encoder": config.encoder,
         "encoder_type": ENCODER_TYPE[get_spec(config.encoder).input_kind],
@@ -272,7 +296,8 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
         "test": {**test_metrics, "loss": test_loss},
         "history": history,
         "seconds_per_epoch": float(np.mean(epoch_seconds)),
-        "samples_per_second": float(len(data.splits["train"]) / np.mean(epoch_seconds)),
+        "samples_per_second": float(len(data.splits["train"]) // world * world / np.mean(epoch_seconds)),
+        "world_size": world,
         "parameters": n_params,
         "clips": {k: len(v) for k, v in data.splits.items()},
         "speakers": data.speakers,
@@ -283,14 +308,35 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
                    "in_memory": data.splits["train"].memory is not None},
         "code_commit": code_commit(),
         "versions": library_versions(),
-        "device": device if device != "cuda" else torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_learning_curve(history, out / "learning_curve.png", title=f"{config.encoder} {config.modality} {config.fusion} seed {config.seed}", best_epoch=best["epoch"])
     plot_confusion(test_metrics["confusion"], data.class_names, out / "confusion_test.png", title=f"test: {config.encoder} {config.modality} {config.fusion}")
     log.info("best epoch %d; test accuracy (WAR) %.3f, UAR %.3f, macro-F1 %.3f", best["epoch"], test_metrics["accuracy"], test_metrics["uar"], test_metrics["macro_f1"])
     close_logger(log)
+    stop_distributed(world)
     return metrics
+
+
+def start_distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world size, this rank's device), from torchrun's environment; (0, 1, device) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    cuda = device.startswith("cuda")
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    return torch.distributed.get_rank(), world, device
+
+
+def stop_distributed(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def save_checkpoint(path: Path, state: dict, config: TrainConfig, data: Data) -> None:
@@ -316,11 +362,15 @@ def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = 
     return report
 
 
-def run_logger(out: Path) -> logging.Logger:
+def run_logger(out: Path | None) -> logging.Logger:
+    """The run's log (train.log and stderr); silent for `out=None` (DDP ranks other than 0)."""
     log = logging.getLogger(f"avstore.train.{out}")
     close_logger(log)  # a retried run reuses the name
     log.setLevel(logging.INFO)
     log.propagate = False
+    if out is None:
+        log.addHandler(logging.NullHandler())
+        return log
     for handler in (logging.FileHandler(out / "train.log"), logging.StreamHandler(sys.stderr)):
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)

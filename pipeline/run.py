@@ -27,6 +27,7 @@ from pipeline.extract import (
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
 from stores.integrity import write_checksums
+from stores.location import Location, locate
 from stores.lock import WriterLock
 from stores.provenance import provenance
 from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, store_exists
@@ -100,9 +101,10 @@ def run_extract(
     """
     started = time.perf_counter()
     location = str(location)
-    Path(location).mkdir(parents=True, exist_ok=True)
-    with WriterLock(Path(location)):
-        remove_partial_files(Path(location))
+    where = locate(location)  # a local folder or a URL (s3://...): same code below
+    where.prepare_for_writing()
+    with WriterLock(where):
+        remove_partial_files(where)
         store = open_writer(location, dataset, class_names, split_seed)
         rows = store.add_clips(records)
         store.set_splits(rows, [r.split for r in records], split_seed)
@@ -136,7 +138,7 @@ def run_extract(
             for clip_id, s, why in zip(clip_ids, status, reason):
                 if s != "ok":
                     summary.failures.setdefault(clip_id, f"{feature_set.kind} {s}: {why}")
-        write_checksums(Path(location))
+        write_checksums(where)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -235,7 +237,23 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
     return fused, len(todo)
 
 
-def remove_partial_files(location: Path) -> None:
-    """A writer killed mid-write leaves Zarr's temporary `*.partial` files; they were never visible."""
-    for path in location.rglob("*.partial"):
+def derive_fusion(location: str, name: str, faces_fingerprint: str, audio_fingerprint: str, *, seed: int = 0, progress: bool = True) -> int:
+    """Add fusion `name` to an existing store from its stored crops and chunks (no decoding, no detection)."""
+    where = locate(location)
+    with WriterLock(where):
+        store = FeatureStore.open(location, mode="r+")
+        faces = next(s for s in store.feature_sets("faces") if s.fingerprint == faces_fingerprint)
+        audio = next(s for s in store.feature_sets("audio") if s.fingerprint == audio_fingerprint)
+        _, n = materialise_fusion(store, name, faces, audio, seed=seed, progress=progress, who=provenance())
+        write_checksums(where)
+    return n
+
+
+def remove_partial_files(location: Location | Path) -> None:
+    """A writer killed mid-write leaves Zarr's temporary `*.partial` files; they were never visible. Object
+    stores have none: a PUT is atomic, so an interrupted one leaves nothing behind."""
+    where = locate(location)
+    if not where.is_local:
+        return
+    for path in where.local_path.rglob("*.partial"):
         path.unlink(missing_ok=True)

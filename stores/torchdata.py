@@ -46,11 +46,11 @@ class InputRecipe:
         return 6 if self.fusion == "stack" else 3
 
 
-def recipe_for(input_kind: str, modality: str, fusion: str) -> InputRecipe:
+def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool = False) -> InputRecipe:
     """The arrays an encoder of `input_kind` reads for `modality` and `fusion`; ValueError lists valid choices."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality '{modality}'; choose one of {', '.join(MODALITIES)}")
-    valid = valid_fusions(input_kind, modality)
+    valid = valid_fusions(input_kind, modality, square_only=square_only)
     if fusion not in valid:
         raise ValueError(f"a {input_kind} encoder with modality {modality} takes --fusion {' | '.join(valid)}, not '{fusion}'")
     if input_kind == "pair-video":
@@ -68,12 +68,13 @@ def recipe_for(input_kind: str, modality: str, fusion: str) -> InputRecipe:
     return InputRecipe(input_kind, modality, fusion, parts)
 
 
-def valid_fusions(input_kind: str, modality: str) -> list[str]:
+def valid_fusions(input_kind: str, modality: str, *, square_only: bool = False) -> list[str]:
+    """Fusions an encoder can read; `square_only` encoders (ViT-B/16, VideoMAE) cannot take side-by-side S x 2S."""
     if input_kind.startswith("pair"):
         return ["none"] if modality == "av" else []  # the model itself fuses
     if modality != "av":
         return ["none"]
-    base = ["concat", "concat224", "stack", "sum"]
+    base = ["concat224", "stack", "sum"] if square_only else ["concat", "concat224", "stack", "sum"]
     return base + list(SEQUENCE_FUSIONS) if input_kind == "video" else base
 
 

@@ -180,3 +180,52 @@ def test_sweep_runs_the_matrix_and_ends_with_the_report(store, tmp_path):
     assert "resnet18" in table and "simple3d" in table and "n=2" in table
     assert (out / "report" / "comparison_accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "report" / "comparison.csv").read_text().count("\n") > 6
+
+
+def encoder_recipes():
+    for name in list_models():
+        kind = get_spec(name).input_kind
+        for modality in ("audio", "vision", "av"):
+            for fusion in valid_fusions(kind, modality, square_only=get_spec(name).square_input):
+                yield name, modality, fusion
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder, modality, fusion", list(encoder_recipes()))
+def test_every_encoder_trains_one_step_on_every_input_the_store_serves_it(store, encoder, modality, fusion):
+    from encoders.train import build_model, prepare
+
+    torch.manual_seed(0)
+    config = TrainConfig(encoder=encoder, modality=modality, fusion=fusion)
+    data = load_data(store, config)
+    model = build_model(config, data)
+    raw = [m[:2] for m in data.splits["train"].memory]
+    logits = model(*prepare(data.recipe, raw, "cpu"))
+    assert logits.shape == (2, 6)
+    torch.nn.functional.cross_entropy(logits, data.splits["train"].labels[:2]).backward()
+    first_layer = next(p for p in model.parameters() if p.requires_grad)
+    assert first_layer.grad is not None  # the loss reaches the input stem
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu_gives_the_same_run_layout(store, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    single = train(store, TrainConfig(encoder="simple3d", modality="audio", fusion="none", epochs=2, batch_size=8), tmp_path / "one", progress=False)
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", str(REPO / "cli.py"), "train", "--encoder", "simple3d", "--modality", "audio",
+         "--store", store, "--epochs", "2", "--batch-size", "8", "--out", str(out), "--no-progress", "--device", "cpu"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("test accuracy (WAR)") == 1  # rank 0 alone reports
+    ddp = json.loads((out / "metrics.json").read_text())
+    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    assert set(ddp) == set(json.loads(json.dumps(single)))
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert ddp["test"]["n"] == single["test"]["n"]
