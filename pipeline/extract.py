@@ -94,8 +94,9 @@ def face_params(config: FaceConfig) -> dict:
     return {"stage": "faces", "algorithm": ALGORITHM_VERSION, "detector": detector_weights_hash(), **dataclasses.asdict(config)}
 
 
-def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, device: str = "cpu") -> TaskResult:
-    timeline = probe_timeline(record, config.frames, max_duration)
+def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, device: str = "cpu", timeline=None) -> TaskResult:
+    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip)."""
+    timeline = timeline or probe_timeline(record, config.frames, max_duration)
     if isinstance(timeline, TaskResult):
         return timeline
     info, tl = timeline
@@ -161,8 +162,9 @@ def mel_extractor(config: MelConfig) -> MelExtractor:
     return MelExtractor(config)
 
 
-def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int) -> TaskResult:
-    timeline = probe_timeline(record, steps, config.max_duration)
+def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, timeline=None) -> TaskResult:
+    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip)."""
+    timeline = timeline or probe_timeline(record, steps, config.max_duration)
     if isinstance(timeline, TaskResult):
         return timeline
     info, tl = timeline

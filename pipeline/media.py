@@ -53,9 +53,15 @@ _DURATION_RE = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 
 
 def probe(path: str) -> MediaInfo:
-    """Frame count, rate, size and whether an audio stream exists. Raises DecodeError."""
+    """Frame count, rate, size and whether an audio stream exists. Raises DecodeError.
+
+    One ffmpeg run: a stream copy of the video to nowhere counts its packets without decoding, and the
+    same run prints the container's header, which gives the rest.
+    """
     header = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path], capture_output=True, text=True
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
     ).stderr
     video = _VIDEO_RE.search(header)
     if video is None:
@@ -65,12 +71,7 @@ def probe(path: str) -> MediaInfo:
     fps_match = _FPS_RE.search(video_line)
     fps = float(fps_match.group(1)) if fps_match else 0.0
     has_audio = re.search(r"Stream #\S+.*?: Audio: ", header) is not None
-    counted = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:v:0", "-c", "copy", "-f", "null", "-"],
-        capture_output=True,
-        text=True,
-    ).stderr
-    frames = _FRAME_RE.findall(counted)
+    frames = _FRAME_RE.findall(header)
     n_frames = int(frames[-1]) if frames else 0
     claimed = _DURATION_RE.search(header)
     claimed_duration = None

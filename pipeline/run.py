@@ -22,7 +22,7 @@ from tqdm import tqdm
 from pipeline.audio import MelConfig
 from pipeline.extract import (
     TaskResult, audio_arrays, audio_params, extract_audio, extract_faces, face_arrays, face_params, fuse_clip,
-    fusion_arrays, fusion_params,
+    fusion_arrays, fusion_params, probe_timeline,
 )
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
@@ -68,9 +68,13 @@ def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, wa
     import torch
 
     torch.set_num_threads(1)  # one core per worker process; parallelism comes from the processes
+    try:
+        timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration)  # once, for both tasks
+    except Exception as err:  # noqa: BLE001 - recorded per clip with its message, by policy
+        timeline = TaskResult("error", f"{type(err).__name__}: {err}")
     results = []
-    for wanted, task in ((want_faces, lambda: extract_faces(record, config.faces, config.mel.max_duration, device)),
-                         (want_audio, lambda: extract_audio(record, config.mel, config.faces.frames, config.faces.size))):
+    for wanted, task in ((want_faces, lambda: extract_faces(record, config.faces, config.mel.max_duration, device, timeline)),
+                         (want_audio, lambda: extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline))):
         if not wanted:
             results.append(None)
             continue
