@@ -508,7 +508,7 @@ def sweep(
     typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
 
 
-DEMO_SIZE, DEMO_MELS, DEMO_EPOCHS = 64, 64, 5
+DEMO_SIZE, DEMO_MELS, DEMO_EPOCHS, DEMO_BATCH = 64, 64, 10, 8
 """The demo keeps images small so it runs in a couple of minutes on two cores; the paper's 224/512 are the defaults."""
 
 
@@ -545,7 +545,7 @@ def demo(
         metrics = json.loads((run / "metrics.json").read_text())
     else:
         shutil.rmtree(run, ignore_errors=True)
-        config = train_config("vgg16", "av", "concat", epochs=DEMO_EPOCHS, batch_size=16, device=default_device("auto"))
+        config = train_config("vgg16", "av", "concat", epochs=DEMO_EPOCHS, batch_size=DEMO_BATCH, device=default_device("auto"))
         metrics = run_training(str(store), config, run)
     print_metrics(metrics, run)
     typer.echo(f"done. Next: .venv/bin/python cli.py info --store {store}; "
