@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,3 +94,44 @@ def test_extract_through_an_external_cluster_equals_a_local_run(cluster, tmp_pat
     assert "18 processed" in result.stdout
     assert_same_arrays(arrays_of(reference), arrays_of(store))
     assert cli("verify", "--store", str(store)).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_worker_lost_mid_run_has_its_clips_redone_and_nothing_written_twice_or_half(cluster, tmp_path_factory, tmp_path):
+    """A third worker joins, takes clips, and is killed (SIGKILL, nanny and all) while the extract runs."""
+    corpus, reference = sample_corpus(tmp_path_factory), reference_store(tmp_path_factory)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    with open(tmp_path / "doomed.log", "w") as log:
+        doomed = subprocess.Popen([str(DASK), "worker", cluster, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
+                                   "--no-dashboard", "--memory-limit", "0", "--name", "doomed"],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: _worker_count(cluster) >= 3, "a third worker", tmp_path)
+        store = tmp_path / "lost-worker.zarr"
+        extract = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *extract_args(corpus, str(store), "--scheduler", cluster, "--commit-every", "1", workers=None)],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: _faces_done(store) >= 2, "the first committed clips", tmp_path, timeout=180)
+        assert extract.poll() is None and _faces_done(store) < 18, "the extract finished before the worker could be lost"
+        os.killpg(doomed.pid, signal.SIGKILL)  # the worker is lost with whatever it was computing
+        out, err = extract.communicate(timeout=600)
+        assert extract.returncode == 0, err[-2000:]
+        assert "18 processed" in out
+        assert_same_arrays(arrays_of(reference), arrays_of(store))
+        assert cli("verify", "--store", str(store)).returncode == 0
+    finally:
+        try:
+            os.killpg(doomed.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        doomed.wait()
+
+
+def _faces_done(store: Path) -> int:
+    import zarr
+
+    try:
+        root = zarr.open_group(str(store), mode="r")
+        faces = [g for name, g in root["features"].groups() if name.startswith("faces-")]
+        return int(faces[0]["done"][:].sum()) if faces else 0
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
