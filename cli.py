@@ -407,6 +407,8 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the encoder's)."),
     seed: int = typer.Option(0, help="Seed of initialisation and batch order (recorded)."),
     split_seed: Optional[int] = typer.Option(None, help="Re-derive the actor-disjoint split with this seed (default: the store's split)."),
+    fold: Optional[int] = typer.Option(None, help="k-fold cross-validation by actor: test on fold K (0-based), validate on the next, train on the rest."),
+    folds: int = typer.Option(5, min=3, help="Number of actor folds for --fold."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start from the library's pretrained weights (needs them cached or network access)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<encoder>-<modality>-<fusion>-seed<seed>); must not exist."),
@@ -419,10 +421,11 @@ def train(
 
     Example: python cli.py train --encoder vgg16 --fusion concat --store stores/crema-d.zarr
     """
-    config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed,
+    config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
                           max_memory_gb=max_memory_gb)
-    out = out or Path("runs") / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}"
+    fold_name = f"-fold{fold}of{folds}" if fold is not None else ""
+    out = out or Path("runs") / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"
     if out.exists() and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 creates it
         fail(f"run directory '{out}' exists; pass another --out or delete it")
     open_store(store)

@@ -15,8 +15,9 @@ Decisions, stated once here:
   number of seeds.
 * Ablation runs (``ablate`` set) answer a different question and are left out
   of the table; the Markdown says how many were.
-* Two runs with the same (type, encoder, modality, fusion, seed) would count a
-  seed twice; the first by path is kept and the rest are reported.
+* Two runs with the same (type, encoder, modality, fusion, seed, fold) would count a
+  replicate twice; the first by path is kept and the rest are reported. Runs of
+  different actor folds (`train --fold`) are distinct replicates.
 * Unreadable ``metrics.json`` files (bad JSON, missing keys) are skipped with a
   warning and listed at the foot of the Markdown.
 """
@@ -120,7 +121,7 @@ def _drop_duplicate_seeds(runs: list[dict[str, Any]]) -> tuple[list[dict], list[
     """Keep the first run (by path) per cell and seed; return the paths dropped."""
     kept, dropped, seen = [], [], set()
     for run in sorted(runs, key=lambda item: item.get("path", "")):
-        identity = (*_cell_key(run), run.get("seed"))
+        identity = (*_cell_key(run), run.get("seed"), run.get("fold"))  # k-fold runs: each fold is a replicate
         if identity in seen:
             dropped.append(run.get("path", repr(identity)))
             continue

@@ -31,7 +31,7 @@ from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
 from encoders.registry import get_model, get_spec
 from stores.provenance import code_commit, library_versions
-from stores.splits import actor_disjoint_split
+from stores.splits import actor_disjoint_split, fold_partitions, kfold_by_actor
 from stores.store import FeatureStore, StoreError
 from stores.torchdata import (
     InputRecipe, StoreSplit, ablate, fusion_set, read_rows, recipe_for, select_feature_sets, to_model_inputs,
@@ -68,6 +68,8 @@ class TrainConfig:
     weight_decay: float | None = None  # None: the encoder's default, else 0
     seed: int = 0
     split_seed: int | None = None  # None: the split stored with the clips
+    fold: int | None = None  # k-fold by actor: this fold is test, the next one validation, the rest train
+    folds: int = 5
     device: str = "auto"
     pretrained: bool = False
     max_memory_gb: float = 4.0  # a split larger than this is streamed from the store
@@ -121,9 +123,16 @@ def load_data(location: str, config: TrainConfig) -> Data:
             raise MissingFusionError(config.fusion, location)
         sets[f"fusion-{config.fusion}"] = fused.name
     table = store.clip_table()
-    if config.split_seed is not None:
-        partition = actor_disjoint_split(table["speaker"].tolist(), seed=config.split_seed)
-        store_split = np.asarray([partition[s] for s in table["speaker"]])
+    speakers = table["speaker"].tolist()
+    if config.fold is not None:
+        if not 0 <= config.fold < config.folds:
+            raise ValueError(f"--fold {config.fold} is outside 0..{config.folds - 1} for --folds {config.folds}")
+        folds = kfold_by_actor(speakers, k=config.folds, seed=config.split_seed or 0)
+        partition = fold_partitions(folds, test_fold=config.fold, k=config.folds)
+        store_split = np.asarray([partition[s] for s in speakers])
+    elif config.split_seed is not None:
+        partition = actor_disjoint_split(speakers, seed=config.split_seed)
+        store_split = np.asarray([partition[s] for s in speakers])
     else:
         store_split = table["split"]
     ok = faces.ok() & audio.ok() & (fused.ok() if fused is not None else True)
@@ -288,6 +297,7 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
         "fusion": config.fusion,
         "seed": config.seed,
         "split_seed": config.split_seed,
+        "fold": None if config.fold is None else f"{config.fold}/{config.folds}",
         "ablate": None,
         "best_epoch": best["epoch"],
         "selection": "best validation UAR (ties: validation accuracy, then the earlier epoch)",

@@ -229,3 +229,19 @@ def test_torchrun_two_processes_on_cpu_gives_the_same_run_layout(store, tmp_path
     assert set(ddp) == set(json.loads(json.dumps(single)))
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     assert ddp["test"]["n"] == single["test"]["n"]
+
+
+@pytest.mark.slow
+def test_k_fold_by_actor_tests_each_fold_once_and_never_leaks_speakers(store):
+    folds = 3
+    seen_test = []
+    for fold in range(folds):
+        data = load_data(store, TrainConfig(encoder="resnet18", modality="vision", fusion="none", fold=fold, folds=folds))
+        table = FeatureStore.open(store).clip_table()
+        by_split = {name: set(table["speaker"][split.rows].tolist()) for name, split in data.splits.items()}
+        assert not (by_split["train"] & by_split["test"]) and not (by_split["val"] & by_split["test"]) and not (by_split["train"] & by_split["val"])
+        assert len(by_split["test"]) == 2 and len(by_split["val"]) == 2  # 6 actors in 3 folds
+        seen_test.append(by_split["test"])
+    assert set().union(*seen_test) == set(FeatureStore.open(store).clip_table()["speaker"].tolist())
+    with pytest.raises(ValueError, match="outside 0..2"):
+        load_data(store, TrainConfig(encoder="resnet18", modality="vision", fusion="none", fold=3, folds=3))
