@@ -135,6 +135,7 @@ def load_data(location: str, config: TrainConfig) -> Data:
         store_split = np.asarray([partition[s] for s in speakers])
     else:
         store_split = table["split"]
+    # Clips whose faces AND audio are ok, for every modality: audio, vision and fused runs compare like with like.
     ok = faces.ok() & audio.ok() & (fused.ok() if fused is not None else True)
     rows = {name: np.flatnonzero(ok & (store_split == name)) for name in ("train", "val", "test")}
     for name, r in rows.items():

@@ -134,14 +134,11 @@ def run_extract(
             summary.feature_sets.append(fused.name)
             summary.fusions_computed += n
         for feature_set in (faces, audio):
-            status = feature_set.status()[rows]
-            summary.status.update(f"{feature_set.kind}:{s}" for s in status)
-        clip_ids = np.asarray([r.clip_id for r in records])
-        for feature_set in (faces, audio):
             status, reason = feature_set.status()[rows], feature_set["reason"][:][rows]
-            for clip_id, s, why in zip(clip_ids, status, reason):
+            summary.status.update(f"{feature_set.kind}:{s}" for s in status)
+            for record, s, why in zip(records, status, reason):
                 if s != "ok":
-                    summary.failures.setdefault(clip_id, f"{feature_set.kind} {s}: {why}")
+                    summary.failures.setdefault(record.clip_id, f"{feature_set.kind} {s}: {why}")
         write_checksums(where)
     summary.seconds = time.perf_counter() - started
     return summary

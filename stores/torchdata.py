@@ -101,17 +101,6 @@ def fusion_set(store: FeatureStore, name: str, faces: FeatureSet, audio: Feature
     return None
 
 
-def usable_rows(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, split: str, extra: FeatureSet | None = None) -> np.ndarray:
-    """Rows of `split` whose faces and audio (and fusion) are committed and ok.
-
-    Every modality trains on the same clips, so audio, vision and fused results compare like with like.
-    """
-    ok = faces.ok() & audio.ok() & (store.root["clips/split"][:] == split)
-    if extra is not None:
-        ok &= extra.ok()
-    return np.flatnonzero(ok)
-
-
 def read_rows(array, rows: np.ndarray) -> np.ndarray:
     """Rows of a Zarr array, reading the covering range once (fast for the dense selections of a split)."""
     if len(rows) == 0:
