@@ -180,14 +180,11 @@ def extract(
     typer.echo(f"store:  {store}  (feature sets: {', '.join(result.feature_sets)})")
 
 
-def check_writable(store: str) -> None:
-    """Refuse, before anything is written, a store location this user cannot write.
+def local_store_writable(store: str) -> bool:
+    """Whether this user may write the local store location `store` (False for URLs: see check_writable).
 
-    A local folder with no write bit at all (a published store, chmod a-w) is refused even for root, who could
-    write it anyway. A remote store's permissions are only known by trying: the writer lock, the first thing
-    extract writes, turns a denied PUT into the same one-line refusal."""
-    import os
-
+    A local folder with no write bit at all (a published store, chmod a-w) counts as read-only even for
+    root, who could write it anyway."""
     from stores.location import LocationError, locate
 
     try:
@@ -195,10 +192,24 @@ def check_writable(store: str) -> None:
     except LocationError as err:
         fail(str(err))
     if not where.is_local:
-        return
+        return False
     path = where.local_path
     probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK) or (path.exists() and not path.stat().st_mode & 0o222):
+    return os.access(probe, os.W_OK) and not (path.exists() and not path.stat().st_mode & 0o222)
+
+
+def check_writable(store: str) -> None:
+    """Refuse, before anything is written, a store location this user cannot write.
+
+    A remote store's permissions are only known by trying: the writer lock, the first thing extract writes,
+    turns a denied PUT into the same one-line refusal."""
+    from stores.location import LocationError, locate
+
+    try:
+        local = locate(store).is_local
+    except LocationError as err:
+        fail(str(err))
+    if local and not local_store_writable(store):
         fail(f"store '{store}' is read-only for this user; extract into a writable --store (consumers can still read this one)")
 
 
@@ -350,7 +361,7 @@ def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
         except MissingFusionError as err:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 fail(f"{err} first; under torchrun the ranks cannot derive it themselves")
-            if attempt or not writable(store):
+            if attempt or not local_store_writable(store):
                 fail(f"{err} (this store is read-only for you: ask its owner, or copy it)")
             typer.echo(f"deriving fusion '{err.fusion}' from the stored faces and audio (no decoding) ...", err=True)
             derive_missing_fusion(store, config, err.fusion)
@@ -370,10 +381,6 @@ def derive_missing_fusion(store: str, config, fusion: str) -> None:
         derive_fusion(store, fusion, faces.fingerprint, audio.fingerprint)
     except StoreLockedError as err:
         fail(str(err))
-
-
-def writable(store: str) -> bool:
-    return Path(store).exists() and os.access(store, os.W_OK)
 
 
 def print_metrics(metrics: dict, out: Path) -> None:

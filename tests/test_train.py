@@ -161,6 +161,9 @@ def test_a_fusion_missing_from_the_store_is_derived_and_cached_but_never_in_a_re
     assert refused.returncode == 2, refused.stderr
     assert "no 'stack' fusion" in refused.stderr and "read-only" in refused.stderr
     assert not (workdir / "ro-run").exists() and not FeatureStore.open(copy).feature_sets("fusion-stack")
+    as_owner = run_cli("train", "--encoder", "resnet18", "--fusion", "stack", "--store", str(copy), "--epochs", "1", "--out", str(tmp_path / "owner-run"))
+    assert as_owner.returncode == 2 and "read-only" in as_owner.stderr  # no write bit at all: refused even for root
+    assert not FeatureStore.open(copy).feature_sets("fusion-stack")
     for path in [copy, *copy.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     result = run_cli("train", "--encoder", "resnet18", "--fusion", "stack", "--store", str(copy), "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress")
