@@ -26,7 +26,7 @@ from pipeline.extract import (
 )
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
-from stores.integrity import write_checksums
+from stores.integrity import checksums_match_listing, write_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
 from stores.provenance import provenance
@@ -110,8 +110,9 @@ def run_extract(
     with WriterLock(where):
         remove_partial_files(where)
         store = open_writer(location, dataset, class_names, split_seed)
+        clips_before, sets_before = len(store), len(store.feature_sets())
         rows = store.add_clips(records)
-        store.set_splits(rows, [r.split for r in records], split_seed)
+        wrote = store.set_splits(rows, [r.split for r in records], split_seed) or len(store) > clips_before
         who = provenance(device=device)
         faces = store.ensure_feature_set("faces", face_params(config.faces), face_arrays(config.faces), who)
         audio = store.ensure_feature_set(
@@ -139,7 +140,9 @@ def run_extract(
             for record, s, why in zip(records, status, reason):
                 if s != "ok":
                     summary.failures.setdefault(record.clip_id, f"{feature_set.kind} {s}: {why}")
-        write_checksums(where)
+        wrote = wrote or summary.computed or summary.fusions_computed or len(store.feature_sets()) > sets_before
+        if wrote or not checksums_match_listing(where):
+            write_checksums(where)
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -166,14 +166,16 @@ class FeatureStore:
             existing.update({r.clip_id: int(row) for r, row in zip(new, rows)})
         return np.asarray([existing[r.clip_id] for r in records], dtype=np.int64)
 
-    def set_splits(self, rows: np.ndarray, splits: list[str], seed: int) -> None:
+    def set_splits(self, rows: np.ndarray, splits: list[str], seed: int) -> bool:
+        """Store each row's partition and the seed that made them; True if anything changed (else nothing is written)."""
         array = self.root["clips/split"]
         values = array[:]
-        values[rows] = splits
-        array[:] = values
-        info = dict(self.info)
-        info["split_seed"] = seed
-        self.root.attrs["avstore"] = info
+        changed = list(values[rows]) != list(splits) or self.info.get("split_seed") != seed
+        if changed:
+            values[rows] = splits
+            array[:] = values
+            self.root.attrs["avstore"] = {**self.info, "split_seed": seed}
+        return changed
 
     # ---- feature sets ----------------------------------------------------------------------------------
     def feature_sets(self, kind: str | None = None) -> list[FeatureSet]:

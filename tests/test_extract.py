@@ -92,9 +92,12 @@ def test_stored_arrays_are_aligned_and_fusions_cached(extracted):
 def test_second_run_reprocesses_nothing(extracted, corpus):
     store, _ = extracted
     before = arrays_of(store)
+    listed = (store / "avstore-checksums.json").stat().st_mtime_ns
     result = run_cli("extract", "--dataset", "sample", "--root", str(corpus), "--store", str(store), "--workers", "2", "--fusion", "concat", "--fusion", "rfas", *SMALL)
     assert result.returncode == 0, result.stderr
     assert "0 processed" in result.stdout and "0 fused entries computed" in result.stdout
+    assert (store / "avstore-checksums.json").stat().st_mtime_ns == listed  # nothing written, nothing re-hashed
+    assert run_cli("verify", "--store", str(store)).returncode == 0
     after = arrays_of(store)
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
 
