@@ -236,6 +236,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """What a store holds: clips by status, feature sets with parameters and fingerprints, arrays, bytes on disk."""
+    from stores.diff import describe_environment
     from stores.inspect import describe_store
 
     try:
@@ -251,6 +252,8 @@ def info(
         typer.echo(f"\n{fs['name']}  (fingerprint {fs['fingerprint']}, made by {fs.get('made_by', '?')} at {fs.get('made_at', '?')})")
         typer.echo("  status: " + ", ".join(f"{k} {v}" for k, v in fs["status"].items()))
         typer.echo("  params: " + json.dumps(fs["params"], sort_keys=True))
+        for env in fs["numeric"]:
+            typer.echo(f"  computed on: {describe_environment(env)}")
         for name, a in fs["arrays"].items():
             typer.echo(f"  {name:14s} {str(tuple(a['shape'])):28s} {a['dtype']}")
 
@@ -301,17 +304,24 @@ def diff(
     store_a: str = typer.Argument(..., help="First store (path or URL)."),
     store_b: str = typer.Argument(..., help="Second store (path or URL)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    tolerance: int = typer.Option(0, "--tolerance", metavar="ULPS",
+                                  help="Accept numeric arrays that differ by at most this many ulps (units for integer images)."),
 ) -> None:
     """Compare two stores by content (feature sets, parameters, clips, committed arrays); provenance is ignored.
 
-    Exit 0 and "no difference" when identical in content, exit 1 when they differ (like `diff`).
+    Exit 0 and "no difference" when identical in content, exit 1 when they differ (like `diff`). Bit-identical is
+    the default verdict; where numeric arrays differ, the largest difference is shown in ulps and in absolute units,
+    beside the numeric environment (CPU, BLAS kernels) of each side. Stores made on different CPU architectures
+    may differ by rounding: `--tolerance 1` accepts one ulp.
     """
     from stores.diff import diff_stores
 
+    if tolerance < 0:
+        fail(f"--tolerance must be 0 or more ulps, not {tolerance}")
     for store in (store_a, store_b):
         open_store(store)
     try:
-        result = diff_stores(store_a, store_b)
+        result = diff_stores(store_a, store_b, tolerance=tolerance)
     except OSError as err:
         unreadable(f"stores '{store_a}' and '{store_b}'", err)
     if as_json:

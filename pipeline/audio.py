@@ -21,6 +21,8 @@ import cv2
 import librosa
 import numpy as np
 
+from pipeline.numeric import pinned
+
 _POWER_FLOOR = 1e-10
 """Mel energies below this count as silence (librosa's `amin`); keeps log10 finite."""
 
@@ -49,6 +51,7 @@ class MelExtractor:
         self.config = config
         self.mel_basis = _build_mel_basis(config)
 
+    @pinned  # the mel product's rounding depends on BLAS threads (pipeline/numeric.py)
     def log_mel(self, audio: np.ndarray) -> np.ndarray:
         """Mono float32 at config.sample_rate -> (n_mels, n_frames) float32 dB in [-top_db, 0].
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.numeric import pinned, single_threaded
+
 
 @dataclass(frozen=True)
 class FaceConfig:
@@ -54,7 +56,8 @@ def detect(frames: np.ndarray, config: FaceConfig, device: str = "cpu") -> tuple
     scale = min(1.0, config.detect_width / width)
     small = np.stack([cv2.resize(f, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) for f in frames]) if scale < 1 else frames
     detector = load_detector(device, max(12, round(config.min_face * scale)), config.thresholds)
-    boxes, probs = detector.detect(small)
+    with single_threaded():  # entered after the detector imported torch, so torch's threads are pinned too
+        boxes, probs = detector.detect(small)
     out_boxes, out_probs = [], []
     for b, p in zip(boxes, probs):
         if b is None:
@@ -134,6 +137,7 @@ class FaceTrack:
     middle_box: np.ndarray  # (4,) float32
 
 
+@pinned  # MTCNN's convolutions round differently with more torch threads (pipeline/numeric.py)
 def track_faces(steps: np.ndarray, middle: np.ndarray, config: FaceConfig, device: str = "cpu") -> FaceTrack | None:
     """Crops for the T step frames (T, H, W, 3) and the middle frame; None when no face is found at all."""
     n_steps = len(steps)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from pipeline.numeric import pinned
+
 ArraySpecs = dict[str, tuple[tuple[int, ...], str]]
 """Output array name -> (shape of one clip, numpy dtype string)."""
 
@@ -252,6 +254,7 @@ def fusion_arrays(name: str, frames: int, size: int) -> ArraySpecs:
     return get_fusion(name).arrays(frames, size)
 
 
+@pinned  # normalisation and resizing: same bytes whatever the caller's thread settings
 def fuse(
     name: str,
     *,

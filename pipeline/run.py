@@ -25,6 +25,7 @@ from pipeline.extract import (
     fusion_arrays, fusion_params, probe_timeline,
 )
 from pipeline.faces import FaceConfig
+from pipeline.numeric import numeric_environment, pinned
 from pipeline.records import ClipRecord
 from stores.integrity import checksums_match_listing, write_checksums
 from stores.location import Location, locate
@@ -63,11 +64,9 @@ class ExtractSummary:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
 
 
+@pinned  # one thread for every kernel: the stored bytes must not depend on the worker's settings (numeric.py)
 def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str) -> tuple[TaskResult | None, TaskResult | None]:
     """The Dask task. An unexpected exception becomes status `error` (retried by the next run), never a crash."""
-    import torch
-
-    torch.set_num_threads(1)  # one core per worker process; parallelism comes from the processes
     try:
         timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration)  # once, for both tasks
     except Exception as err:  # noqa: BLE001 - recorded per clip with its message, by policy
@@ -128,8 +127,13 @@ def run_extract(
         summary.feature_sets = [faces.name, audio.name]
         if len(todo):
             tasks = [(rows[i], records[i], bool(todo_faces[i]), bool(todo_audio[i])) for i in todo]
-            results = compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress)
+            environments: list[dict] = []
+            results = compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
+                              environments=environments)
             write_results(store, faces, audio, results, commit_every=commit_every)
+            for feature_set, computed in ((faces, summary.faces_computed), (audio, summary.audio_computed)):
+                if computed:
+                    feature_set.add_numeric_environments(environments)
         for name in config.fusions:
             fused, n = materialise_fusion(store, name, faces, audio, seed=config.fusion_seed, progress=progress, who=who)
             summary.feature_sets.append(fused.name)
@@ -147,14 +151,20 @@ def run_extract(
     return summary
 
 
-def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None, device: str, progress: bool):
-    """Yield (row, faces_result, audio_result) as clips finish, from a Dask cluster (or in-process for workers=0)."""
+def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None, device: str, progress: bool,
+            environments: list[dict] | None = None):
+    """Yield (row, faces_result, audio_result) as clips finish, from a Dask cluster (or in-process for workers=0).
+
+    `environments` receives the numeric environment of every process that computed clips, once they finished.
+    """
+    environments = [] if environments is None else environments
     bar = tqdm(total=len(tasks), desc="extract", unit="clip", disable=not progress, file=sys.stderr)
     if workers == 0 and scheduler is None:
         for row, record, want_faces, want_audio in tasks:
             yield (row, *process_clip(record, config, want_faces, want_audio, device))
             bar.update()
         bar.close()
+        environments.append(numeric_environment())
         return
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -170,6 +180,7 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
             yield (futures[future], *future.result())
             future.release()
             bar.update()
+        environments.extend(client.run(numeric_environment).values())
     finally:
         bar.close()
         client.close()
@@ -238,6 +249,8 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
         store.write_rows(fused, rows, outputs, status, reason)
         bar.update(len(rows))
     bar.close()
+    if len(todo):
+        fused.add_numeric_environments([numeric_environment()])
     return fused, len(todo)
 
 

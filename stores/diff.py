@@ -5,6 +5,11 @@ store's creation time and where each video was read from (`video_path`) are igno
 the same corpus with the same parameters should hear "no difference". Clips are matched by clip id, not by
 row, because rows are in the order each store first saw its clips.
 
+Bit-identical is the verdict by default. Where numeric arrays differ, each array's largest difference is
+reported in ulps (units in the last place; for integer arrays such as uint8 images, in units) and in absolute
+terms, with the numeric environment (CPU, BLAS kernels) each side was computed in: stores extracted on different
+CPU architectures may differ by rounding alone, and `tolerance` (in ulps) accepts that explicitly.
+
 Speed: arrays are compared clip by clip through a hash of each clip's row, reading one storage unit (a shard,
 or a chunk of rows) at a time, so memory stays at one shard. When both stores hold checksums from a finished
 run (and no writer lock) and their clips sit in the same rows, a unit whose files have the same sha256 in
@@ -42,7 +47,11 @@ class StoreDiff:
     clips_only_b: list[str] = field(default_factory=list)
     clip_metadata: dict[str, dict[str, list]] = field(default_factory=dict)  # clip -> column -> [a, b]
     committed_only: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # set -> {"a": clips, "b": clips}
-    arrays: dict[str, list[str]] = field(default_factory=dict)  # "set/array" -> clips whose committed rows differ
+    arrays: dict[str, list[str]] = field(default_factory=dict)  # "set/array" -> clips whose rows differ beyond tolerance
+    tolerance: int = 0  # ulps accepted as "the same" in numeric arrays
+    tolerated: dict[str, list[str]] = field(default_factory=dict)  # "set/array" -> clips that differ within tolerance
+    array_stats: dict[str, dict] = field(default_factory=dict)  # "set/array" -> {max_ulps, max_abs, clips}
+    numeric: dict[str, list] = field(default_factory=dict)  # set with differing arrays -> [A's environments, B's]
 
     @property
     def identical(self) -> bool:
@@ -54,7 +63,8 @@ class StoreDiff:
             "a": self.a, "b": self.b, "identical": self.identical, "store": self.store,
             "feature_sets": {"only_a": self.sets_only_a, "only_b": self.sets_only_b, "param_changes": self.param_changes},
             "clips": {"only_a": self.clips_only_a, "only_b": self.clips_only_b, "metadata": self.clip_metadata},
-            "committed_only": self.committed_only, "arrays": self.arrays,
+            "committed_only": self.committed_only, "arrays": self.arrays, "tolerance": self.tolerance,
+            "tolerated": self.tolerated, "array_stats": self.array_stats, "numeric": self.numeric,
         }
 
     def lines(self, show: int = 5) -> list[str]:
@@ -62,9 +72,10 @@ class StoreDiff:
         def some(ids: list[str]) -> str:
             return ", ".join(ids[:show]) + (f", ... ({len(ids)} in all)" if len(ids) > show else "")
 
+        out = [f"{name}: within {_ulps(self.tolerance)} for {some(clips)} ({self._stats(name)})" for name, clips in self.tolerated.items()]
         if self.identical:
-            return ["no difference"]
-        out = [f"store attribute {k}: {va!r} (A) vs {vb!r} (B)" for k, (va, vb) in self.store.items()]
+            return (out + [f"no difference beyond {_ulps(self.tolerance)}"]) if out else ["no difference"]
+        out += [f"store attribute {k}: {va!r} (A) vs {vb!r} (B)" for k, (va, vb) in self.store.items()]
         out += [f"feature set only in A: {name}" for name in self.sets_only_a]
         out += [f"feature set only in B: {name}" for name in self.sets_only_b]
         for change in self.param_changes:
@@ -82,13 +93,40 @@ class StoreDiff:
             for side in ("a", "b"):
                 if sides[side]:
                     out.append(f"{name}: committed only in {side.upper()}: {some(sides[side])}")
-        out += [f"{name}: differs for {some(clips)}" for name, clips in self.arrays.items()]
+        out += [f"{name}: differs for {some(clips)}" + (f" ({self._stats(name)})" if name in self.array_stats else "")
+                for name, clips in self.arrays.items()]
+        for name, (env_a, env_b) in self.numeric.items():
+            if env_a == env_b:
+                out.append(f"numeric environment of {name}: the same on both sides ({_describe(env_a)})")
+            else:
+                out.append(f"numeric environment of {name}: A {_describe(env_a)}; B {_describe(env_b)}")
         return out
 
+    def _stats(self, name: str) -> str:
+        stats = self.array_stats[name]
+        return f"max {_ulps(stats['max_ulps'])}, {stats['max_abs']:.3g} absolute"
 
-def diff_stores(a: str, b: str) -> StoreDiff:
+
+def _ulps(n: int) -> str:
+    return f"{n} ulp" if n == 1 else f"{n} ulps"
+
+
+def _describe(environments: list[dict]) -> str:
+    return " | ".join(describe_environment(env) for env in environments) if environments else "not recorded"
+
+
+def describe_environment(env: dict) -> str:
+    """CPU, BLAS with its kernel architecture, torch's CPU capability, pinned threads: one line."""
+    blas = [f"{lib.get('internal_api')} {lib.get('version', '')} {lib.get('architecture', '')}".strip()
+            for lib in env.get("libraries", []) if lib.get("user_api") == "blas"]
+    return (f"{env.get('machine')} {env.get('cpu')}, {', '.join(blas) or 'no BLAS'}, "
+            f"torch {env.get('torch_cpu_capability')}, {env.get('pinned_threads')} thread(s)")
+
+
+def diff_stores(a: str, b: str, tolerance: int = 0) -> StoreDiff:
+    """What differs between stores `a` and `b`; numeric arrays within `tolerance` ulps count as the same."""
     store_a, store_b = FeatureStore.open(a), FeatureStore.open(b)
-    result = StoreDiff(a, b)
+    result = StoreDiff(a, b, tolerance=tolerance)
     info_a, info_b = store_a.info, store_b.info
     for key in sorted((set(info_a) | set(info_b)) - IGNORED_STORE_KEYS):
         if info_a.get(key) != info_b.get(key):
@@ -126,9 +164,51 @@ def diff_stores(a: str, b: str) -> StoreDiff:
         both = done_a & done_b
         for array in sorted(set(fa.group.array_keys()) | set(fb.group.array_keys())):
             differ = _array_differs(fa, fb, array, ids[both], ra[both], rb[both], same_rows, sums_a, sums_b)
-            if differ:
-                result.arrays[f"{name}/{array}"] = differ
+            if not differ:
+                continue
+            key = f"{name}/{array}"
+            stats = _difference_stats(fa, fb, array, differ, rows_a, rows_b)
+            if stats is not None:
+                result.array_stats[key] = stats
+            if stats is not None and stats["max_ulps"] <= tolerance:
+                result.tolerated[key] = differ
+            else:
+                result.arrays[key] = differ
+            result.numeric[name] = [fa.numeric_environments, fb.numeric_environments]
     return result
+
+
+def _difference_stats(fa: FeatureSet, fb: FeatureSet, array: str, clips: list[str], rows_a: dict, rows_b: dict) -> dict | None:
+    """The largest difference over `clips` in ulps and in absolute terms; None where ulps mean nothing
+    (strings, booleans, or an array whose layout differs)."""
+    if array not in fa.group or array not in fb.group:
+        return None
+    xa, xb = fa[array], fb[array]
+    if xa.dtype != xb.dtype or xa.shape[1:] != xb.shape[1:] or xa.dtype.kind not in "fiu":
+        return None
+    max_ulps, max_abs = 0, 0.0
+    for clip in clips:
+        va, vb = np.asarray(xa[rows_a[clip]]), np.asarray(xb[rows_b[clip]])
+        max_ulps = max(max_ulps, int(ulp_distance(va, vb).max(initial=0)))
+        max_abs = max(max_abs, float(np.nanmax(np.abs(va.astype(np.float64) - vb.astype(np.float64)), initial=0.0)))
+    return {"max_ulps": max_ulps, "max_abs": max_abs, "clips": clips}
+
+
+def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise distance in units in the last place for floats (how many representable values lie between
+    them), and plain difference for integers (one unit of a uint8 image is its ulp)."""
+    if a.dtype.kind in "iu":
+        return np.abs(a.astype(np.int64) - b.astype(np.int64))
+    signed = np.dtype(f"i{a.dtype.itemsize}")
+    floor = np.iinfo(signed).min
+
+    def ordered(x: np.ndarray) -> np.ndarray:  # bit patterns made monotonic in the value: -0.0 and 0.0 meet at 0
+        bits = np.ascontiguousarray(x).view(signed).astype(np.int64)
+        return np.where(bits < 0, floor - bits, bits)
+
+    if a.dtype.itemsize == 8:  # an int64 difference could overflow: exact Python integers (no such array is large)
+        return np.abs(ordered(a).astype(object) - ordered(b).astype(object))
+    return np.abs(ordered(a) - ordered(b))
 
 
 def _param_changes(only_a: list[FeatureSet], sets_a: dict[str, FeatureSet],

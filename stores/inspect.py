@@ -24,6 +24,7 @@ def describe_store(store: FeatureStore) -> dict:
             "made_at": fs.group.attrs.get("made_at"),
             "avstore_commit": fs.group.attrs.get("avstore_commit"),
             "versions": fs.group.attrs.get("versions"),
+            "numeric": fs.numeric_environments,
             "status": dict(sorted(Counter(status.tolist()).items())),
             "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in sorted(fs.group.arrays())},
         })

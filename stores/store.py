@@ -74,6 +74,20 @@ class FeatureSet:
     def __getitem__(self, array: str) -> zarr.Array:
         return self.group[array]
 
+    @property
+    def numeric_environments(self) -> list[dict]:
+        """The distinct numeric environments (CPU, BLAS kernels, pinned threads) that computed its rows."""
+        return list(self.group.attrs.get("numeric", []))
+
+    def add_numeric_environments(self, environments: Iterable[dict]) -> None:
+        """Remember where rows were computed: two stores whose bytes differ can then say why (`diff`)."""
+        merged = {json.dumps(env, sort_keys=True): env for env in self.numeric_environments}
+        before = len(merged)
+        for env in environments:
+            merged.setdefault(json.dumps(env, sort_keys=True), env)
+        if len(merged) > before:
+            self.group.attrs["numeric"] = json.loads(json.dumps(list(merged.values())))
+
 
 def _is_big(shape: tuple[int, ...]) -> bool:
     return int(np.prod(shape)) >= 4096

@@ -123,10 +123,14 @@ def extract_args(corpus: Path, store: str, *extra: str, workers: str | None = "0
 
 
 def reference_store(factory: pytest.TempPathFactory) -> Path:
-    """A local `--workers 0` extraction of the shared corpus, made once per session; treat it as read-only."""
+    """A local `--workers 0` extraction of the shared corpus, made once per session; treat it as read-only.
+
+    Its BLAS and OpenMP pools have 2 threads, where Dask workers have 1: the store must not care (test_determinism).
+    """
     store = factory.getbasetemp() / "shared-reference.zarr"
     if not (store / "avstore-checksums.json").is_file():
-        result = cli(*extract_args(sample_corpus(factory), str(store)))
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}
+        result = cli(*extract_args(sample_corpus(factory), str(store)), env=env)
         assert result.returncode == 0, result.stderr
     return store
 
