@@ -178,8 +178,8 @@ def extract(
     except (StoreLockedError, StoreError, LocationError, PermissionError) as err:  # our own checks of the input
         fail(str(err))
     typer.echo(
-        f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}; "
-        f"{result.retried} redone: source changed or --retry-failed), {result.skipped} already done; "
+        f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}), "
+        f"{result.retried} of them redone (source changed or --retry-failed), {result.skipped} already done; "
         f"{result.fusions_computed} fused entries computed; {result.seconds:.1f} s, {result.clips_per_second:.2f} clips/s"
     )
     typer.echo("status: " + ", ".join(f"{k} {v}" for k, v in sorted(result.status.items())))
@@ -335,6 +335,34 @@ def diff(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def preview(
+    store: str = typer.Option(..., help="Store path or URL (read only)."),
+    out: Path = typer.Option(Path("preview.png"), help="The PNG contact sheet to write."),
+    clips: int = typer.Option(16, min=1, help="How many clips to show (not-ok and low face coverage first)."),
+    status: list[str] = typer.Option([], help="Only clips with this faces or audio status (repeat the option), e.g. face_lost."),
+) -> None:
+    """A PNG contact sheet: per clip a few face crops beside their spectrogram chunks, labelled with the clip
+    id, status, face coverage and split. Clips most likely to be wrong come first.
+
+    Example: python cli.py preview --store stores/crema-d.zarr --out preview.png --status face_lost
+    """
+    from pipeline.extract import STATUSES
+    from stores.preview import write_preview
+
+    unknown = [s for s in status if s not in STATUSES]
+    if unknown:
+        fail(f"unknown --status '{unknown[0]}'; choose from: {', '.join(STATUSES)}")
+    open_store(store)
+    try:
+        shown = write_preview(store, out, clips=clips, statuses=tuple(status))
+    except LookupError as err:
+        fail(f"{err} (store '{store}')")
+    except OSError as err:
+        unreadable(f"store '{store}'", err)
+    typer.echo(f"wrote {out}: {len(shown)} clips" + (f", first {shown[0].clip_id} ({shown[0].status}, face coverage {shown[0].coverage:.2f})" if shown else ""))
+
+
 def encoder_names() -> list[str]:
     from encoders.registry import list_models
 
@@ -436,6 +464,7 @@ def train(
     faces: Optional[str] = typer.Option(None, help="Faces feature-set fingerprint, when the store holds several."),
     audio: Optional[str] = typer.Option(None, help="Audio feature-set fingerprint, when the store holds several."),
     max_memory_gb: float = typer.Option(4.0, help="Load the splits into memory up to this size; stream from the store beyond it."),
+    include_broken: bool = typer.Option(False, "--include-broken", help="Also train on ok clips the corpus documents as broken (left out by default; the log says how many)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Train one encoder from the store; the best validation epoch is tested once.
@@ -444,7 +473,7 @@ def train(
     """
     config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
-                          max_memory_gb=max_memory_gb)
+                          max_memory_gb=max_memory_gb, include_broken=include_broken)
     fold_name = f"-fold{fold}of{folds}" if fold is not None else ""
     out = out or Path("runs") / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"
     if fold is not None and not 0 <= fold < folds:

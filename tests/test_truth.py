@@ -154,7 +154,7 @@ def test_a_truncated_file_replaced_by_a_good_one_becomes_ok_and_ok_clips_are_not
     assert " 0 processed" in again.stdout  # nothing changed: nothing redone
     (media / "clip0.flv").write_bytes(whole)  # the download finished
     fixed = run_cli("extract", "--dataset", "manifest", "--root", str(csv), "--store", str(store), *SMALL)
-    assert fixed.returncode == 0 and " 1 processed" in fixed.stdout and "1 redone" in fixed.stdout, fixed.stdout
+    assert fixed.returncode == 0 and " 1 processed" in fixed.stdout and "1 of them redone" in fixed.stdout, fixed.stdout
     s = FeatureStore.open(store)
     faces, audio = s.feature_sets("faces")[0], s.feature_sets("audio")[0]
     assert list(faces.status()) == ["ok"] * 3 and list(audio.status()) == ["ok"] * 3
@@ -175,4 +175,4 @@ def test_extract_exits_1_when_no_clip_is_usable_and_retry_failed_redoes_failures
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "no clip has both faces and audio ok" in result.stdout and "commonest reason: faces decode_error" in result.stdout
     retry = run_cli("extract", "--dataset", "manifest", "--root", str(csv), "--store", str(store), "--retry-failed", *SMALL)
-    assert " 3 processed" in retry.stdout and "3 redone" in retry.stdout and retry.returncode == 1
+    assert " 3 processed" in retry.stdout and "3 of them redone" in retry.stdout and retry.returncode == 1
