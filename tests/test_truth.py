@@ -176,3 +176,60 @@ def test_extract_exits_1_when_no_clip_is_usable_and_retry_failed_redoes_failures
     assert "no clip has both faces and audio ok" in result.stdout and "commonest reason: faces decode_error" in result.stdout
     retry = run_cli("extract", "--dataset", "manifest", "--root", str(csv), "--store", str(store), "--retry-failed", *SMALL)
     assert " 3 processed" in retry.stdout and "3 of them redone" in retry.stdout and retry.returncode == 1
+
+
+# ---- known-bad clips and the contact sheet -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def flagged_store(clips, tmp_path_factory) -> tuple[str, str, str]:
+    """The sample clips plus the face-leaving clip (face_lost), one good train clip flagged broken by its corpus."""
+    import dataclasses
+
+    from pipeline.corpora import load_corpus
+    from pipeline.run import run_extract
+    from pipeline.splits import assign_splits
+
+    records = assign_splits(load_corpus("sample", clips["corpus"]), seed=0)
+    leaving = dataclasses.replace(records[0], clip_id="leaves", video_path=str(clips["leaves"]), audio_path=records[0].audio_path)
+    flagged = next(r for r in records if r.split == "train")
+    records = [dataclasses.replace(r, broken="documented as broken") if r is flagged else r for r in records] + [leaving]
+    location = str(tmp_path_factory.mktemp("flagged") / "s.zarr")
+    config = ExtractConfig(faces=FACES, mel=MelConfig(n_mels=32))
+    run_extract(records, location, config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=0, progress=False)
+    return location, flagged.clip_id, "leaves"
+
+
+@pytest.mark.slow
+def test_training_leaves_out_clips_the_corpus_flags_broken_unless_asked(flagged_store):
+    from encoders.train import TrainConfig, load_data
+
+    location, flagged, _ = flagged_store
+    ids = list(FeatureStore.open(location).clip_table()["clip_id"])
+    default = load_data(location, TrainConfig(encoder="resnet18", modality="audio", fusion="none"))
+    included = load_data(location, TrainConfig(encoder="resnet18", modality="audio", fusion="none", include_broken=True))
+    assert default.excluded_broken == 1 and included.excluded_broken == 0
+    assert ids.index(flagged) not in default.splits["train"].rows and ids.index(flagged) in included.splits["train"].rows
+    assert len(included.splits["train"]) == len(default.splits["train"]) + 1
+
+
+@pytest.mark.slow
+def test_preview_puts_the_face_lost_clip_first_on_a_sheet_of_the_expected_size(flagged_store, tmp_path):
+    from PIL import Image
+
+    location, _, lost = flagged_store
+    copy = tmp_path / "published.zarr"
+    shutil.copytree(location, copy)
+    before = sorted((p, p.stat().st_mtime_ns) for p in copy.rglob("*"))
+    subprocess.run(["chmod", "-R", "a-w", str(copy)], check=True)  # a published, read-only store
+    sheet = tmp_path / "sheet.png"
+    result = run_cli("preview", "--store", str(copy), "--out", str(sheet), "--clips", "3")
+    assert result.returncode == 0, result.stderr
+    image = Image.open(sheet)
+    assert image.size == (4 * 2 * 96, 3 * (16 + 96))  # 4 crop|chunk pairs of 96 px (48 px crops enlarged), 3 bands
+    shown = image.text["avstore:clips"].split(",")
+    assert shown[0] == lost and len(shown) == 3
+    only = run_cli("preview", "--store", str(copy), "--out", str(tmp_path / "lost.png"), "--status", "face_lost")
+    assert only.returncode == 0 and Image.open(tmp_path / "lost.png").text["avstore:clips"] == lost
+    assert sorted((p, p.stat().st_mtime_ns) for p in copy.rglob("*")) == before  # nothing written into the store
+    bad = run_cli("preview", "--store", str(copy), "--status", "lost")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    subprocess.run(["chmod", "-R", "u+w", str(copy)], check=True)
