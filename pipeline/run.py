@@ -8,6 +8,7 @@ from the stored crops and chunks, so a fusion asked for later costs no decoding 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -94,11 +95,9 @@ def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, wa
     timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration, timeout)  # once, for both tasks
     faces = extract_faces(record, config.faces, config.mel.max_duration, device, timeline, timeout) if want_faces else None
     audio = extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline, timeout) if want_audio else None
-    if faces is not None:
-        faces.source = video_source
-    if audio is not None:
-        audio.source = audio_source
-    return faces, audio
+    # copies: a failed probe is one TaskResult shared by both stages, and each records its own source file
+    return (None if faces is None else dataclasses.replace(faces, source=video_source),
+            None if audio is None else dataclasses.replace(audio, source=audio_source))
 
 
 def task_error(exception: BaseException, want_faces: bool, want_audio: bool) -> tuple[TaskResult | None, TaskResult | None]:

@@ -233,3 +233,13 @@ def test_preview_puts_the_face_lost_clip_first_on_a_sheet_of_the_expected_size(f
     bad = run_cli("preview", "--store", str(copy), "--status", "lost")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     subprocess.run(["chmod", "-R", "u+w", str(copy)], check=True)
+
+
+def test_each_stage_records_its_own_source_file_even_when_the_probe_fails(clips, tmp_path):
+    short = tmp_path / "short.mp4"  # too short for 10 steps: one probe answer shared by both stages
+    ffmpeg("-i", str(clips["orig"]), "-frames:v", "5", "-c", "copy", str(short))
+    wav = tmp_path / "voice.wav"
+    ffmpeg("-i", str(clips["orig"]), "-vn", str(wav))
+    faces, audio = process_clip(record(short, wav), ExtractConfig(faces=FACES), True, True, "cpu")
+    assert faces.status == audio.status == "too_short"
+    assert str(short.stat().st_size) in faces.source and str(wav.stat().st_size) in audio.source
