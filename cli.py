@@ -603,6 +603,8 @@ def demo(
         config = train_config("vgg16", "av", "concat", epochs=DEMO_EPOCHS, batch_size=DEMO_BATCH, device=default_device("auto"))
         metrics = run_training(str(store), config, run)
     print_metrics(metrics, run)
+    typer.echo(f"look at it: .venv/bin/python cli.py preview --store {store} --out {out / 'preview.png'}  "
+               "(a contact sheet: crops beside their spectrogram chunks, broken and low face coverage clips first)")
     typer.echo(f"done. Next: .venv/bin/python cli.py info --store {store}; "
                f".venv/bin/python cli.py sweep --store {store} --encoders resnet18,simple3d --out {out / 'runs' / 'sweep'}")
 
