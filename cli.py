@@ -132,20 +132,27 @@ def extract(
     hop: int = typer.Option(512, help="STFT hop."),
     n_mels: int = typer.Option(512, help="Mel bands (the study's slides: 512; its code: 128)."),
     fusion: list[str] = typer.Option(["concat"], help="Fused tensors to cache (repeat the option): " + ", ".join(FUSION_NAMES) + "."),
-    workers: int = typer.Option(2, min=0, help="Local Dask worker processes (0: in this process, for debugging)."),
+    min_coverage: float = typer.Option(0.8, min=0.0, max=1.0, help="A clip whose face is in fewer of its T crops than this fraction is face_lost, not ok."),
+    workers: int = typer.Option(2, min=0, help="Local Dask worker processes (0: in this process, for debugging: a bug raises with its traceback)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running dask.distributed scheduler (tcp://HOST:PORT)."),
     device: str = typer.Option("auto", help="MTCNN device: auto, cpu or cuda."),
     split_seed: int = typer.Option(0, help="Seed of the actor-disjoint train/val/test split stored with the clips."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     commit_every: int = typer.Option(32, min=1, help="Commit finished clips to the store this many at a time (32 = one shard)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo every clip that is not ok (clips whose source file changed are redone anyway)."),
+    ffmpeg_timeout: float = typer.Option(120.0, min=0.1, help="Seconds one ffmpeg call may take; past it the clip is decode_error (timeout)."),
 ) -> None:
     """Decode, detect faces, compute mel chunks and fusions once, into a Zarr store. Re-runs do only what is missing.
+
+    Exit code 0 when every clip is ok or has an expected media status (no_face, face_lost, no_audio,
+    decode_error, too_short, too_long); 1 when a clip ended in `error` (a bug) or no clip is usable; 2 for bad input.
 
     Example: python cli.py extract --dataset crema-d --root data/crema-d --store stores/crema-d.zarr
     """
     from pipeline.audio import MelConfig
     from pipeline.faces import FaceConfig
     from pipeline.run import ExtractConfig, run_extract
+    from stores.location import LocationError
     from stores.lock import StoreLockedError
     from stores.store import StoreError
 
@@ -158,26 +165,31 @@ def extract(
     records = load_records(dataset, root, meta, split_seed)
     class_names = list(get_corpus(dataset).class_names) or sorted({r.emotion for r in records}, key=lambda e: [r.label for r in records if r.emotion == e][0])
     config = ExtractConfig(
-        faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every),
+        faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage),
         mel=MelConfig(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels),
         fusions=tuple(dict.fromkeys(fusion)),
+        ffmpeg_timeout=ffmpeg_timeout,
     )
     check_writable(store)
     try:
         result = run_extract(records, store, config, dataset=dataset, class_names=class_names, split_seed=split_seed,
                              workers=workers, scheduler=scheduler, device=device, progress=progress,
-                             commit_every=commit_every)
-    except (StoreLockedError, StoreError, ValueError, PermissionError) as err:
+                             commit_every=commit_every, retry_failed=retry_failed)
+    except (StoreLockedError, StoreError, LocationError, PermissionError) as err:  # our own checks of the input
         fail(str(err))
     typer.echo(
         f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}), "
-        f"{result.skipped} already done; "
+        f"{result.retried} of them redone (source changed or --retry-failed), {result.skipped} already done; "
         f"{result.fusions_computed} fused entries computed; {result.seconds:.1f} s, {result.clips_per_second:.2f} clips/s"
     )
     typer.echo("status: " + ", ".join(f"{k} {v}" for k, v in sorted(result.status.items())))
     for clip_id, why in sorted(result.failures.items()):
         typer.echo(f"  not ok: {clip_id}: {why}")
     typer.echo(f"store:  {store}  (feature sets: {', '.join(result.feature_sets)})")
+    code, verdict = result.verdict()
+    typer.echo(verdict)
+    if code:
+        raise typer.Exit(code=code)
 
 
 def local_store_writable(store: str) -> bool:
@@ -333,6 +345,34 @@ def diff(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def preview(
+    store: str = typer.Option(..., help="Store path or URL (read only)."),
+    out: Path = typer.Option(Path("preview.png"), help="The PNG contact sheet to write."),
+    clips: int = typer.Option(16, min=1, help="How many clips to show (not-ok and low face coverage first)."),
+    status: list[str] = typer.Option([], help="Only clips with this faces or audio status (repeat the option), e.g. face_lost."),
+) -> None:
+    """A PNG contact sheet: per clip a few face crops beside their spectrogram chunks, labelled with the clip
+    id, status, face coverage and split. Clips most likely to be wrong come first.
+
+    Example: python cli.py preview --store stores/crema-d.zarr --out preview.png --status face_lost
+    """
+    from pipeline.extract import STATUSES
+    from stores.preview import write_preview
+
+    unknown = [s for s in status if s not in STATUSES]
+    if unknown:
+        fail(f"unknown --status '{unknown[0]}'; choose from: {', '.join(STATUSES)}")
+    open_store(store)
+    try:
+        shown = write_preview(store, out, clips=clips, statuses=tuple(status))
+    except LookupError as err:
+        fail(f"{err} (store '{store}')")
+    except OSError as err:
+        unreadable(f"store '{store}'", err)
+    typer.echo(f"wrote {out}: {len(shown)} clips" + (f", first {shown[0].clip_id} ({shown[0].status}, face coverage {shown[0].coverage:.2f})" if shown else ""))
+
+
 def encoder_names() -> list[str]:
     from encoders.registry import list_models
 
@@ -363,6 +403,8 @@ def train_config(encoder: str, modality: Optional[str], fusion: Optional[str], *
 def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
     """Train; a fusion the store lacks is first derived from its stored crops and chunks, and cached."""
     from encoders.train import MissingFusionError, train
+    from stores.location import LocationError
+    from stores.splits import SplitError
     from stores.store import StoreError
 
     for attempt in range(2):
@@ -375,7 +417,7 @@ def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
                 fail(f"{err} (this store is read-only for you: ask its owner, or copy it)")
             typer.echo(f"deriving fusion '{err.fusion}' from the stored faces and audio (no decoding) ...", err=True)
             derive_missing_fusion(store, config, err.fusion)
-        except (StoreError, ValueError) as err:
+        except (StoreError, SplitError, LocationError) as err:  # our own checks; any other ValueError is a bug and shows its traceback
             fail(str(err))
     raise AssertionError("unreachable")
 
@@ -432,6 +474,7 @@ def train(
     faces: Optional[str] = typer.Option(None, help="Faces feature-set fingerprint, when the store holds several."),
     audio: Optional[str] = typer.Option(None, help="Audio feature-set fingerprint, when the store holds several."),
     max_memory_gb: float = typer.Option(4.0, help="Load the splits into memory up to this size; stream from the store beyond it."),
+    include_broken: bool = typer.Option(False, "--include-broken", help="Also train on ok clips the corpus documents as broken (left out by default; the log says how many)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Train one encoder from the store; the best validation epoch is tested once.
@@ -440,9 +483,11 @@ def train(
     """
     config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
-                          max_memory_gb=max_memory_gb)
+                          max_memory_gb=max_memory_gb, include_broken=include_broken)
     fold_name = f"-fold{fold}of{folds}" if fold is not None else ""
     out = out or Path("runs") / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"
+    if fold is not None and not 0 <= fold < folds:
+        fail(f"--fold {fold} is outside 0..{folds - 1} for --folds {folds}; pick a fold in that range")
     if out.exists() and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 creates it
         fail(f"run directory '{out}' exists; pass another --out or delete it")
     open_store(store)
@@ -568,6 +613,8 @@ def demo(
         config = train_config("vgg16", "av", "concat", epochs=DEMO_EPOCHS, batch_size=DEMO_BATCH, device=default_device("auto"))
         metrics = run_training(str(store), config, run)
     print_metrics(metrics, run)
+    typer.echo(f"look at it: .venv/bin/python cli.py preview --store {store} --out {out / 'preview.png'}  "
+               "(a contact sheet: crops beside their spectrogram chunks, broken and low face coverage clips first)")
     typer.echo(f"done. Next: .venv/bin/python cli.py info --store {store}; "
                f".venv/bin/python cli.py sweep --store {store} --encoders resnet18,simple3d --out {out / 'runs' / 'sweep'}")
 

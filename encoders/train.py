@@ -31,6 +31,7 @@ from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
 from encoders.registry import get_model, get_spec
 from stores.provenance import code_commit, library_versions
+from stores.selection import usable_rows
 from stores.splits import actor_disjoint_split, fold_partitions, kfold_by_actor
 from stores.store import FeatureStore, StoreError
 from stores.torchdata import (
@@ -75,6 +76,7 @@ class TrainConfig:
     max_memory_gb: float = 4.0  # a split larger than this is streamed from the store
     faces: str | None = None  # feature-set fingerprints, when a store holds several
     audio: str | None = None
+    include_broken: bool = False  # train on clips the corpus documents as broken (clips/broken) too
 
     def resolved(self) -> "TrainConfig":
         defaults = ENCODER_DEFAULTS.get(self.encoder, {})
@@ -108,6 +110,7 @@ class Data:
     frames: int
     fingerprints: dict[str, str]
     speakers: dict[str, int]
+    excluded_broken: int = 0  # ok clips left out because the corpus flags them broken
 
 
 def load_data(location: str, config: TrainConfig) -> Data:
@@ -136,7 +139,7 @@ def load_data(location: str, config: TrainConfig) -> Data:
     else:
         store_split = table["split"]
     # Clips whose faces AND audio are ok, for every modality: audio, vision and fused runs compare like with like.
-    ok = faces.ok() & audio.ok() & (fused.ok() if fused is not None else True)
+    ok, excluded_broken = usable_rows(faces, audio, fused, table["broken"], include_broken=config.include_broken)
     rows = {name: np.flatnonzero(ok & (store_split == name)) for name in ("train", "val", "test")}
     for name, r in rows.items():
         if len(r) == 0:
@@ -154,6 +157,7 @@ def load_data(location: str, config: TrainConfig) -> Data:
         frames=int(faces.params["frames"]),
         fingerprints={k: store.root[f"features/{v}"].attrs["fingerprint"] for k, v in sets.items()},
         speakers={name: len(set(table["speaker"][r].tolist())) for name, r in rows.items()},
+        excluded_broken=excluded_broken,
     )
 
 
@@ -252,6 +256,10 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
     log.info("encoder %s (%s params), modality %s, fusion %s, device %s x %d, inputs %s, train/val/test clips %s, speakers %s",
              config.encoder, f"{n_params:,}", config.modality, config.fusion, device, world, data.image_size,
              [len(s) for s in data.splits.values()], list(data.speakers.values()))
+    if config.include_broken:
+        log.info("clips the corpus flags as broken (clips/broken) are included (--include-broken)")
+    else:
+        log.info("%d usable clip(s) the corpus flags as broken (clips/broken) left out; --include-broken lets them in", data.excluded_broken)
 
     history, best, best_state, epoch_seconds = [], None, None, []
     for epoch in range(1, config.epochs + 1):

@@ -15,15 +15,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.audio import MelConfig, MelExtractor, chunk_images, max_mel_frames, spectrogram_image
+from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
 from pipeline.faces import FaceConfig, track_faces
 from pipeline.fuse import fuse, fusion_arrays
-from pipeline.media import DecodeError, MediaInfo, decode_audio, decode_frames, probe
+from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, MediaInfo, decode_audio, decode_frames, probe
 from pipeline.records import ClipRecord
 
-ALGORITHM_VERSION = 1
-"""Bump by hand when a change to this code changes the numbers: it is part of every fingerprint."""
+ALGORITHM_VERSION = 2
+"""Bump by hand when a change to this code changes the numbers: it is part of every fingerprint.
+2: audio on the video's clock (stream start times), face coverage / faces seen / face_lost, source signatures."""
 
-STATUSES = ("ok", "no_face", "no_audio", "decode_error", "too_short", "too_long", "error")
+STATUSES = ("ok", "no_face", "face_lost", "no_audio", "decode_error", "too_short", "too_long", "error")
+MEDIA_STATUSES = frozenset(STATUSES) - {"ok", "error"}
+"""What a clip's media can be found to be; `error` alone means our code failed on it."""
 
 
 @dataclass
@@ -31,6 +35,7 @@ class TaskResult:
     status: str
     reason: str = ""
     arrays: dict[str, np.ndarray] | None = None
+    source: str = ""  # file_signature of the file it was computed from (pipeline/sources.py)
 
 
 @dataclass(frozen=True)
@@ -47,16 +52,16 @@ def clip_timeline(info: MediaInfo, steps: int) -> Timeline:
     frame_index = np.minimum((centres * info.fps).astype(np.int64), info.n_frames - 1).astype(np.int32)
     return Timeline(
         frame_index=frame_index,
-        timestamps=(frame_index / info.fps).astype(np.float32),
+        timestamps=frame_times(frame_index, info.fps),
         spans=np.stack([edges[:-1], edges[1:]], axis=1).astype(np.float32),
         middle_index=info.n_frames // 2,
     )
 
 
-def probe_timeline(record: ClipRecord, steps: int, max_duration: float) -> tuple[MediaInfo, Timeline] | TaskResult:
+def probe_timeline(record: ClipRecord, steps: int, max_duration: float, timeout: float = FFMPEG_TIMEOUT_S) -> tuple[MediaInfo, Timeline] | TaskResult:
     """The video's timeline, or the reason this clip cannot have one."""
     try:
-        info = probe(record.video_path)
+        info = probe(record.video_path, timeout)
     except DecodeError as err:
         return TaskResult("decode_error", str(err))
     if info.n_frames == 0 or info.fps <= 0:
@@ -87,6 +92,9 @@ def face_arrays(config: FaceConfig) -> dict[str, tuple[tuple[int, ...], str]]:
         "middle_box": ((4,), "float32"),
         "video_frames": ((), "int32"),
         "fps": ((), "float32"),
+        "coverage": ((), "float32"),
+        "faces_seen": ((), "int16"),
+        "source": ((), "str"),
     }
 
 
@@ -94,22 +102,29 @@ def face_params(config: FaceConfig) -> dict:
     return {"stage": "faces", "algorithm": ALGORITHM_VERSION, "detector": detector_weights_hash(), **dataclasses.asdict(config)}
 
 
-def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, device: str = "cpu", timeline=None) -> TaskResult:
-    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip)."""
-    timeline = timeline or probe_timeline(record, config.frames, max_duration)
+def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, device: str = "cpu", timeline=None,
+                  timeout: float = FFMPEG_TIMEOUT_S) -> TaskResult:
+    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip).
+
+    `ok` only when at least `config.min_coverage` of the T crops hold the followed face (detected, or
+    confirmed by tracking between two detections); otherwise `face_lost`, crops kept for inspection."""
+    timeline = timeline or probe_timeline(record, config.frames, max_duration, timeout)
     if isinstance(timeline, TaskResult):
         return timeline
     info, tl = timeline
     try:
-        frames = decode_frames(record.video_path, [*tl.frame_index.tolist(), tl.middle_index], info.width, info.height)
+        frames = decode_frames(record.video_path, [*tl.frame_index.tolist(), tl.middle_index], info.width, info.height, timeout)
     except DecodeError as err:
         return TaskResult("decode_error", str(err))
     track = track_faces(frames[:-1], frames[-1], config, device)
     if track is None:
         return TaskResult("no_face", f"no face with probability >= {config.min_prob} in any of the key frames")
+    seen = f"face in {int(track.found.sum())} of {config.frames} crops (coverage {track.coverage:.2f})"
+    crowd = f"; {track.faces_seen} faces seen, the first largest one followed" if track.faces_seen > 1 else ""
+    lost = track.coverage < config.min_coverage
     return TaskResult(
-        "ok",
-        "" if track.found.all() else f"face seen in {int(track.found.sum())} of {config.frames} steps",
+        "face_lost" if lost else "ok",
+        (f"{seen}, below min_coverage {config.min_coverage:g}" if lost else ("" if track.found.all() else seen)) + crowd,
         {
             "crops": track.crops,
             "middle": track.middle,
@@ -121,6 +136,8 @@ def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, d
             "middle_box": track.middle_box,
             "video_frames": np.int32(info.n_frames),
             "fps": np.float32(info.fps),
+            "coverage": np.float32(track.coverage),
+            "faces_seen": np.int16(track.faces_seen),
         },
     )
 
@@ -149,6 +166,8 @@ def audio_arrays(config: MelConfig, steps: int, size: int) -> dict[str, tuple[tu
         "chunk_valid": ((steps,), "bool"),
         "spans": ((steps, 2), "float32"),
         "duration": ((), "float32"),
+        "audio_offset": ((), "float32"),
+        "source": ((), "str"),
     }
 
 
@@ -162,9 +181,13 @@ def mel_extractor(config: MelConfig) -> MelExtractor:
     return MelExtractor(config)
 
 
-def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, timeline=None) -> TaskResult:
-    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip)."""
-    timeline = timeline or probe_timeline(record, steps, config.max_duration)
+def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, timeline=None, timeout: float = FFMPEG_TIMEOUT_S) -> TaskResult:
+    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip).
+
+    The audio is put on the video's clock first (pipeline/clock.py): an audio track of the video that starts
+    late is padded with silence, one that starts early is cut. A separate audio file (CREMA-D's WAVs) is taken
+    to start with the picture."""
+    timeline = timeline or probe_timeline(record, steps, config.max_duration, timeout)
     if isinstance(timeline, TaskResult):
         return timeline
     info, tl = timeline
@@ -172,9 +195,11 @@ def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, 
     if record.audio_path is None and not info.has_audio:
         return TaskResult("no_audio", "the video has no audio stream and no WAV was found")
     try:
-        audio = decode_audio(source, config.sample_rate)
+        audio = decode_audio(source, config.sample_rate, timeout)
     except DecodeError as err:
         return TaskResult("decode_error", str(err))
+    offset = audio_offset(info.video_start, info.audio_start) if record.audio_path is None else 0.0
+    audio = audio_on_video_clock(audio, config.sample_rate, offset)
     if audio.size == 0 or float(np.abs(audio).max()) < 1e-4:
         return TaskResult("no_audio", f"{source} holds no audible samples")
     log_mel = mel_extractor(config).log_mel(audio)
@@ -193,6 +218,7 @@ def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, 
             "chunk_valid": valid,
             "spans": tl.spans,
             "duration": np.float32(audio.size / config.sample_rate),
+            "audio_offset": np.float32(offset),
         },
     )
 
@@ -208,5 +234,5 @@ def fuse_clip(name: str, faces: dict[str, np.ndarray], audio: dict[str, np.ndarr
 
 __all__ = [
     "TaskResult", "clip_timeline", "extract_faces", "extract_audio", "face_arrays", "audio_arrays",
-    "face_params", "audio_params", "fusion_params", "fuse_clip", "fusion_arrays", "STATUSES",
+    "face_params", "audio_params", "fusion_params", "fuse_clip", "fusion_arrays", "STATUSES", "MEDIA_STATUSES",
 ]

@@ -31,6 +31,12 @@ class FaceConfig:
     min_face: int = 40  # smallest face MTCNN looks for, in pixels of the original frame
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN's three stages (facenet-pytorch defaults)
     min_prob: float = 0.90  # a detection below this probability counts as no face
+    min_coverage: float = 0.8  # below this fraction of the T crops holding the face, a clip is `face_lost`
+
+
+MIN_LINK_IOU = 0.3
+"""A detection continues the followed face only if its box overlaps the previous one this much (IoU); key
+frames are a fraction of a second apart, so one face moves far less, and a passer-by is not linked."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -80,7 +86,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def follow_one_face(boxes: list[np.ndarray], probs: list[np.ndarray], min_prob: float) -> tuple[np.ndarray, np.ndarray]:
     """Choose one face per clip and keep it: the largest confident face of the first frame that has one,
-    then in each later key frame the confident detection overlapping the previous choice most.
+    then in each later key frame the confident detection overlapping the previous choice most (at least
+    MIN_LINK_IOU; otherwise our face is not visible there).
 
     Returns (K, 4) boxes (NaN where this face was not seen) and (K,) probabilities (0 there).
     """
@@ -96,8 +103,8 @@ def follow_one_face(boxes: list[np.ndarray], probs: list[np.ndarray], min_prob: 
             pick = int(np.argmax((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
         else:
             overlap = iou(previous, b)
-            if overlap.max() <= 0.0:
-                continue  # another face entered; ours is not visible here
+            if overlap.max() < MIN_LINK_IOU:
+                continue  # another face; ours is not visible here
             pick = int(np.argmax(overlap))
         chosen[k], chosen_prob[k] = b[pick], p[pick]
         previous = b[pick]
@@ -135,6 +142,12 @@ class FaceTrack:
     prob: np.ndarray  # (T,) float32, detection probability (key frames) or that of the nearest key frame
     found: np.ndarray  # (T,) bool, True where the box comes from a detection or lies between two
     middle_box: np.ndarray  # (4,) float32
+    faces_seen: int = 1  # the most confident faces in any one key frame (the followed one and others)
+
+    @property
+    def coverage(self) -> float:
+        """Fraction of the T crops whose face was detected, or confirmed by tracking, at min_prob."""
+        return float(self.found.mean())
 
 
 @pinned  # MTCNN's convolutions round differently with more torch threads (pipeline/numeric.py)
@@ -148,8 +161,7 @@ def track_faces(steps: np.ndarray, middle: np.ndarray, config: FaceConfig, devic
     if np.isnan(step_key_boxes[:, 0]).all():
         return None
     all_boxes = interpolate_boxes(keys, step_key_boxes, n_steps)
-    seen_steps = np.asarray(keys)[~np.isnan(step_key_boxes[:, 0])]
-    found = (np.arange(n_steps) >= seen_steps.min()) & (np.arange(n_steps) <= seen_steps.max())
+    found = confirmed_steps(keys, ~np.isnan(step_key_boxes[:, 0]), n_steps)
     nearest = np.abs(np.arange(n_steps)[:, None] - np.asarray(keys)[None, :]).argmin(axis=1)
     prob = key_probs[nearest]
     if np.isnan(middle_box[0]):
@@ -161,4 +173,17 @@ def track_faces(steps: np.ndarray, middle: np.ndarray, config: FaceConfig, devic
         prob=prob.astype(np.float32),
         found=found,
         middle_box=middle_box.astype(np.float32),
+        faces_seen=max(int((p >= config.min_prob).sum()) for p in probs),
     )
+
+
+def confirmed_steps(keys: list[int], seen: np.ndarray, n_steps: int) -> np.ndarray:
+    """(T,) bool: the key steps where the followed face was detected, and the steps between two consecutive
+    key steps that both saw it (confirmed by tracking). Steps before the first or after the last sighting,
+    or next to a key step that missed it, hold an extrapolated box: not counted as a face."""
+    found = np.zeros(n_steps, bool)
+    for (a, seen_a), (b, seen_b) in zip(zip(keys, seen), zip(keys[1:], seen[1:])):
+        if seen_a and seen_b:
+            found[a : b + 1] = True
+    found[np.asarray(keys)[np.asarray(seen, bool)]] = True
+    return found

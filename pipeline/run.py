@@ -8,6 +8,7 @@ from the stored crops and chunks, so a fusion asked for later costs no decoding 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -21,17 +22,19 @@ from tqdm import tqdm
 
 from pipeline.audio import MelConfig
 from pipeline.extract import (
-    TaskResult, audio_arrays, audio_params, extract_audio, extract_faces, face_arrays, face_params, fuse_clip,
-    fusion_arrays, fusion_params, probe_timeline,
+    MEDIA_STATUSES, TaskResult, audio_arrays, audio_params, extract_audio, extract_faces, face_arrays, face_params,
+    fuse_clip, fusion_arrays, fusion_params, probe_timeline,
 )
 from pipeline.faces import FaceConfig
+from pipeline.media import FFMPEG_TIMEOUT_S
 from pipeline.numeric import numeric_environment, pinned
 from pipeline.records import ClipRecord
+from pipeline.sources import file_signature, source_changed
 from stores.integrity import checksums_match_listing, write_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
 from stores.provenance import provenance
-from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, store_exists
+from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError, store_exists
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class ExtractConfig:
     mel: MelConfig = MelConfig()
     fusions: tuple[str, ...] = ("concat",)
     fusion_seed: int = 0  # orders the rfas sequences
+    ffmpeg_timeout: float = FFMPEG_TIMEOUT_S  # seconds per ffmpeg call; not in any fingerprint (no number depends on it)
 
 
 @dataclass
@@ -57,7 +61,23 @@ class ExtractSummary:
     faces_computed: int = 0
     audio_computed: int = 0
     fusions_computed: int = 0
+    retried: int = 0  # rows redone because their source changed or --retry-failed asked
+    errors: dict[str, str] = field(default_factory=dict)  # clip id -> what failed in our code (status `error`)
+    usable: int = 0  # clips whose faces and audio are both ok
     seconds: float = 0.0
+
+    def verdict(self) -> tuple[int, str]:
+        """Exit code and one line: 1 when our code failed on a clip or no clip at all is usable, else 0
+        (clips whose media are broken are expected: each has its status and reason)."""
+        reasons = Counter(why.split(":", 1)[0] if why else "" for why in (self.errors or self.failures).values())
+        commonest = f"; commonest reason: {reasons.most_common(1)[0][0]}" if reasons else ""
+        if self.errors:
+            return 1, f"FAILED: {len(self.errors)} clip(s) ended in an unexpected error (a bug, not the media){commonest}"
+        if self.usable == 0:
+            return 1, f"FAILED: no clip has both faces and audio ok{commonest}"
+        if self.failures:
+            return 0, f"ok: {self.usable} usable clips; {len(self.failures)} not ok, each with an expected media status{commonest}"
+        return 0, f"ok: all {self.usable} clips usable"
 
     @property
     def clips_per_second(self) -> float:
@@ -66,29 +86,34 @@ class ExtractSummary:
 
 @pinned  # one thread for every kernel: the stored bytes must not depend on the worker's settings (numeric.py)
 def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str) -> tuple[TaskResult | None, TaskResult | None]:
-    """The Dask task. An unexpected exception becomes status `error` (retried by the next run), never a crash."""
-    try:
-        timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration)  # once, for both tasks
-    except Exception as err:  # noqa: BLE001 - recorded per clip with its message, by policy
-        timeline = TaskResult("error", f"{type(err).__name__}: {err}")
-    results = []
-    for wanted, task in ((want_faces, lambda: extract_faces(record, config.faces, config.mel.max_duration, device, timeline)),
-                         (want_audio, lambda: extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline))):
-        if not wanted:
-            results.append(None)
-            continue
-        try:
-            results.append(task())
-        except Exception as err:  # noqa: BLE001 - recorded per clip with its message, by policy
-            results.append(TaskResult("error", f"{type(err).__name__}: {err}"))
-    return results[0], results[1]
+    """The Dask task. Broken media become statuses inside the stages; an exception here is a bug, and the
+    caller records it as status `error` (run.py's compute), which fails the run."""
+    video_source = file_signature(record.video_path)
+    audio_source = file_signature(record.audio_path) if record.audio_path else video_source
+    timeout = config.ffmpeg_timeout
+    timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration, timeout)  # once, for both tasks
+    faces = extract_faces(record, config.faces, config.mel.max_duration, device, timeline, timeout) if want_faces else None
+    audio = extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline, timeout) if want_audio else None
+    # copies: a failed probe is one TaskResult shared by both stages, and each records its own source file
+    return (None if faces is None else dataclasses.replace(faces, source=video_source),
+            None if audio is None else dataclasses.replace(audio, source=audio_source))
+
+
+def task_error(exception: BaseException, want_faces: bool, want_audio: bool) -> tuple[TaskResult | None, TaskResult | None]:
+    """A task that raised: status `error` for what it was asked, with the exception and where it was raised."""
+    import traceback
+
+    where = traceback.extract_tb(exception.__traceback__)[-1:] if exception.__traceback__ else []
+    at = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
+    reason = f"{type(exception).__name__}: {exception}{at}"
+    return (TaskResult("error", reason) if want_faces else None, TaskResult("error", reason) if want_audio else None)
 
 
 def open_writer(location: str, dataset: str, class_names: list[str], split_seed: int) -> FeatureStore:
     if store_exists(location):
         store = FeatureStore.open(location, mode="r+")
         if store.info["dataset"] != dataset:
-            raise ValueError(f"store '{location}' holds dataset '{store.info['dataset']}', not '{dataset}'; use another --store")
+            raise StoreError(f"store '{location}' holds dataset '{store.info['dataset']}', not '{dataset}'; use another --store")
         return store
     return FeatureStore.create(location, dataset=dataset, class_names=class_names, split_seed=split_seed)
 
@@ -96,11 +121,13 @@ def open_writer(location: str, dataset: str, class_names: list[str], split_seed:
 def run_extract(
     records: list[ClipRecord], location: str | Path, config: ExtractConfig, *, dataset: str, class_names: list[str],
     split_seed: int = 0, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
-    commit_every: int = SHARD_ROWS,
+    commit_every: int = SHARD_ROWS, retry_failed: bool = False,
 ) -> ExtractSummary:
     """Compute what the store lacks for `records` and commit it, `commit_every` clips at a time.
 
-    A smaller `commit_every` loses less work to a crash but rewrites each shard more often.
+    A smaller `commit_every` loses less work to a crash but rewrites each shard more often. A committed row
+    is redone when its source file changed since (size, mtime, hash of its ends), and a non-ok one also when
+    `retry_failed`; an ok row whose source is unchanged never is.
     """
     started = time.perf_counter()
     location = str(location)
@@ -118,11 +145,15 @@ def run_extract(
             "audio", audio_params(config.mel, config.faces.frames, config.faces.size),
             audio_arrays(config.mel, config.faces.frames, config.faces.size), who,
         )
+        redo_faces = stale_rows(faces, rows, [r.video_path for r in records], retry_failed)
+        redo_audio = stale_rows(audio, rows, [r.audio_path or r.video_path for r in records], retry_failed)
+        invalidate(store, faces, audio, rows[redo_faces | redo_audio], redo_faces, redo_audio, rows)
         todo_faces, todo_audio = ~faces.done()[rows], ~audio.done()[rows]
         todo = np.flatnonzero(todo_faces | todo_audio)
         summary = ExtractSummary(
             clips=len(records), computed=len(todo), skipped=len(records) - len(todo),
             faces_computed=int(todo_faces.sum()), audio_computed=int(todo_audio.sum()),
+            retried=int((redo_faces | redo_audio).sum()),
         )
         summary.feature_sets = [faces.name, audio.name]
         if len(todo):
@@ -130,7 +161,9 @@ def run_extract(
             environments: list[dict] = []
             results = compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
                               environments=environments)
-            write_results(store, faces, audio, results, commit_every=commit_every)
+            errors = write_results(store, faces, audio, results, commit_every=commit_every)
+            clip_of_row = {int(row): record.clip_id for row, record in zip(rows, records)}
+            summary.errors = {clip_of_row[row]: why for row, why in errors.items()}
             for feature_set, computed in ((faces, summary.faces_computed), (audio, summary.audio_computed)):
                 if computed:
                     feature_set.add_numeric_environments(environments)
@@ -138,12 +171,15 @@ def run_extract(
             fused, n = materialise_fusion(store, name, faces, audio, seed=config.fusion_seed, progress=progress, who=who)
             summary.feature_sets.append(fused.name)
             summary.fusions_computed += n
+        summary.usable = int((faces.ok() & audio.ok())[rows].sum())
         for feature_set in (faces, audio):
             status, reason = feature_set.status()[rows], feature_set["reason"][:][rows]
             summary.status.update(f"{feature_set.kind}:{s}" for s in status)
             for record, s, why in zip(records, status, reason):
                 if s != "ok":
                     summary.failures.setdefault(record.clip_id, f"{feature_set.kind} {s}: {why}")
+        for clip_id, why in summary.errors.items():
+            summary.failures[clip_id] = f"error (will be retried by the next run): {why}"
         wrote = wrote or summary.computed or summary.fusions_computed or len(store.feature_sets()) > sets_before
         if wrote or not checksums_match_listing(where):
             write_checksums(where)
@@ -175,9 +211,11 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(cluster or scheduler)
     try:
-        futures = {client.submit(process_clip, record, config, wf, wa, device, pure=False, retries=2): row for row, record, wf, wa in tasks}
+        futures = {client.submit(process_clip, record, config, wf, wa, device, pure=False, retries=2): (row, wf, wa) for row, record, wf, wa in tasks}
         for future in as_completed(futures):
-            yield (futures[future], *future.result())
+            row, wf, wa = futures[future]
+            failed = future.status == "error"  # a bug in a task: recorded as status `error`, the run exits 1
+            yield (row, *(task_error(future.exception(), wf, wa) if failed else future.result()))
             future.release()
             bar.update()
         environments.extend(client.run(numeric_environment).values())
@@ -188,36 +226,70 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
             cluster.close()
 
 
-def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int) -> None:
+def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int) -> dict[int, str]:
     """Buffer finished clips and commit them `commit_every` at a time (by default a shard's worth, so a shard
-    is rewritten once rather than once per clip)."""
+    is rewritten once rather than once per clip). Returns row -> reason of the rows that ended in `error`
+    (left uncommitted, so the next run redoes them)."""
     pending: dict[str, list] = {"faces": [], "audio": []}
+    errors: dict[int, str] = {}
     for row, face_result, audio_result in results:
         for kind, result in (("faces", face_result), ("audio", audio_result)):
             if result is not None and result.status != "error":
                 pending[kind].append((row, result))
             elif result is not None:
-                log.warning("clip row %d: %s (will be retried by the next run)", row, result.reason)
+                log.error("clip row %d, %s: %s", row, kind, result.reason)
+                errors[int(row)] = result.reason
         for kind, feature_set in (("faces", faces), ("audio", audio)):
             if len(pending[kind]) >= commit_every:
                 flush(store, feature_set, pending[kind])
                 pending[kind] = []
     flush(store, faces, pending["faces"])
     flush(store, audio, pending["audio"])
+    return errors
 
 
 def flush(store: FeatureStore, feature_set: FeatureSet, items: list) -> None:
     if not items:
         return
-    specs = {name: feature_set[name] for name in feature_set.group.array_keys() if name not in ("status", "reason", "done")}
+    specs = {name: feature_set[name] for name in feature_set.group.array_keys() if name not in ("status", "reason", "done", "source")}
     arrays = {name: np.zeros((len(items), *array.shape[1:]), array.dtype) for name, array in specs.items()}
     for k, (_, result) in enumerate(items):
         for name, value in (result.arrays or {}).items():
             arrays[name][k] = value
+    if "source" in feature_set.group.array_keys():
+        arrays["source"] = np.asarray([result.source for _, result in items], dtype=object)
     store.write_rows(
         feature_set, np.asarray([row for row, _ in items]), arrays,
         [result.status for _, result in items], [result.reason for _, result in items],
     )
+
+
+def stale_rows(feature_set: FeatureSet, rows: np.ndarray, paths: list[str], retry_failed: bool) -> np.ndarray:
+    """(len(rows),) bool: committed rows to redo, because their source file changed since they were made
+    (any status), or because they are not ok and `retry_failed` asks. A stat per clip; hashes only on change."""
+    done = feature_set.done()[rows]
+    if not done.any():
+        return np.zeros(len(rows), bool)
+    status = feature_set.status()[rows]
+    sources = feature_set["source"][:][rows] if "source" in feature_set.group.array_keys() else np.full(len(rows), "")
+    redo = np.zeros(len(rows), bool)
+    for k in np.flatnonzero(done):
+        redo[k] = (retry_failed and status[k] != "ok") or source_changed(str(sources[k]), paths[k])
+    return redo
+
+
+def invalidate(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, stale: np.ndarray, redo_faces: np.ndarray,
+               redo_audio: np.ndarray, rows: np.ndarray) -> None:
+    """Un-commit the rows about to be redone (done=0), and the fusions made from them, so no reader sees the
+    old row as current and the fusions are derived again from the new one."""
+    if not len(stale):
+        return
+    for feature_set, redo in ((faces, redo_faces), (audio, redo_audio)):
+        if redo.any():
+            store.uncommit_rows(feature_set, rows[redo])
+    for fused in store.feature_sets():
+        if fused.kind.startswith("fusion-") and {fused.params.get("faces"), fused.params.get("audio")} & {faces.fingerprint, audio.fingerprint}:
+            store.uncommit_rows(fused, stale)
 
 
 def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio: FeatureSet, *, seed: int, progress: bool, who: dict) -> tuple[FeatureSet, int]:

@@ -225,6 +225,12 @@ class FeatureStore:
         _write_rows(feature_set["done"], rows, np.ones(len(rows), np.uint8))
 
 
+    def uncommit_rows(self, feature_set: FeatureSet, rows: np.ndarray) -> None:
+        """Mark rows not done (their data stays until rewritten): a reader skips them, the next run redoes them."""
+        rows = np.sort(np.asarray(rows))
+        _write_rows(feature_set["done"], rows, np.zeros(len(rows), np.uint8))
+
+
 def _write_rows(array: zarr.Array, rows: np.ndarray, values: np.ndarray) -> None:
     """Runs of consecutive rows go in one slice assignment each, so a shard is rewritten once per run."""
     start = 0
