@@ -521,12 +521,34 @@ def evaluate(
 def report(
     runs: Path = typer.Option(Path("runs"), help="Folder holding run directories."),
     out: Optional[Path] = typer.Option(None, help="Where to write comparison.md/.csv/.png (default: RUNS/report)."),
+    compare: Optional[tuple[str, str]] = typer.Option(
+        None, "--compare", metavar="A B",
+        help="Test whether configuration A beats B over matched (fold, seed) replicates, e.g. "
+             "--compare encoder=ladder encoder=resnet18,modality=av (one-tailed paired t-test and Wilcoxon)."),
+    metric: str = typer.Option("macro_f1", help="Test metric that --compare tests (accuracy, uar, macro_f1, ...)."),
 ) -> None:
-    """The paper's comparison table (mean ± sd over seeds) as Markdown and CSV, plus bar plots."""
-    from encoders.report import write_report
+    """The paper's comparison table (mean ± sd over replicates) as Markdown and CSV, plus bar plots.
+
+    Runs are grouped by every configuration field that differs between them (encoder, modality, fusion, pretrained,
+    epochs, lr, the store's feature sets, ...); n is shown beside each mean.
+    """
+    from encoders.report import collect_runs, write_report
+    from encoders.significance import CompareError, compare_runs
 
     if not runs.is_dir() or not any(runs.rglob("metrics.json")):
         fail(f"'{runs}' holds no run directories with metrics.json; train something first")
+    if compare:
+        try:
+            result = compare_runs(collect_runs(runs), *compare, metric=metric)
+        except CompareError as err:
+            fail(str(err))
+        folder = out or runs / "report"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "compare.json").write_text(json.dumps(result.as_dict(), indent=2))
+        for line in result.lines():
+            typer.echo(line)
+        typer.echo(f"written: {folder / 'compare.json'}")
+        return
     paths = write_report(runs, out or runs / "report")
     typer.echo(paths["markdown"].read_text())
     typer.echo("written: " + ", ".join(str(p) for p in paths.values()))

@@ -186,12 +186,20 @@ def _series_label(modality: str, fusion: str | None) -> str:
     return base if fusion in _NO_FUSION else f"{base} ({fusion})"
 
 
+def _cell_series(cell: Mapping[str, Any]) -> str | None:
+    """A cell's series name: its fusion, with the configuration variant (e.g. 'lr=0.0001') when runs differ."""
+    fusion, variant = cell.get("fusion"), cell.get("variant")
+    if not variant:
+        return fusion
+    return variant if fusion in _NO_FUSION else f"{fusion}, {variant}"
+
+
 def _bar_series(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str | None]]:
-    """Every (modality, fusion) found in the rows, modalities in table order."""
+    """Every (modality, fusion and variant) found in the rows, modalities in table order."""
     found: set[tuple[str, str | None]] = set()
     for row in rows:
         for modality, cells in row["modalities"].items():
-            found.update((modality, cell.get("fusion")) for cell in cells)
+            found.update((modality, _cell_series(cell)) for cell in cells)
     order = {modality: index for index, modality in enumerate(MODALITY_LABELS)}
     return sorted(found, key=lambda item: (order.get(item[0], len(order)), item[0], str(item[1])))
 
@@ -212,7 +220,7 @@ def _series_colours(series: Sequence[tuple[str, str | None]]) -> list[str]:
 def _find_cell(row: Mapping[str, Any], modality: str, fusion: str | None) -> Mapping[str, Any] | None:
     """The row's cell for (modality, fusion), if that combination was run."""
     for cell in row["modalities"].get(modality, []):
-        if cell.get("fusion") == fusion:
+        if _cell_series(cell) == fusion:
             return cell
     return None
 

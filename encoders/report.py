@@ -11,8 +11,12 @@ Decisions, stated once here:
   fusion (anything but ``none``) names it, ``concat: 0.64 ± 0.01 (...)``; several
   fusions for one encoder are stacked in the same cell (one line each, ``<br>``),
   so the unimodal baselines are not repeated on every fusion row.
-* SD is the sample SD over seeds (ddof=1), 0.0 for a single seed; ``n`` is the
-  number of seeds.
+* SD is the sample SD over replicates (ddof=1); ``n`` is the number of replicates
+  (seeds x folds). A single run is shown as ``0.58 (n=1)``: it has no spread to report.
+* Runs that differ in any other configuration field (pretrained, epochs, lr,
+  weight decay, batch size, split seed, labelled fraction, the store's feature
+  sets, ...) are never averaged together: each such field that varies among the
+  runs is named in the cell, e.g. ``concat, lr=0.0001: ...``.
 * Ablation runs (``ablate`` set) answer a different question and are left out
   of the table; the Markdown says how many were.
 * Two runs with the same (type, encoder, modality, fusion, seed, fold) would count a
@@ -44,7 +48,11 @@ TABLE_COLUMNS: dict[str, str] = {"audio": "Audio", "vision": "Vision", "av": "Mu
 TYPE_ORDER: dict[str, int] = {"2D": 0, "3D": 1, "fusion": 2}
 NO_FUSION = "none"
 MISSING = "—"
-CSV_FIELDS: tuple[str, ...] = ("encoder_type", "encoder", "modality", "fusion", "metric", "mean", "sd", "n")
+CSV_FIELDS: tuple[str, ...] = ("encoder_type", "encoder", "modality", "fusion", "variant", "metric", "mean", "sd", "n")
+#: Configuration fields that do not change what a run measures (or are in the cell key already).
+NOT_A_VARIANT: frozenset[str] = frozenset({
+    "encoder", "modality", "fusion", "seed", "fold", "device", "max_memory_gb", "loader_workers", "out", "progress",
+})
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -104,9 +112,34 @@ def _fusion_of(run: dict[str, Any]) -> str:
     return NO_FUSION if fusion in (None, "") else str(fusion)
 
 
-def _cell_key(run: dict[str, Any]) -> tuple[str, str, str, str]:
-    """What a table cell averages over seeds: (type, encoder, modality, fusion)."""
-    return (str(run["encoder_type"]), str(run["encoder"]), str(run["modality"]), _fusion_of(run))
+def _settings(run: dict[str, Any]) -> dict[str, str]:
+    """Everything of a run's configuration that could change its numbers, as text, plus its store's feature sets."""
+    settings = {k: str(v) for k, v in (run.get("config") or {}).items() if k not in NOT_A_VARIANT}
+    for kind, fingerprint in ((run.get("store") or {}).get("fingerprints") or {}).items():
+        settings[f"store {kind}"] = str(fingerprint)
+    return settings
+
+
+def _variant(run: dict[str, Any], varying: Iterable[str]) -> str:
+    """'lr=0.0001, epochs=40': the values of the fields that vary among the runs; '' when none does."""
+    settings = _settings(run)
+    return ", ".join(f"{key}={settings.get(key, '—')}" for key in sorted(varying))
+
+
+def _varying_fields(runs: Iterable[dict[str, Any]]) -> set[str]:
+    """Configuration fields with more than one value among `runs` (a missing field counts as a value)."""
+    values: dict[str, set[str]] = defaultdict(set)
+    all_settings = [_settings(run) for run in runs]
+    keys = {key for settings in all_settings for key in settings}
+    for settings in all_settings:
+        for key in keys:
+            values[key].add(settings.get(key, "—"))
+    return {key for key, seen in values.items() if len(seen) > 1}
+
+
+def _cell_key(run: dict[str, Any], varying: Iterable[str] = ()) -> tuple[str, str, str, str, str]:
+    """What a table cell averages over replicates: (type, encoder, modality, fusion, variant)."""
+    return (str(run["encoder_type"]), str(run["encoder"]), str(run["modality"]), _fusion_of(run), _variant(run, varying))
 
 
 def _split_ablations(runs: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
@@ -120,8 +153,9 @@ def _split_ablations(runs: Iterable[dict[str, Any]]) -> tuple[list[dict], list[d
 def _drop_duplicate_seeds(runs: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
     """Keep the first run (by path) per cell and seed; return the paths dropped."""
     kept, dropped, seen = [], [], set()
+    varying = _varying_fields(runs)
     for run in sorted(runs, key=lambda item: item.get("path", "")):
-        identity = (*_cell_key(run), run.get("seed"), run.get("fold"))  # k-fold runs: each fold is a replicate
+        identity = (*_cell_key(run, varying), run.get("seed"), run.get("fold"))  # k-fold runs: each fold is a replicate
         if identity in seen:
             dropped.append(run.get("path", repr(identity)))
             continue
@@ -130,10 +164,11 @@ def _drop_duplicate_seeds(runs: list[dict[str, Any]]) -> tuple[list[dict], list[
     return kept, dropped
 
 
-def _aggregate_cell(fusion: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, sd and n per reported metric over the seeds of one cell."""
+def _aggregate_cell(fusion: str, variant: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, sd and n per reported metric over the replicates of one cell."""
     cell: dict[str, Any] = {
         "fusion": fusion,
+        "variant": variant,
         "n": len(runs),
         "seeds": sorted((run.get("seed") for run in runs), key=str),
     }
@@ -161,30 +196,34 @@ def comparison_table(runs: list[dict]) -> list[dict]:
     """
     main_runs, _ = _split_ablations(runs)
     unique_runs, _ = _drop_duplicate_seeds(main_runs)
-    grouped: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
+    varying = _varying_fields(unique_runs)
+    grouped: dict[tuple[str, str, str, str, str], list[dict]] = defaultdict(list)
     for run in unique_runs:
-        grouped[_cell_key(run)].append(run)
+        grouped[_cell_key(run, varying)].append(run)
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for (encoder_type, encoder, modality, fusion), cell_runs in sorted(grouped.items()):
+    for (encoder_type, encoder, modality, fusion, variant), cell_runs in sorted(grouped.items()):
         row = rows.setdefault((encoder_type, encoder),
                               {"encoder_type": encoder_type, "encoder": encoder, "modalities": {}})
-        row["modalities"].setdefault(modality, []).append(_aggregate_cell(fusion, cell_runs))
+        row["modalities"].setdefault(modality, []).append(_aggregate_cell(fusion, variant, cell_runs))
     return [rows[key] for key in sorted(rows, key=_row_sort_key)]
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def _format_mean_sd(mean: float | None, sd: float | None) -> str:
-    """'0.58 ± 0.02', or the missing mark."""
-    return MISSING if mean is None else f"{mean:.2f} ± {sd:.2f}"
+def _format_mean_sd(mean: float | None, sd: float | None, n: int) -> str:
+    """'0.58 ± 0.02'; '0.58' for a single run (no spread to show); or the missing mark."""
+    if mean is None:
+        return MISSING
+    return f"{mean:.2f}" if n < 2 else f"{mean:.2f} ± {sd:.2f}"
 
 
 def _format_cell(cell: dict[str, Any]) -> str:
-    """'concat: 0.58 ± 0.02 (UAR 0.55 ± 0.03, n=2)'; the fusion prefix only when there is one."""
-    text = (f"{_format_mean_sd(cell['accuracy_mean'], cell['accuracy_sd'])} "
-            f"(UAR {_format_mean_sd(cell['uar_mean'], cell['uar_sd'])}, n={cell['n']})")
-    return text if cell["fusion"] == NO_FUSION else f"{cell['fusion']}: {text}"
+    """'concat, lr=0.0001: 0.58 ± 0.02 (UAR 0.55 ± 0.03, n=2)'; a prefix only when there is a fusion or variant."""
+    text = (f"{_format_mean_sd(cell['accuracy_mean'], cell['accuracy_sd'], cell['accuracy_n'])} "
+            f"(UAR {_format_mean_sd(cell['uar_mean'], cell['uar_sd'], cell['uar_n'])}, n={cell['n']})")
+    prefix = ", ".join(p for p in (cell["fusion"] if cell["fusion"] != NO_FUSION else "", cell.get("variant", "")) if p)
+    return f"{prefix}: {text}" if prefix else text
 
 
 def _escape_markdown(text: str) -> str:
@@ -224,7 +263,7 @@ def _markdown(rows: list[dict], notes: list[str], num_runs: int) -> str:
     lines = [
         "# Encoder comparison",
         "",
-        f"Test accuracy (WAR) as mean ± sample sd over seeds; UAR in parentheses; n = seeds. "
+        f"Test accuracy (WAR) as mean ± sample sd over replicates; UAR in parentheses; n = replicates (seeds x folds). "
         f"Built from {num_runs} run(s). Multimodal cells name their fusion. "
         "Chance = 1/6 ≈ 0.17 on CREMA-D's 6 classes.",
         "",
@@ -250,7 +289,7 @@ def _csv_records(rows: list[dict]) -> list[dict[str, Any]]:
                         continue
                     records.append({
                         "encoder_type": row["encoder_type"], "encoder": row["encoder"],
-                        "modality": modality, "fusion": cell["fusion"], "metric": metric,
+                        "modality": modality, "fusion": cell["fusion"], "variant": cell.get("variant", ""), "metric": metric,
                         "mean": cell[f"{metric}_mean"], "sd": cell[f"{metric}_sd"],
                         "n": cell[f"{metric}_n"],
                     })

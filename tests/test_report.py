@@ -153,7 +153,7 @@ def test_missing_cell_is_a_dash(runs_dir: Path, tmp_path: Path) -> None:
     _write_run(runs_dir, "audio_only", encoder="wav2vec", encoder_type="2D", modality="audio", fusion="none",
                seed=0, test={"accuracy": 0.5, "uar": 0.4})
     markdown = write_report(runs_dir, tmp_path / "report")["markdown"].read_text(encoding="utf-8")
-    assert "| 2D | wav2vec | 0.50 ± 0.00 (UAR 0.40 ± 0.00, n=1) | — | — |" in markdown
+    assert "| 2D | wav2vec | 0.50 (UAR 0.40, n=1) | — | — |" in markdown  # one run has no spread: no "± 0.00"
 
 
 def test_several_fusions_are_named_in_the_multimodal_cell(runs_dir: Path, tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_csv_round_trips(runs_dir: Path, tmp_path: Path) -> None:
     paths = write_report(runs_dir, tmp_path / "report")
     with paths["csv"].open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        assert reader.fieldnames == ["encoder_type", "encoder", "modality", "fusion", "metric", "mean", "sd", "n"]
+        assert reader.fieldnames == ["encoder_type", "encoder", "modality", "fusion", "variant", "metric", "mean", "sd", "n"]
         records = list(reader)
     assert len(records) == 6 * 3  # 6 cells x (accuracy, uar, macro_f1)
     by_key = {(r["encoder"], r["modality"], r["fusion"], r["metric"]): r for r in records}
@@ -259,3 +259,69 @@ def test_plot_comparison_human_reference_and_data_change_the_image(runs_dir: Pat
     _assert_sensible_png(plain)
     assert plain.read_bytes() != human.read_bytes()
     assert plain.read_bytes() != fewer.read_bytes()
+
+
+def test_runs_that_differ_in_configuration_are_never_averaged_together(tmp_path: Path) -> None:
+    """lr and the store's audio feature set differ: four cells, each named by what sets it apart."""
+    root = tmp_path / "runs"
+    for lr, audio, accuracies in ((0.001, "a1", [0.60, 0.62]), (0.0001, "a1", [0.40, 0.42]), (0.001, "a2", [0.30])):
+        for seed, accuracy in enumerate(accuracies):
+            _write_run(root, f"lr{lr}-{audio}-seed{seed}", encoder="resnet18", encoder_type="2D", modality="audio",
+                       fusion="none", seed=seed, ablate=None, test={"accuracy": accuracy, "uar": accuracy},
+                       config={"encoder": "resnet18", "lr": lr, "epochs": 20, "seed": seed, "device": f"cuda:{seed}"},
+                       store={"fingerprints": {"faces": "f1", "audio": audio}})
+    cells = {cell["variant"]: cell for cell in comparison_table(collect_runs(root))[0]["modalities"]["audio"]}
+    assert set(cells) == {"lr=0.001, store audio=a1", "lr=0.0001, store audio=a1", "lr=0.001, store audio=a2"}
+    assert cells["lr=0.001, store audio=a1"]["accuracy_mean"] == pytest.approx(0.61)
+    assert cells["lr=0.0001, store audio=a1"]["n"] == 2 and cells["lr=0.001, store audio=a2"]["n"] == 1
+    markdown = write_report(root, tmp_path / "report")["markdown"].read_text(encoding="utf-8")
+    assert "lr=0.001, store audio=a2: 0.30 (UAR 0.30, n=1)" in markdown
+
+
+def _paired_runs(root: Path, name: str, encoder: str, values: dict[tuple[int, int], float]) -> None:
+    for (fold, seed), value in values.items():
+        _write_run(root, f"{name}-fold{fold}-seed{seed}", encoder=encoder, encoder_type="2D", modality="av",
+                   fusion="concat", seed=seed, fold=f"{fold}/5", ablate=None,
+                   test={"accuracy": value, "uar": value, "macro_f1": value}, config={"encoder": encoder, "seed": seed})
+
+
+def test_compare_runs_a_one_tailed_paired_t_test_and_wilcoxon_on_matched_replicates(tmp_path: Path) -> None:
+    from scipy import stats
+
+    from encoders.significance import compare_runs
+
+    root = tmp_path / "runs"
+    a = {(f, s): 0.60 + 0.01 * f + 0.005 * s for f in range(3) for s in range(3)}
+    b = {key: value - 0.03 + 0.004 * (key[0] - key[1]) for key, value in a.items() if key != (2, 2)}
+    b[(4, 0)] = 0.1  # a replicate A lacks: left out, named
+    _paired_runs(root, "ladder", "ladder", a)
+    _paired_runs(root, "base", "resnet18", b)
+    result = compare_runs(collect_runs(root), "encoder=ladder", "encoder=resnet18", metric="macro_f1")
+    assert len(result.replicates) == 8 and ("2/5", "2") in result.unmatched_a and ("4/5", "0") in result.unmatched_b
+    matched = sorted(set(a) & set(b))
+    expected = stats.ttest_rel([a[k] for k in matched], [b[k] for k in matched], alternative="greater")
+    assert result.t_p == pytest.approx(expected.pvalue) and result.t_p < 0.05
+    assert 0 < result.wilcoxon_p < 0.05
+    assert result.mean_difference == pytest.approx(0.03 - 0.004 * sum(f - s for f, s in matched) / 8)
+    reverse = compare_runs(collect_runs(root), "encoder=resnet18", "encoder=ladder")
+    assert reverse.t_p > 0.95  # one-tailed: B is not better than A
+
+
+def test_report_compare_through_the_cli(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    root = tmp_path / "runs"
+    _paired_runs(root, "ladder", "ladder", {(f, 0): 0.6 + 0.02 * f for f in range(4)})
+    _paired_runs(root, "base", "resnet18", {(f, 0): 0.5 + 0.01 * f for f in range(4)})
+    result = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=resnet18")
+    assert result.returncode == 0, result.stderr
+    assert "matched replicates (same fold and seed): 4" in result.stdout and "t-test" in result.stdout
+    assert "Wilcoxon" in result.stdout and "(significant at 0.05)" in result.stdout
+    comparison = json.loads((root / "report" / "compare.json").read_text())
+    assert comparison["n_pairs"] == 4 and comparison["t_test_p_one_tailed"] < 0.05
+
+    missing = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=vgg16")
+    assert missing.returncode == 2 and "vgg16" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    _paired_runs(root, "other", "vgg16", {(7, 3): 0.5})
+    unpaired = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=vgg16")
+    assert unpaired.returncode == 2 and "fold 7/5 seed 3" in unpaired.stderr, unpaired.stderr
