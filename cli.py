@@ -560,6 +560,10 @@ def sweep(
     encoders: str = typer.Option("resnet18,simple3d", help="Comma-separated encoders."),
     modalities: str = typer.Option("audio,vision,av", help="Comma-separated modalities."),
     seeds: str = typer.Option("0,1", help="Comma-separated seeds."),
+    folds: Optional[int] = typer.Option(None, min=3, help="k-fold cross-validation by actor: run every fold of N (default: the stored split only)."),
+    split_seed: Optional[int] = typer.Option(None, help="Re-derive the actor-disjoint split (or folds) with this seed."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate for every run (default: each encoder's)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Start every encoder from its pretrained weights."),
     fusion: str = typer.Option("concat", help="Fusion of the av runs of 2D/3D encoders."),
     epochs: int = typer.Option(20, min=1),
     batch_size: int = typer.Option(16, min=1),
@@ -567,22 +571,33 @@ def sweep(
     out: Path = typer.Option(Path("runs/sweep"), help="Folder for the runs and the report."),
     progress: bool = typer.Option(True),
 ) -> None:
-    """Encoders x modalities x seeds in one command, ending with the comparison table and plots."""
+    """Encoders x modalities x folds x seeds in one command, ending with the comparison table and plots.
+
+    Resumable: a run whose metrics.json exists is not redone, so an interrupted sweep continues where it stopped.
+    Example (seed 002's protocol, reduced): sweep --encoders resnet18 --modalities av --folds 5 --seeds 0,1,2,3
+    """
     from encoders.report import write_report
     from encoders.registry import get_spec
 
     open_store(store)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds '{seeds}' must be comma-separated integers, e.g. 0,1,2")
     plan = []
     for encoder in [e.strip() for e in encoders.split(",") if e.strip()]:
         for modality in [m.strip() for m in modalities.split(",") if m.strip()]:
             pair = encoder in encoder_names() and get_spec(encoder).input_kind.startswith("pair")
             if pair and modality != "av":
                 continue  # a fusion model has no unimodal form
-            for seed in [int(s) for s in seeds.split(",")]:
-                config = train_config(encoder, modality, None if pair or modality != "av" else fusion, epochs=epochs,
-                                      batch_size=batch_size, seed=seed, device=default_device(device))
-                run_dir = out / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}"
-                plan.append((config, run_dir))
+            for fold in (range(folds) if folds else [None]):
+                for seed in seed_list:
+                    config = train_config(encoder, modality, None if pair or modality != "av" else fusion, epochs=epochs,
+                                          batch_size=batch_size, seed=seed, device=default_device(device), lr=lr,
+                                          pretrained=pretrained, split_seed=split_seed, fold=fold, folds=folds or 5)
+                    fold_name = "" if fold is None else f"-fold{fold}of{folds}"
+                    run_dir = out / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"
+                    plan.append((config, run_dir))
     for k, (config, run_dir) in enumerate(plan, 1):
         if (run_dir / "metrics.json").is_file():
             typer.echo(f"[{k}/{len(plan)}] {run_dir.name}: done already")

@@ -248,3 +248,18 @@ def test_k_fold_by_actor_tests_each_fold_once_and_never_leaks_speakers(store):
     assert set().union(*seen_test) == set(FeatureStore.open(store).clip_table()["speaker"].tolist())
     with pytest.raises(ValueError, match="outside 0..2"):
         load_data(store, TrainConfig(encoder="resnet18", modality="vision", fusion="none", fold=3, folds=3))
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_fold_and_seed_and_resumes_without_redoing(store, tmp_path):
+    out = tmp_path / "sweep"
+    args = ("sweep", "--store", store, "--encoders", "resnet18", "--modalities", "audio", "--folds", "3", "--seeds", "0,1",
+            "--split-seed", "5", "--lr", "0.002", "--epochs", "1", "--batch-size", "8", "--out", str(out), "--no-progress")
+    first = run_cli(*args, timeout=1200)
+    assert first.returncode == 0, first.stderr[-2000:]
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))]
+    assert sorted((r["fold"], r["seed"]) for r in runs) == [(f"{f}/3", s) for f in range(3) for s in (0, 1)]
+    assert {r["config"]["lr"] for r in runs} == {0.002} and {r["config"]["split_seed"] for r in runs} == {5}
+    assert "n=6)" in (out / "report" / "comparison.md").read_text()  # folds and seeds are replicates: 6 runs, one cell
+    again = run_cli(*args, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done already") == 6, again.stdout
