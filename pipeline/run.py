@@ -26,6 +26,7 @@ from pipeline.extract import (
 )
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
+from pipeline.splits import add_to_store
 from stores.integrity import checksums_match_listing, write_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
@@ -85,23 +86,25 @@ def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, wa
     return results[0], results[1]
 
 
-def open_writer(location: str, dataset: str, class_names: list[str], split_seed: int) -> FeatureStore:
+def open_writer(location: str, dataset: str, class_names: list[str], split_seed: int | None) -> FeatureStore:
     if store_exists(location):
         store = FeatureStore.open(location, mode="r+")
         if store.info["dataset"] != dataset:
             raise ValueError(f"store '{location}' holds dataset '{store.info['dataset']}', not '{dataset}'; use another --store")
         return store
-    return FeatureStore.create(location, dataset=dataset, class_names=class_names, split_seed=split_seed)
+    return FeatureStore.create(location, dataset=dataset, class_names=class_names, split_seed=split_seed or 0)
 
 
 def run_extract(
     records: list[ClipRecord], location: str | Path, config: ExtractConfig, *, dataset: str, class_names: list[str],
-    split_seed: int = 0, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
+    split_seed: int | None = None, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
     commit_every: int = SHARD_ROWS,
 ) -> ExtractSummary:
     """Compute what the store lacks for `records` and commit it, `commit_every` clips at a time.
 
-    A smaller `commit_every` loses less work to a crash but rewrites each shard more often.
+    A smaller `commit_every` loses less work to a crash but rewrites each shard more often. Speakers the store
+    has recorded keep their partition; new ones get theirs by the stable rule (stores/splits.py) with the
+    store's seed, or the records' own splits when every record has one. `split_seed=None`: the store's seed.
     """
     started = time.perf_counter()
     location = str(location)
@@ -110,9 +113,8 @@ def run_extract(
     with WriterLock(where):
         remove_partial_files(where)
         store = open_writer(location, dataset, class_names, split_seed)
-        clips_before, sets_before = len(store), len(store.feature_sets())
-        rows = store.add_clips(records)
-        wrote = store.set_splits(rows, [r.split for r in records], split_seed) or len(store) > clips_before
+        sets_before = len(store.feature_sets())
+        rows, wrote = add_to_store(store, records, seed=split_seed)  # a split disagreement: refused, nothing written
         who = provenance(device=device)
         faces = store.ensure_feature_set("faces", face_params(config.faces), face_arrays(config.faces), who)
         audio = store.ensure_feature_set(
