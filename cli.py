@@ -180,6 +180,8 @@ def extract(
     for clip_id, why in sorted(result.failures.items()):
         typer.echo(f"  not ok: {clip_id}: {why}")
     typer.echo(f"store:  {store}  (feature sets: {', '.join(result.feature_sets)})")
+    if result.files_hashed:
+        typer.echo(f"checksums: {result.files_hashed} files hashed (only what this run wrote, when the last list was current)")
 
 
 def local_store_writable(store: str) -> bool:

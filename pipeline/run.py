@@ -8,6 +8,7 @@ from the stored crops and chunks, so a fusion asked for later costs no decoding 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -27,7 +28,7 @@ from pipeline.extract import (
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
 from pipeline.splits import add_to_store
-from stores.integrity import checksums_match_listing, write_checksums
+from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
 from stores.provenance import provenance
@@ -57,6 +58,7 @@ class ExtractSummary:
     faces_computed: int = 0
     audio_computed: int = 0
     fusions_computed: int = 0
+    files_hashed: int = 0  # by the checksum update: only the shards this run wrote, when the last list was current
     seconds: float = 0.0
 
     @property
@@ -110,7 +112,8 @@ def run_extract(
     location = str(location)
     where = locate(location)  # a local folder or a URL (s3://...): same code below
     where.prepare_for_writing()
-    with WriterLock(where):
+    with WriterLock(where) as lock:
+        incremental = not lock.took_over and checksums_match_listing(where)  # the last list is current: refresh it
         remove_partial_files(where)
         store = open_writer(location, dataset, class_names, split_seed)
         sets_before = len(store.feature_sets())
@@ -144,7 +147,7 @@ def run_extract(
                     summary.failures.setdefault(record.clip_id, f"{feature_set.kind} {s}: {why}")
         wrote = wrote or summary.computed or summary.fusions_computed or len(store.feature_sets()) > sets_before
         if wrote or not checksums_match_listing(where):
-            write_checksums(where)
+            summary.files_hashed = len(refresh_checksums(where, store.touched) if incremental else write_checksums(where))
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -167,11 +170,22 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(cluster or scheduler)
     try:
-        futures = {client.submit(process_clip, record, config, wf, wa, device, pure=False, retries=2): row for row, record, wf, wa in tasks}
-        for future in as_completed(futures):
-            yield (futures[future], *future.result())
+        waiting = iter(tasks)  # a bounded number in flight: finished results never pile up on the workers
+
+        def submit(n: int) -> list:
+            batch = [(client.submit(process_clip, record, config, wf, wa, device, pure=False, retries=2), row)
+                     for row, record, wf, wa in itertools.islice(waiting, n)]
+            futures.update(batch)
+            return [future for future, _ in batch]
+
+        futures: dict = {}
+        running = as_completed(submit(max(16, 4 * max(workers, len(client.scheduler_info()["workers"])))))
+        for future in running:
+            yield (futures.pop(future), *future.result())
             future.release()
             bar.update()
+            for new in submit(1):
+                running.add(new)
     finally:
         bar.close()
         client.close()
@@ -220,11 +234,12 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
     done = fused.done()
     todo = np.flatnonzero(~done & (faces.done() & audio.done()))
     bar = tqdm(total=len(todo), desc=f"fusion {name}", unit="clip", disable=not progress or not len(todo), file=sys.stderr)
-    for start in range(0, len(todo), SHARD_ROWS):
+    for start in range(0, len(todo), SHARD_ROWS):  # a shard's worth at a time: memory bounded whatever the corpus
         rows = todo[start : start + SHARD_ROWS]
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        face_data = {k: faces[k][lo:hi] for k in ("crops", "middle")}
-        audio_data = {k: audio[k][lo:hi] for k in ("spec", "chunks")}
+        needed = rows[both_ok[rows]]  # only these rows are read, never the range between them
+        face_data = {k: read_selected(faces[k], needed) for k in ("crops", "middle")}
+        audio_data = {k: read_selected(audio[k], needed) for k in ("spec", "chunks")}
+        at = {int(row): n for n, row in enumerate(needed)}
         outputs = {k: np.zeros((len(rows), *fused[k].shape[1:]), fused[k].dtype) for k in fusion_arrays(name, frames, size)}
         status, reason = [], []
         for k, row in enumerate(rows):
@@ -232,7 +247,8 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
                 status.append("skipped")
                 reason.append("faces or audio not ok for this clip")
                 continue
-            one = fuse_clip(name, {key: v[row - lo] for key, v in face_data.items()}, {key: v[row - lo] for key, v in audio_data.items()}, str(clip_ids[row]), seed)
+            n = at[int(row)]
+            one = fuse_clip(name, {key: v[n] for key, v in face_data.items()}, {key: v[n] for key, v in audio_data.items()}, str(clip_ids[row]), seed)
             for key, value in one.items():
                 outputs[key][k] = value
             status.append("ok")
@@ -241,6 +257,13 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
         bar.update(len(rows))
     bar.close()
     return fused, len(todo)
+
+
+def read_selected(array, rows: np.ndarray) -> np.ndarray:
+    """Exactly `rows` of a Zarr array (sorted): only the chunks holding them are read and decoded."""
+    if len(rows) == 0:
+        return np.zeros((0, *array.shape[1:]), array.dtype)
+    return array.get_orthogonal_selection((np.asarray(rows, dtype=np.int64),))
 
 
 def derive_fusion(location: str, name: str, faces_fingerprint: str, audio_fingerprint: str, *, seed: int = 0, progress: bool = True) -> int:

@@ -99,6 +99,7 @@ class FeatureStore:
         self.root = group
         self.location = location
         self.writable = writable
+        self.touched: dict[str, set[int]] = {}  # feature set name -> rows written by this process (for checksums)
 
     # ---- opening -------------------------------------------------------------------------------------
     @classmethod
@@ -223,6 +224,7 @@ class FeatureStore:
         """Write rows' arrays, then their status, then mark them done: the order readers rely on."""
         order = np.argsort(rows)
         rows = np.asarray(rows)[order]
+        self.touched.setdefault(feature_set.name, set()).update(int(r) for r in rows)
         for name, values in arrays.items():
             _write_rows(feature_set[name], rows, np.asarray(values)[order])
         _write_rows(feature_set["status"], rows, np.asarray(status, dtype=object)[order])
