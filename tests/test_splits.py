@@ -10,7 +10,7 @@ import numpy as np
 from encoders.partition import split_column
 from pipeline.records import ClipRecord
 from pipeline.splits import SplitError, actor_disjoint_split, add_to_store, check_disjoint, fold_partitions, kfold_by_actor
-from stores.splits import FRACTIONS, PARTITIONS, generations, replay_folds, replay_split
+from stores.splits import FRACTIONS, PARTITIONS, generations, replay_split
 from stores.store import FeatureStore
 from tests.conftest import run_cli
 
