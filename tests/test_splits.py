@@ -5,7 +5,6 @@ import pytest
 
 import random
 
-import numpy as np
 
 from encoders.partition import split_column
 from pipeline.records import ClipRecord
