@@ -18,7 +18,7 @@ import typer
 
 from pipeline.fuse import FUSIONS
 from pipeline.corpora import CorpusError, get_corpus, list_corpora, load_corpus
-from pipeline.splits import SplitError, assign_splits
+from pipeline.splits import SplitError, assign_splits, corpus_splits
 
 app = typer.Typer(
     add_completion=False,
@@ -36,10 +36,12 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def load_records(dataset: str, root: Path, meta: Optional[Path], split_seed: int):
+def load_records(dataset: str, root: Path, meta: Optional[Path], split_seed: Optional[int], assign: bool = True):
+    """The corpus's records; `assign=False` leaves the split to the store (extract), keeping a corpus's own."""
     try:
         get_corpus(dataset)
-        return assign_splits(load_corpus(dataset, root, meta), seed=split_seed)
+        records = load_corpus(dataset, root, meta)
+        return assign_splits(records, seed=split_seed or 0) if assign else corpus_splits(records)
     except (CorpusError, SplitError) as err:
         fail(str(err))
 
@@ -136,7 +138,7 @@ def extract(
     workers: int = typer.Option(2, min=0, help="Local Dask worker processes (0: in this process, for debugging: a bug raises with its traceback)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of a running dask.distributed scheduler (tcp://HOST:PORT)."),
     device: str = typer.Option("auto", help="MTCNN device: auto, cpu or cuda."),
-    split_seed: int = typer.Option(0, help="Seed of the actor-disjoint train/val/test split stored with the clips."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the actor-disjoint split of a new store (default 0); an existing store keeps its own."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     commit_every: int = typer.Option(32, min=1, help="Commit finished clips to the store this many at a time (32 = one shard)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo every clip that is not ok (clips whose source file changed are redone anyway)."),
@@ -162,7 +164,7 @@ def extract(
     root = root or Path("data") / dataset
     store = store or f"stores/{dataset}.zarr"
     device = default_device(device)
-    records = load_records(dataset, root, meta, split_seed)
+    records = load_records(dataset, root, meta, split_seed, assign=False)
     class_names = list(get_corpus(dataset).class_names) or sorted({r.emotion for r in records}, key=lambda e: [r.label for r in records if r.emotion == e][0])
     config = ExtractConfig(
         faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage),
@@ -175,7 +177,7 @@ def extract(
         result = run_extract(records, store, config, dataset=dataset, class_names=class_names, split_seed=split_seed,
                              workers=workers, scheduler=scheduler, device=device, progress=progress,
                              commit_every=commit_every, retry_failed=retry_failed)
-    except (StoreLockedError, StoreError, LocationError, PermissionError) as err:  # our own checks of the input
+    except (StoreLockedError, StoreError, LocationError, SplitError, PermissionError) as err:  # our own checks of the input
         fail(str(err))
     typer.echo(
         f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}), "
@@ -186,6 +188,8 @@ def extract(
     for clip_id, why in sorted(result.failures.items()):
         typer.echo(f"  not ok: {clip_id}: {why}")
     typer.echo(f"store:  {store}  (feature sets: {', '.join(result.feature_sets)})")
+    if result.files_hashed:
+        typer.echo(f"checksums: {result.files_hashed} files hashed (only what this run wrote, when the last list was current)")
     code, verdict = result.verdict()
     typer.echo(verdict)
     if code:
@@ -512,6 +516,8 @@ def evaluate(
         report = evaluate_run(run, ablation=ablate, store=store)
     except (StoreError, ValueError) as err:
         fail(str(err))
+    for note in report.get("warnings", []):
+        typer.echo(f"warning: {note}", err=True)
     test = report["test"]
     typer.echo(f"{report['encoder']} {report['modality']} {report['fusion']}{' ablated ' + ablate if ablate else ''}: "
                f"test accuracy {test['accuracy']:.3f}, UAR {test['uar']:.3f}, macro-F1 {test['macro_f1']:.3f}")

@@ -24,6 +24,9 @@ Decisions, stated once here:
   different actor folds (`train --fold`) are distinct replicates.
 * Unreadable ``metrics.json`` files (bad JSON, missing keys) are skipped with a
   warning and listed at the foot of the Markdown.
+* Every number is the run's own, measured on the partition it recorded (``partition.json``). The Markdown
+  notes a run whose recorded partition is missing or no longer matches its sha256, and a cell whose seeds
+  (same split options) were tested on different speakers, e.g. runs made before and after a store grew.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from encoders.metrics import mean_sd
+from encoders.partition import digest
 from encoders.plots import plot_comparison
 
 __all__ = ["collect_runs", "comparison_table", "write_report", "REPORTED_METRICS"]
@@ -240,9 +244,33 @@ def _markdown_row(row: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _notes(rows: list[dict], ablations: list[dict], duplicates: list[str], skipped: list[str]) -> list[str]:
+def _partition_notes(runs: list[dict[str, Any]]) -> list[str]:
+    """Runs whose recorded partition is gone or altered, and cells whose seeds were tested on different speakers."""
+    notes, tested = [], defaultdict(set)
+    for run in runs:
+        recorded = run.get("partition")
+        if not isinstance(recorded, dict):
+            continue
+        path = Path(run.get("path", "")).parent / str(recorded.get("file"))
+        try:
+            partition = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            notes.append(f"- `{run.get('path')}`: its recorded partition `{path.name}` is missing or unreadable.")
+            continue
+        if digest(partition) != recorded.get("sha256"):
+            notes.append(f"- `{run.get('path')}`: `{path.name}` changed since the run was trained (sha256 differs).")
+        config = run.get("config") or {}
+        tested[(*_cell_key(run), config.get("split_seed"), run.get("fold"))].add(tuple(partition.get("test", {}).get("speakers", [])))
+    for (encoder_type, encoder, modality, fusion, *_), speakers in sorted(tested.items(), key=str):
+        if len(speakers) > 1:
+            notes.append(f"- {encoder} {modality} {fusion}: its seeds were tested on {len(speakers)} different sets of speakers "
+                         "(runs made on different versions of the store?); the mean mixes test sets.")
+    return notes
+
+
+def _notes(rows: list[dict], ablations: list[dict], duplicates: list[str], skipped: list[str], runs: list[dict] = ()) -> list[str]:
     """Footnotes for everything that did not make it into the table, and why."""
-    notes = []
+    notes = _partition_notes(list(runs))
     other = sorted({m for row in rows for m in row["modalities"] if m not in TABLE_COLUMNS})
     if other:
         notes.append(f"- Modalities not in the table (see the CSV): {', '.join(other)}.")
@@ -318,7 +346,7 @@ def write_report(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown_path = out_dir / "comparison.md"
-    markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped), len(runs)),
+    markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped, main_runs), len(runs)),
                              encoding="utf-8")
     return {
         "markdown": markdown_path,

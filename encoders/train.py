@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from encoders import partition as run_partition
 from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
 from encoders.registry import get_model, get_spec
 from stores.provenance import code_commit, library_versions
 from stores.selection import usable_rows
-from stores.splits import actor_disjoint_split, fold_partitions, kfold_by_actor
 from stores.store import FeatureStore, StoreError
 from stores.torchdata import (
     InputRecipe, StoreSplit, ablate, fusion_set, read_rows, recipe_for, select_feature_sets, to_model_inputs,
@@ -111,9 +111,12 @@ class Data:
     fingerprints: dict[str, str]
     speakers: dict[str, int]
     excluded_broken: int = 0  # ok clips left out because the corpus flags them broken
+    partition: dict = dataclasses.field(default_factory=dict)  # the exact speakers and clips of each split
+    notes: list[str] = dataclasses.field(default_factory=list)  # what changed in the store since a recorded partition
 
 
-def load_data(location: str, config: TrainConfig) -> Data:
+def load_data(location: str, config: TrainConfig, recorded: dict | None = None) -> Data:
+    """The run's data; `recorded` (a run's partition.json) selects exactly the clips that run used."""
     store = FeatureStore.open(location)
     spec = get_spec(config.encoder)
     recipe = recipe_for(spec.input_kind, config.modality, config.fusion, square_only=spec.square_input)
@@ -126,21 +129,13 @@ def load_data(location: str, config: TrainConfig) -> Data:
             raise MissingFusionError(config.fusion, location)
         sets[f"fusion-{config.fusion}"] = fused.name
     table = store.clip_table()
-    speakers = table["speaker"].tolist()
-    if config.fold is not None:
-        if not 0 <= config.fold < config.folds:
-            raise ValueError(f"--fold {config.fold} is outside 0..{config.folds - 1} for --folds {config.folds}")
-        folds = kfold_by_actor(speakers, k=config.folds, seed=config.split_seed or 0)
-        partition = fold_partitions(folds, test_fold=config.fold, k=config.folds)
-        store_split = np.asarray([partition[s] for s in speakers])
-    elif config.split_seed is not None:
-        partition = actor_disjoint_split(speakers, seed=config.split_seed)
-        store_split = np.asarray([partition[s] for s in speakers])
-    else:
-        store_split = table["split"]
+    store_split = run_partition.split_column(store, table, split_seed=config.split_seed, fold=config.fold, folds=config.folds)
     # Clips whose faces AND audio are ok, for every modality: audio, vision and fused runs compare like with like.
     ok, excluded_broken = usable_rows(faces, audio, fused, table["broken"], include_broken=config.include_broken)
     rows = {name: np.flatnonzero(ok & (store_split == name)) for name in ("train", "val", "test")}
+    notes = []
+    if recorded is not None:
+        rows, notes = run_partition.recorded_rows(table, ok, recorded, store_split, location)
     for name, r in rows.items():
         if len(r) == 0:
             raise StoreError(f"the {name} split of '{location}' has no usable clips; extract more clips or use another --split-seed")
@@ -158,6 +153,8 @@ def load_data(location: str, config: TrainConfig) -> Data:
         fingerprints={k: store.root[f"features/{v}"].attrs["fingerprint"] for k, v in sets.items()},
         speakers={name: len(set(table["speaker"][r].tolist())) for name, r in rows.items()},
         excluded_broken=excluded_broken,
+        partition=run_partition.record(table, rows),
+        notes=notes,
     )
 
 
@@ -329,6 +326,7 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
         "versions": library_versions(),
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
     }
+    metrics["partition"] = {"file": run_partition.PARTITION_FILE, "sha256": run_partition.save(out, data.partition)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_learning_curve(history, out / "learning_curve.png", title=f"{config.encoder} {config.modality} {config.fusion} seed {config.seed}", best_epoch=best["epoch"])
     plot_confusion(test_metrics["confusion"], data.class_names, out / "confusion_test.png", title=f"test: {config.encoder} {config.modality} {config.fusion}")
@@ -369,13 +367,22 @@ def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = 
     metrics = json.loads((run / "metrics.json").read_text())
     config = TrainConfig(**metrics["config"])
     checkpoint = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
-    data = load_data(store or metrics["store"]["location"], config)
+    recorded = run_partition.load(run)
+    data = load_data(store or metrics["store"]["location"], config, recorded)
+    changed = {k: (v, data.fingerprints.get(k)) for k, v in metrics["store"]["fingerprints"].items() if data.fingerprints.get(k) != v}
+    if changed:
+        kind, (was, now) = next(iter(changed.items()))
+        raise run_partition.PartitionError(f"the store's {kind} features changed since this run (fingerprint {was} then, {now} now); "
+                                           "evaluate with --store pointing at the store the run was trained on")
+    if recorded is None:
+        data.notes.append("this run predates recorded partitions; evaluating on the store's current split, which may differ from its own")
     model = build_model(dataclasses.replace(config, pretrained=False), data)
     model.load_state_dict(checkpoint["state_dict"])
     model.to(config.device)
     result, loss = evaluate(model, data, "test", config.device, config.batch_size, ablation)
     name = f"evaluate{'-ablate-' + ablation if ablation else ''}"
-    report = {**{k: metrics[k] for k in ("encoder", "encoder_type", "modality", "fusion", "seed", "best_epoch")}, "ablate": ablation, "test": {**result, "loss": loss}}
+    report = {**{k: metrics[k] for k in ("encoder", "encoder_type", "modality", "fusion", "seed", "best_epoch")}, "ablate": ablation, "test": {**result, "loss": loss},
+              "partition": metrics.get("partition"), "warnings": data.notes}
     (run / f"{name}.json").write_text(json.dumps(report, indent=2))
     plot_confusion(result["confusion"], data.class_names, run / f"confusion_{name}.png", title=f"test{' (' + ablation + ' zeroed)' if ablation else ''}: {config.encoder}")
     return report

@@ -9,6 +9,7 @@ from the stored crops and chunks, so a fusion asked for later costs no decoding 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import sys
@@ -30,7 +31,8 @@ from pipeline.media import FFMPEG_TIMEOUT_S
 from pipeline.numeric import numeric_environment, pinned
 from pipeline.records import ClipRecord
 from pipeline.sources import file_signature, source_changed
-from stores.integrity import checksums_match_listing, write_checksums
+from pipeline.splits import add_to_store
+from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
 from stores.provenance import provenance
@@ -64,6 +66,7 @@ class ExtractSummary:
     retried: int = 0  # rows redone because their source changed or --retry-failed asked
     errors: dict[str, str] = field(default_factory=dict)  # clip id -> what failed in our code (status `error`)
     usable: int = 0  # clips whose faces and audio are both ok
+    files_hashed: int = 0  # by the checksum update: only the shards this run wrote, when the last list was current
     seconds: float = 0.0
 
     def verdict(self) -> tuple[int, str]:
@@ -109,36 +112,38 @@ def task_error(exception: BaseException, want_faces: bool, want_audio: bool) -> 
     return (TaskResult("error", reason) if want_faces else None, TaskResult("error", reason) if want_audio else None)
 
 
-def open_writer(location: str, dataset: str, class_names: list[str], split_seed: int) -> FeatureStore:
+def open_writer(location: str, dataset: str, class_names: list[str], split_seed: int | None) -> FeatureStore:
     if store_exists(location):
         store = FeatureStore.open(location, mode="r+")
         if store.info["dataset"] != dataset:
             raise StoreError(f"store '{location}' holds dataset '{store.info['dataset']}', not '{dataset}'; use another --store")
         return store
-    return FeatureStore.create(location, dataset=dataset, class_names=class_names, split_seed=split_seed)
+    return FeatureStore.create(location, dataset=dataset, class_names=class_names, split_seed=split_seed or 0)
 
 
 def run_extract(
     records: list[ClipRecord], location: str | Path, config: ExtractConfig, *, dataset: str, class_names: list[str],
-    split_seed: int = 0, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
+    split_seed: int | None = None, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
     commit_every: int = SHARD_ROWS, retry_failed: bool = False,
 ) -> ExtractSummary:
     """Compute what the store lacks for `records` and commit it, `commit_every` clips at a time.
 
     A smaller `commit_every` loses less work to a crash but rewrites each shard more often. A committed row
     is redone when its source file changed since (size, mtime, hash of its ends), and a non-ok one also when
-    `retry_failed`; an ok row whose source is unchanged never is.
+    `retry_failed`; an ok row whose source is unchanged never is. Speakers the store has recorded keep their
+    partition; new ones get theirs by the stable rule (stores/splits.py) with the store's seed, or the records'
+    own splits when every record has one. `split_seed=None`: the store's seed.
     """
     started = time.perf_counter()
     location = str(location)
     where = locate(location)  # a local folder or a URL (s3://...): same code below
     where.prepare_for_writing()
-    with WriterLock(where):
+    with WriterLock(where) as lock:
+        incremental = not lock.took_over and checksums_match_listing(where)  # the last list is current: refresh it
         remove_partial_files(where)
         store = open_writer(location, dataset, class_names, split_seed)
-        clips_before, sets_before = len(store), len(store.feature_sets())
-        rows = store.add_clips(records)
-        wrote = store.set_splits(rows, [r.split for r in records], split_seed) or len(store) > clips_before
+        sets_before = len(store.feature_sets())
+        rows, wrote = add_to_store(store, records, seed=split_seed)  # a split disagreement: refused, nothing written
         who = provenance(device=device)
         faces = store.ensure_feature_set("faces", face_params(config.faces), face_arrays(config.faces), who)
         audio = store.ensure_feature_set(
@@ -182,7 +187,7 @@ def run_extract(
             summary.failures[clip_id] = f"error (will be retried by the next run): {why}"
         wrote = wrote or summary.computed or summary.fusions_computed or len(store.feature_sets()) > sets_before
         if wrote or not checksums_match_listing(where):
-            write_checksums(where)
+            summary.files_hashed = len(refresh_checksums(where, store.touched) if incremental else write_checksums(where))
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -211,13 +216,24 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(cluster or scheduler)
     try:
-        futures = {client.submit(process_clip, record, config, wf, wa, device, pure=False, retries=2): (row, wf, wa) for row, record, wf, wa in tasks}
-        for future in as_completed(futures):
-            row, wf, wa = futures[future]
+        waiting = iter(tasks)  # a bounded number in flight: finished results never pile up on the workers
+
+        def submit(n: int) -> list:
+            batch = [(client.submit(process_clip, record, config, wf, wa, device, pure=False, retries=2), (row, wf, wa))
+                     for row, record, wf, wa in itertools.islice(waiting, n)]
+            futures.update(batch)
+            return [future for future, _ in batch]
+
+        futures: dict = {}
+        running = as_completed(submit(max(16, 4 * max(workers, len(client.scheduler_info()["workers"])))))
+        for future in running:
+            row, wf, wa = futures.pop(future)
             failed = future.status == "error"  # a bug in a task: recorded as status `error`, the run exits 1
             yield (row, *(task_error(future.exception(), wf, wa) if failed else future.result()))
             future.release()
             bar.update()
+            for new in submit(1):
+                running.add(new)
         environments.extend(client.run(numeric_environment).values())
     finally:
         bar.close()
@@ -301,11 +317,12 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
     done = fused.done()
     todo = np.flatnonzero(~done & (faces.done() & audio.done()))
     bar = tqdm(total=len(todo), desc=f"fusion {name}", unit="clip", disable=not progress or not len(todo), file=sys.stderr)
-    for start in range(0, len(todo), SHARD_ROWS):
+    for start in range(0, len(todo), SHARD_ROWS):  # a shard's worth at a time: memory bounded whatever the corpus
         rows = todo[start : start + SHARD_ROWS]
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        face_data = {k: faces[k][lo:hi] for k in ("crops", "middle")}
-        audio_data = {k: audio[k][lo:hi] for k in ("spec", "chunks")}
+        needed = rows[both_ok[rows]]  # only these rows are read, never the range between them
+        face_data = {k: read_selected(faces[k], needed) for k in ("crops", "middle")}
+        audio_data = {k: read_selected(audio[k], needed) for k in ("spec", "chunks")}
+        at = {int(row): n for n, row in enumerate(needed)}
         outputs = {k: np.zeros((len(rows), *fused[k].shape[1:]), fused[k].dtype) for k in fusion_arrays(name, frames, size)}
         status, reason = [], []
         for k, row in enumerate(rows):
@@ -313,7 +330,8 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
                 status.append("skipped")
                 reason.append("faces or audio not ok for this clip")
                 continue
-            one = fuse_clip(name, {key: v[row - lo] for key, v in face_data.items()}, {key: v[row - lo] for key, v in audio_data.items()}, str(clip_ids[row]), seed)
+            n = at[int(row)]
+            one = fuse_clip(name, {key: v[n] for key, v in face_data.items()}, {key: v[n] for key, v in audio_data.items()}, str(clip_ids[row]), seed)
             for key, value in one.items():
                 outputs[key][k] = value
             status.append("ok")
@@ -324,6 +342,13 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
     if len(todo):
         fused.add_numeric_environments([numeric_environment()])
     return fused, len(todo)
+
+
+def read_selected(array, rows: np.ndarray) -> np.ndarray:
+    """Exactly `rows` of a Zarr array (sorted): only the chunks holding them are read and decoded."""
+    if len(rows) == 0:
+        return np.zeros((0, *array.shape[1:]), array.dtype)
+    return array.get_orthogonal_selection((np.asarray(rows, dtype=np.int64),))
 
 
 def derive_fusion(location: str, name: str, faces_fingerprint: str, audio_fingerprint: str, *, seed: int = 0, progress: bool = True) -> int:

@@ -61,9 +61,58 @@ def checksums_match_listing(store: str | Path | Location) -> bool:
 
 
 def write_checksums(store: str | Path | Location) -> dict[str, dict]:
+    """Hash every file of the store and write the list (a new store, or one whose last list cannot be trusted)."""
     location = locate(store)
     files = _files(location)
-    hashes = digests(location, sorted(files))
+    return _write(location, files, digests(location, sorted(files)))
+
+
+def refresh_checksums(store: str | Path | Location, touched: dict[str, set[int]]) -> list[str]:
+    """Update the list after a run that wrote only `touched` (feature set name -> clip rows); the files hashed.
+
+    Re-hashed: the files of the shards holding those rows, every metadata file (each zarr.json, the clip table,
+    small), and any file new or of another size; every other file keeps the hash the last list gave it, so
+    adding one actor's clips to CREMA-D hashes a few shards instead of ~32 GB. The caller must know the last
+    list is current (run.py: it matched the listing when the run began, and no killed writer was taken over).
+    `verify` still re-hashes everything."""
+    location = locate(store)
+    if not location.exists(CHECKSUMS):
+        return sorted(write_checksums(location))
+    files, old = _files(location), read_checksums(location)
+    shards = _touched_shards(location, files, touched)
+
+    def stale(rel: str) -> bool:
+        parts = rel.split("/")
+        if old.get(rel, {}).get("size") != files[rel] or parts[0] != "features" or parts[-1] == "zarr.json":
+            return True
+        if "c" not in parts or parts[1] not in touched:
+            return False
+        array = "/".join(parts[: parts.index("c")])
+        return int(parts[parts.index("c") + 1]) in shards.get(array, ())
+
+    todo = [rel for rel in sorted(files) if stale(rel)]
+    hashes = digests(location, todo)
+    _write(location, files, {**{rel: old[rel]["sha256"] for rel in files if rel not in hashes}, **hashes})
+    return todo
+
+
+def _touched_shards(location: Location, files: dict[str, int], touched: dict[str, set[int]]) -> dict[str, set[int]]:
+    """Array path -> indices of the shards (or chunks) along the clip axis that hold the touched rows."""
+    found: dict[str, set[int]] = {}
+    for name, rows in touched.items():
+        if not rows:
+            continue
+        for rel in files:
+            parts = rel.split("/")
+            if len(parts) == 4 and parts[:2] == ["features", name] and parts[3] == "zarr.json":
+                meta = json.loads(location.read_bytes(rel))
+                if meta.get("node_type") == "array":
+                    step = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+                    found[f"features/{name}/{parts[2]}"] = {row // step for row in rows}
+    return found
+
+
+def _write(location: Location, files: dict[str, int], hashes: dict[str, str]) -> dict[str, dict]:
     sums = {rel: {"size": files[rel], "sha256": hashes[rel]} for rel in sorted(files)}
     location.write_bytes(CHECKSUMS, json.dumps(sums, indent=0, sort_keys=True).encode())
     return sums

@@ -48,6 +48,7 @@ class WriterLock:
         self.location = locate(store)
         self.path = self.location.path(LOCK_NAME)
         self.held = False
+        self.took_over = False  # a dead writer's lock was taken over: what it wrote is unknown
 
     @property
     def where(self) -> str:
@@ -62,6 +63,7 @@ class WriterLock:
                 holder, etag = self._holder()
                 if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
                     self._remove(etag)  # stale: its writer is gone
+                    self.took_over = True
                     continue
                 raise StoreLockedError(
                     f"store '{self.location.url}' is being written by pid {holder.get('pid')} on {holder.get('host')} "

@@ -1,49 +1,78 @@
-"""Actor-disjoint splits of speaker ids: no speaker ever appears in two partitions.
+"""Actor-disjoint splits of speaker ids that never move: no speaker is in two partitions, and adding speakers
+moves none of those already placed.
 
-These live in `stores/` because both the pipeline (which stores splits) and the trainer (which may
-re-derive them with another seed) need them, and the trainer must not import the pipeline.
+These live in `stores/` because both the pipeline (which stores splits) and the trainer (which may re-derive
+them with another seed, or by k-fold) need them, and the trainer must not import the pipeline.
 
+The seed code split clips at random, so every actor was in train and test and the models could recognise the
+actor instead of the emotion (SPEC defect 1). Until format rule 2 a split was a permutation of *all* current
+speakers, so a store that grew from 90 to 91 actors moved 6 of the 90 to another partition, and a model could be
+tested on actors it had trained on. The rule now (`SPLIT_RULE` 2):
 
-The seed code split clips at random, so every actor was in train and test and the models could recognise
-the actor instead of the emotion (SPEC defect 1). Here a split is a function of the sorted speaker ids and a
-seed only — numpy's PCG64 generator gives the same permutation on every machine — and `check_disjoint`
-refuses any overlap.
+- Speakers arrive in *generations* (the speakers a store first saw in one extract). Each generation is placed
+  with the earlier ones frozen: an existing speaker's partition is never recomputed.
+- A generation's new speakers are taken in the order of a keyed hash, sha256(seed, speaker) (the same on every
+  machine, independent of the other speakers), and each goes to the partition furthest below its target
+  fraction (an empty partition first, so three speakers already give train, val and test).
+
+So a speaker's partition depends on the seed, on itself and on the generations before its own, never on later
+ones; and partition sizes stay within one speaker of the fractions (`test_splits.py` checks both). A pure
+per-speaker hash compared with thresholds would be stable too, but meets the fractions only in expectation
+(CREMA-D's 14-actor test set would vary by +-3 actors), so it is not used. K-fold by actor follows the same
+rule: new speakers, in hash order, join the fold with the fewest speakers.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 from collections.abc import Iterable, Sequence
 
-import numpy as np
-
 PARTITIONS = ("train", "val", "test")
+FRACTIONS = (0.70, 0.15, 0.15)
+SPLIT_RULE = 2
 
 
 class SplitError(ValueError):
-    """A speaker sits in two partitions, or there are too few speakers to split."""
+    """A speaker sits in two partitions, a split disagrees with a recorded one, or there are too few speakers."""
 
 
-def actor_disjoint_split(speakers: Iterable[str], *, seed: int = 0, fractions: Sequence[float] = (0.70, 0.15, 0.15)) -> dict[str, str]:
-    """Speaker -> train/val/test, with about `fractions` of the speakers in each (each non-empty)."""
-    unique = sorted(set(speakers))
-    if len(unique) < 3:
-        raise SplitError(f"{len(unique)} speaker(s) cannot make actor-disjoint train/val/test splits; at least 3 are needed")
-    order = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
-    n_val = max(1, round(fractions[1] * len(unique)))
-    n_test = max(1, round(fractions[2] * len(unique)))
-    n_train = len(unique) - n_val - n_test
-    if n_train < 1:
-        raise SplitError(f"{len(unique)} speakers are too few for fractions {tuple(fractions)}")
-    return {s: ("train" if k < n_train else "val" if k < n_train + n_val else "test") for k, s in enumerate(order)}
+def speaker_key(speaker: str, seed: int) -> str:
+    """The order in which new speakers are placed: a keyed hash of the speaker alone (stable across machines)."""
+    return hashlib.sha256(f"{seed}\x00{speaker}".encode()).hexdigest()
 
 
-def kfold_by_actor(speakers: Iterable[str], *, k: int = 5, seed: int = 0) -> dict[str, int]:
-    """Speaker -> fold 0..k-1, folds differing in size by at most one speaker."""
-    unique = sorted(set(speakers))
-    if len(unique) < k:
-        raise SplitError(f"{len(unique)} speakers cannot make {k} actor-disjoint folds")
-    order = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
-    return {s: n % k for n, s in enumerate(order)}
+def actor_disjoint_split(
+    speakers: Iterable[str], *, seed: int = 0, fractions: Sequence[float] = FRACTIONS, existing: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Speaker -> train/val/test for `speakers` plus `existing`, whose partitions are kept as they are.
+
+    New speakers, in `speaker_key` order, each join an empty partition if one is left, else the partition
+    furthest below `fractions` of the speakers placed so far (ties: train, val, test).
+    """
+    result = dict(existing or {})
+    for speaker, partition in result.items():
+        if partition not in PARTITIONS:
+            raise SplitError(f"speaker {speaker} is recorded in partition '{partition}', not one of {PARTITIONS}")
+    new = sorted(set(speakers) - set(result), key=lambda s: speaker_key(s, seed))
+    if len(result) + len(new) < 3:
+        raise SplitError(f"{len(result) + len(new)} speaker(s) cannot make actor-disjoint train/val/test splits; at least 3 are needed")
+    counts = [sum(p == name for p in result.values()) for name in PARTITIONS]
+    for speaker in new:
+        n = sum(counts) + 1
+        empty = [k for k, c in enumerate(counts) if c == 0]
+        k = empty[0] if empty else max(range(len(PARTITIONS)), key=lambda i: (fractions[i] * n - counts[i], -i))
+        counts[k] += 1
+        result[speaker] = PARTITIONS[k]
+    return result
+
+
+def kfold_by_actor(speakers: Iterable[str], *, k: int = 5, seed: int = 0, existing: dict[str, int] | None = None) -> dict[str, int]:
+    """Speaker -> fold 0..k-1; `existing` folds are kept, new speakers (hash order) join the smallest fold."""
+    result = _extend_folds(dict(existing or {}), list(speakers), k, seed)
+    if len(result) < k:
+        raise SplitError(f"{len(result)} speakers cannot make {k} actor-disjoint folds")
+    return result
 
 
 def fold_partitions(folds: dict[str, int], *, test_fold: int, k: int) -> dict[str, str]:
@@ -52,3 +81,65 @@ def fold_partitions(folds: dict[str, int], *, test_fold: int, k: int) -> dict[st
     return {s: "test" if f == test_fold else "val" if f == val_fold else "train" for s, f in folds.items()}
 
 
+def generations(speaker_of_row: Sequence[str], batches: Sequence[int] = (0,)) -> list[list[str]]:
+    """The speakers each extract added, from the clip table (rows are append-only) and the row at which each
+    extract that added speakers began (the store's `speaker_batches`; a store without it is one generation)."""
+    starts = sorted(set(batches) | {0})
+    found: list[dict[str, None]] = [{} for _ in starts]
+    seen: set[str] = set()
+    for row, speaker in enumerate(speaker_of_row):
+        if speaker not in seen:
+            seen.add(speaker)
+            found[bisect.bisect_right(starts, row) - 1][speaker] = None
+    return [list(g) for g in found if g]
+
+
+def replay_split(gens: Sequence[Sequence[str]], *, seed: int = 0, fractions: Sequence[float] = FRACTIONS) -> dict[str, str]:
+    """The train/val/test split the stable rule gives these generations, placed one after another."""
+    result: dict[str, str] = {}
+    pending: list[str] = []
+    for gen in gens:
+        pending += list(gen)
+        if len(result) + len(set(pending)) >= 3:  # a first generation of under 3 waits for the next
+            result = actor_disjoint_split(pending, seed=seed, fractions=fractions, existing=result)
+            pending = []
+    if pending or not result:
+        result = actor_disjoint_split(pending, seed=seed, fractions=fractions, existing=result)
+    return result
+
+
+def replay_folds(gens: Sequence[Sequence[str]], *, k: int = 5, seed: int = 0) -> dict[str, int]:
+    """K-fold by actor over these generations, placed one after another."""
+    result: dict[str, int] = {}
+    for gen in gens:
+        result = _extend_folds(result, gen, k, seed)
+    if len(result) < k:
+        raise SplitError(f"{len(result)} speakers cannot make {k} actor-disjoint folds")
+    return result
+
+
+def _extend_folds(result: dict[str, int], gen: Sequence[str], k: int, seed: int) -> dict[str, int]:
+    new = sorted(set(gen) - set(result), key=lambda s: speaker_key(s, seed))
+    counts = [sum(f == i for f in result.values()) for i in range(k)]
+    result = dict(result)
+    for speaker in new:
+        fold = min(range(k), key=lambda i: (counts[i], i))
+        counts[fold] += 1
+        result[speaker] = fold
+    return result
+
+
+def extend_recorded(
+    recorded: dict[str, str], speakers: Iterable[str], *, seed: int, given: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The store's split after adding `speakers`: recorded speakers keep their partition; new ones take the
+    corpus's own split when it has one (`given`), else the stable rule. A given split that moves a recorded
+    speaker is refused, naming both."""
+    if given:
+        for speaker, partition in given.items():
+            if speaker in recorded and recorded[speaker] != partition:
+                raise SplitError(
+                    f"the corpus puts speaker {speaker} in '{partition}' but the store recorded '{recorded[speaker]}'; "
+                    "splits never move: fix the corpus's split column or extract into a new --store")
+        return {**recorded, **{s: p for s, p in given.items() if s not in recorded}}
+    return actor_disjoint_split(speakers, seed=seed, existing=recorded)

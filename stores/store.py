@@ -29,6 +29,7 @@ import zarr
 
 from stores.fingerprint import fingerprint
 from stores.location import locate
+from stores.splits import SPLIT_RULE
 
 FORMAT_VERSION = 1
 SHARD_ROWS = 32
@@ -112,6 +113,7 @@ class FeatureStore:
         self.root = group
         self.location = location
         self.writable = writable
+        self.touched: dict[str, set[int]] = {}  # feature set name -> rows written by this process (for checksums)
 
     # ---- opening -------------------------------------------------------------------------------------
     @classmethod
@@ -139,6 +141,8 @@ class FeatureStore:
             "dataset": dataset,
             "class_names": list(class_names),
             "split_seed": split_seed,
+            "split_rule": SPLIT_RULE,
+            "speaker_batches": [0],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         clips = group.create_group("clips")
@@ -180,15 +184,31 @@ class FeatureStore:
             existing.update({r.clip_id: int(row) for r, row in zip(new, rows)})
         return np.asarray([existing[r.clip_id] for r in records], dtype=np.int64)
 
-    def set_splits(self, rows: np.ndarray, splits: list[str], seed: int) -> bool:
-        """Store each row's partition and the seed that made them; True if anything changed (else nothing is written)."""
-        array = self.root["clips/split"]
+    def recorded_split(self) -> dict[str, str]:
+        """Speaker -> partition as the clip table records it (speakers whose clips have no split yet are left out)."""
+        speakers, splits = self.root["clips/speaker"][:], self.root["clips/split"][:]
+        return {str(s): str(p) for s, p in zip(speakers, splits) if p}
+
+    @property
+    def speaker_batches(self) -> list[int]:
+        """The first row of every extract that brought new speakers (absent in older stores: one generation)."""
+        return list(self.info.get("speaker_batches", [0]))
+
+    def set_splits(self, split_of: dict[str, str], first_new_row: int) -> bool:
+        """Store each clip's partition (its speaker's); True if anything changed (else nothing is written).
+
+        When the clips from `first_new_row` on bring speakers the store had not seen, that row is recorded in
+        `speaker_batches`, so the generations in which speakers arrived can be replayed (k-fold, other seeds)."""
+        array, speakers = self.root["clips/split"], self.root["clips/speaker"][:]
         values = array[:]
-        changed = list(values[rows]) != list(splits) or self.info.get("split_seed") != seed
+        wanted = np.asarray([split_of[str(s)] for s in speakers], dtype=object)
+        changed = list(values) != list(wanted)
         if changed:
-            values[rows] = splits
-            array[:] = values
-            self.root.attrs["avstore"] = {**self.info, "split_seed": seed}
+            array[:] = wanted
+        batches = self.speaker_batches
+        if set(speakers[first_new_row:]) - set(speakers[:first_new_row]) and first_new_row not in batches:
+            self.root.attrs["avstore"] = {**self.info, "speaker_batches": [*batches, int(first_new_row)]}
+            changed = True
         return changed
 
     # ---- feature sets ----------------------------------------------------------------------------------
@@ -218,6 +238,7 @@ class FeatureStore:
         """Write rows' arrays, then their status, then mark them done: the order readers rely on."""
         order = np.argsort(rows)
         rows = np.asarray(rows)[order]
+        self.touched.setdefault(feature_set.name, set()).update(int(r) for r in rows)
         for name, values in arrays.items():
             _write_rows(feature_set[name], rows, np.asarray(values)[order])
         _write_rows(feature_set["status"], rows, np.asarray(status, dtype=object)[order])
@@ -228,6 +249,7 @@ class FeatureStore:
     def uncommit_rows(self, feature_set: FeatureSet, rows: np.ndarray) -> None:
         """Mark rows not done (their data stays until rewritten): a reader skips them, the next run redoes them."""
         rows = np.sort(np.asarray(rows))
+        self.touched.setdefault(feature_set.name, set()).update(int(r) for r in rows)  # their checksums change too
         _write_rows(feature_set["done"], rows, np.zeros(len(rows), np.uint8))
 
 

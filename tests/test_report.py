@@ -325,3 +325,27 @@ def test_report_compare_through_the_cli(tmp_path: Path) -> None:
     _paired_runs(root, "other", "vgg16", {(7, 3): 0.5})
     unpaired = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=vgg16")
     assert unpaired.returncode == 2 and "fold 7/5 seed 3" in unpaired.stderr, unpaired.stderr
+
+
+def test_report_notes_altered_partitions_and_seeds_tested_on_different_speakers(tmp_path: Path) -> None:
+    from encoders.partition import digest
+    from encoders.report import write_report
+
+    def run(name: str, seed: int, test_speakers: list[str], tamper: bool = False) -> None:
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        partition = {p: {"speakers": s, "clips": [f"{x}_c" for x in s]} for p, s in (("train", ["1", "2"]), ("val", ["3"]), ("test", test_speakers))}
+        (folder / "partition.json").write_text(json.dumps(partition))
+        metrics = {"encoder": "resnet18", "encoder_type": "2D", "modality": "audio", "fusion": "none", "seed": seed, "ablate": None,
+                   "config": {"split_seed": None}, "test": {"accuracy": 0.5, "uar": 0.5, "macro_f1": 0.5},
+                   "partition": {"file": "partition.json", "sha256": digest(partition) + ("x" if tamper else "")}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+
+    run("a", 0, ["4"])
+    run("b", 1, ["4"])
+    text = write_report(tmp_path / "runs", tmp_path / "out")["markdown"].read_text()
+    assert "different sets of speakers" not in text and "changed since" not in text
+    run("c", 2, ["5"], tamper=True)
+    text = write_report(tmp_path / "runs", tmp_path / "out")["markdown"].read_text()
+    assert "resnet18 audio none: its seeds were tested on 2 different sets of speakers" in text
+    assert "runs/c/metrics.json`: `partition.json` changed since the run was trained" in text

@@ -3,8 +3,15 @@ import sys
 
 import pytest
 
+import random
+
+
+from encoders.partition import split_column
 from pipeline.records import ClipRecord
-from pipeline.splits import SplitError, actor_disjoint_split, check_disjoint, fold_partitions, kfold_by_actor
+from pipeline.splits import SplitError, actor_disjoint_split, add_to_store, check_disjoint, fold_partitions, kfold_by_actor
+from stores.splits import FRACTIONS, PARTITIONS, generations, replay_split
+from stores.store import FeatureStore
+from tests.conftest import run_cli
 
 SPEAKERS = [f"{1001 + i}" for i in range(91)]
 
@@ -14,7 +21,7 @@ def test_split_is_deterministic_disjoint_and_seeded():
     assert a == actor_disjoint_split(list(reversed(SPEAKERS)), seed=3)  # order of input irrelevant
     assert a != actor_disjoint_split(SPEAKERS, seed=4)
     counts = {s: sum(v == s for v in a.values()) for s in ("train", "val", "test")}
-    assert counts == {"train": 63, "val": 14, "test": 14}
+    assert all(abs(counts[p] - f * 91) < 1 for p, f in zip(PARTITIONS, FRACTIONS)), counts
 
 
 def test_split_is_identical_in_a_fresh_process():
@@ -45,3 +52,124 @@ def test_check_refuses_a_speaker_in_two_partitions():
     records = [ClipRecord(clip_id="a", speaker="1", split="train", **clip), ClipRecord(clip_id="b", speaker="1", split="val", **clip)]
     with pytest.raises(SplitError, match="speaker 1 is in both 'train' and 'val'"):
         check_disjoint(records)
+
+
+# ---- stability: adding speakers moves nobody ---------------------------------------------------------------
+def within_one_of_target(split: dict[str, str]) -> bool:
+    n = len(split)
+    return all(abs(sum(v == p for v in split.values()) - f * n) < 1 for p, f in zip(PARTITIONS, FRACTIONS))
+
+
+@pytest.mark.parametrize("before, after", [(8, 12), (90, 91), (3, 4), (20, 91)])
+def test_adding_speakers_moves_none_of_the_70_15_15_split(before, after):
+    for seed in range(5):
+        old = actor_disjoint_split(SPEAKERS[:before], seed=seed)
+        new = actor_disjoint_split(SPEAKERS[:after], seed=seed, existing=old)
+        assert {s: new[s] for s in old} == old
+        assert set(new) == set(SPEAKERS[:after]) and set(new.values()) == set(PARTITIONS)
+        assert within_one_of_target(new) or after < 5, (seed, new)
+
+
+def test_speakers_arriving_in_many_batches_never_move_and_fractions_stay_within_one():
+    for seed in range(20):
+        rng = random.Random(seed)
+        order = SPEAKERS[:]
+        rng.shuffle(order)
+        split, start = {}, 0
+        while start < len(order):
+            batch = order[start : start + rng.choice([1, 2, 3, 7, 20])] if start else order[:3]
+            start += len(batch)
+            grown = actor_disjoint_split(batch, seed=seed, existing=split)
+            assert {s: grown[s] for s in split} == split
+            split = grown
+            assert within_one_of_target(split) or len(split) < 4
+
+
+@pytest.mark.parametrize("before, after, k", [(8, 12, 5), (90, 91, 5), (10, 31, 3)])
+def test_adding_speakers_moves_nobody_between_folds(before, after, k):
+    for seed in range(5):
+        old = kfold_by_actor(SPEAKERS[:before], k=k, seed=seed)
+        new = kfold_by_actor(SPEAKERS[:after], k=k, seed=seed, existing=old)
+        assert {s: new[s] for s in old} == old
+        sizes = [list(new.values()).count(f) for f in range(k)]
+        assert max(sizes) - min(sizes) <= 1 and sum(sizes) == after
+
+
+def test_a_speaker_is_placed_by_its_own_hash_not_by_the_others():
+    """Within one generation the placing order depends on each speaker alone: listing order is irrelevant."""
+    assert actor_disjoint_split(SPEAKERS[:30], seed=1) == actor_disjoint_split(SPEAKERS[29::-1], seed=1)
+    assert kfold_by_actor(SPEAKERS[:30], k=5, seed=1) == kfold_by_actor(SPEAKERS[29::-1], k=5, seed=1)
+
+
+def test_generations_come_from_the_rows_where_each_extract_began():
+    rows = ["a", "a", "b", "c", "a", "d", "e", "d"]
+    assert generations(rows, [0]) == [["a", "b", "c", "d", "e"]]
+    assert generations(rows, [0, 5]) == [["a", "b", "c"], ["d", "e"]]
+
+
+# ---- the store keeps its split ----------------------------------------------------------------------------
+def clips(speakers, per=3, split=""):
+    return [ClipRecord(clip_id=f"{s}_{k}", video_path=f"{s}_{k}.flv", label=k % 6, emotion="ANG", speaker=s, split=split)
+            for s in speakers for k in range(per)]
+
+
+def recorded(store: FeatureStore) -> dict[str, str]:
+    return dict(zip(store.root["clips/speaker"][:], store.root["clips/split"][:]))
+
+
+def test_a_store_grown_by_extracts_moves_no_speaker_in_its_split_or_any_fold(tmp_path):
+    store = FeatureStore.create(tmp_path / "s.zarr", dataset="sample", class_names=["ANG"], split_seed=4)
+    add_to_store(store, clips(SPEAKERS[:8]), seed=None)
+    first, folds_before = recorded(store), {}
+    for fold in range(4):
+        folds_before[fold] = split_column(store, store.clip_table(), split_seed=None, fold=fold, folds=4)
+    other_seed = split_column(store, store.clip_table(), split_seed=9, fold=None, folds=5)
+    rows, wrote = add_to_store(store, clips(SPEAKERS[8:12]), seed=None)
+    assert wrote and list(rows) == list(range(24, 36)) and store.speaker_batches == [0, 24]
+    after = recorded(store)
+    assert {s: after[s] for s in first} == first and within_one_of_target(after)
+    for fold in range(4):  # k-fold by actor, replayed from the generations the store recorded
+        now = split_column(store, store.clip_table(), split_seed=None, fold=fold, folds=4)
+        assert list(now[:24]) == list(folds_before[fold])
+    assert list(split_column(store, store.clip_table(), split_seed=9, fold=None, folds=5)[:24]) == list(other_seed)
+    # the store's own split is what the rule gives when replayed over the same generations
+    assert replay_split(generations(store.root["clips/speaker"][:], store.speaker_batches), seed=4) == after
+    assert add_to_store(store, clips(SPEAKERS[:12]), seed=None)[1] is False  # a re-run writes nothing
+
+
+def test_a_store_made_under_the_old_rule_keeps_its_split(tmp_path):
+    store = FeatureStore.create(tmp_path / "s.zarr", dataset="sample", class_names=["ANG"], split_seed=0)
+    legacy = {s: PARTITIONS[i % 3] for i, s in enumerate(SPEAKERS[:9])}  # any recorded split, not the new rule's
+    store.add_clips([r.with_split(legacy[r.speaker]) for r in clips(SPEAKERS[:9])])
+    store.root.attrs["avstore"] = {k: v for k, v in store.info.items() if k not in ("speaker_batches", "split_rule")}
+    add_to_store(store, clips(SPEAKERS[:15]), seed=None)
+    after = recorded(store)
+    assert {s: after[s] for s in legacy} == legacy and store.speaker_batches == [0, 27]
+
+
+def test_a_split_option_that_disagrees_with_the_store_is_refused_and_nothing_written(tmp_path):
+    store = FeatureStore.create(tmp_path / "s.zarr", dataset="sample", class_names=["ANG"], split_seed=0)
+    add_to_store(store, clips(SPEAKERS[:6]), seed=0)
+    with pytest.raises(SplitError, match="--split-seed 5 disagrees .* recorded with --split-seed 0"):
+        add_to_store(store, clips(SPEAKERS[:8]), seed=5)
+    moved = recorded(store)[SPEAKERS[0]]
+    other = next(p for p in PARTITIONS if p != moved)
+    given = [r.with_split(other if r.speaker == SPEAKERS[0] else recorded(store)[r.speaker]) for r in clips(SPEAKERS[:6])]
+    with pytest.raises(SplitError, match=f"speaker {SPEAKERS[0]} in '{other}' but the store recorded '{moved}'"):
+        add_to_store(store, given, seed=None)
+    assert len(FeatureStore.open(tmp_path / "s.zarr")) == 18
+
+
+def test_cli_extract_with_a_disagreeing_split_seed_exits_2_with_one_line(tmp_path):
+    csv = tmp_path / "corpus.csv"
+    csv.write_text("video,label,speaker\n" + "".join(f"v{s}_{k}.flv,{k},{s}\n" for s in SPEAKERS[:5] for k in range(2)))
+    location = tmp_path / "s.zarr"
+    from pipeline.corpora import load_corpus
+
+    store = FeatureStore.create(location, dataset="manifest", class_names=["a", "b"], split_seed=0)
+    add_to_store(store, load_corpus("manifest", csv), seed=0)
+    before = sorted(p.relative_to(location) for p in location.rglob("*"))
+    result = run_cli("extract", "--dataset", "manifest", "--root", str(csv), "--store", str(location), "--split-seed", "3", "--workers", "0")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "--split-seed 3" in result.stderr and "--split-seed 0" in result.stderr
+    assert sorted(p.relative_to(location) for p in location.rglob("*")) == before

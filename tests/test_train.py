@@ -49,7 +49,7 @@ def test_training_beats_chance_clearly_on_held_out_actors(store, tmp_path, modal
 def test_run_directory_holds_everything_and_the_checkpoint_loads_safely(store, tmp_path):
     out = tmp_path / "run"
     metrics = train(store, TrainConfig(encoder="simple3d", modality="av", fusion="fslf", epochs=3, batch_size=8), out, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["confusion_test.png", "learning_curve.png", "metrics.json", "model.pt", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["confusion_test.png", "learning_curve.png", "metrics.json", "model.pt", "partition.json", "train.log"]
     written = json.loads((out / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics))
     for split in ("train", "val", "test"):
