@@ -97,3 +97,18 @@ def test_a_run_rehashes_only_the_shards_it_wrote_and_the_list_equals_a_full_reha
     assert (location / "avstore-checksums.json").read_text() == incremental
     crops = f"features/{faces.name}/crops/c/"
     assert sum(rel.startswith(crops) for rel in full) == 5 and sum(rel.startswith(crops) for rel in data) == 1
+
+
+def test_uncommitting_rows_for_a_retry_counts_as_touching_them(tmp_path):
+    """A retried row is first marked not done; if its redo then fails, nothing rewrites it, so the un-commit
+    itself must be in what the incremental checksum list re-hashes."""
+    location = tmp_path / "s.zarr"
+    make_store(location, 2 * SHARD_ROWS, [0, 1])
+    write_checksums(location)
+    store = FeatureStore.open(location, mode="r+")
+    faces = store.feature_sets("faces")[0]
+    store.uncommit_rows(faces, np.asarray([SHARD_ROWS + 3]))
+    assert store.touched == {faces.name: {SHARD_ROWS + 3}}
+    hashed = refresh_checksums(location, store.touched)
+    assert f"features/{faces.name}/done/c/0" in hashed
+    assert verify(location) == []
