@@ -107,8 +107,8 @@ def numeric_environment() -> dict:
     """What can still change a feature's last bits when threads are pinned: the CPU, and which BLAS and
     OpenMP libraries run which kernels on it. Stored with each feature set; shown by `info` and `diff`."""
     import cv2
-    import torch  # for its CPU capability (MTCNN's kernels); every process that extracts has it loaded
 
+    torch = sys.modules.get("torch")  # its CPU capability matters only where its kernels ran (MTCNN)
     libraries = [
         {k: info.get(k) for k in ("user_api", "internal_api", "version", "architecture", "threading_layer") if info.get(k)}
         for info in threadpool_info()
@@ -118,7 +118,7 @@ def numeric_environment() -> dict:
         "cpu": _cpu_model(),
         "pinned_threads": THREADS,
         "libraries": sorted(libraries, key=lambda lib: (lib.get("user_api", ""), lib.get("internal_api", ""))),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch is not None else None,
         "opencv": cv2.__version__,
         # these choose OpenBLAS's kernels (thread variables do not matter: the kernels are pinned)
         "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ},

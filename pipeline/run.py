@@ -345,10 +345,17 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
 
 
 def read_selected(array, rows: np.ndarray) -> np.ndarray:
-    """Exactly `rows` of a Zarr array (sorted): only the chunks holding them are read and decoded."""
+    """Exactly `rows` of a Zarr array (sorted): only the chunks holding them are read and decoded.
+
+    One slice per run of consecutive rows. Not `get_orthogonal_selection`: on a sharded array zarr 3 decodes
+    the whole shard once per selected chunk, all at once (32 rows of 224 px crops: 9 GB and 30 s, against
+    0.3 GB and 1 s by slices).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         return np.zeros((0, *array.shape[1:]), array.dtype)
-    return array.get_orthogonal_selection((np.asarray(rows, dtype=np.int64),))
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return np.concatenate([array[int(run[0]) : int(run[-1]) + 1] for run in np.split(rows, breaks)])
 
 
 def derive_fusion(location: str, name: str, faces_fingerprint: str, audio_fingerprint: str, *, seed: int = 0, progress: bool = True) -> int:
