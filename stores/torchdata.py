@@ -1,9 +1,12 @@
 """Model inputs straight from the store: which arrays an encoder reads, and how they become tensors.
 
 Nothing here decodes a video or imports the pipeline: that is the point of the store. A split small enough
-for memory is read once, as uint8, and turned into float tensors a batch at a time on the training device
-(cheap, and 4x less memory than float); a larger one is streamed by row from Zarr in DataLoader worker
-processes started with "spawn" (zarr 3's event loop does not survive a fork).
+for memory is read once, as uint8 (only its own rows), and turned into float tensors a batch at a time on the
+training device (cheap, and 4x less memory than float); a larger one is streamed from Zarr by the trainer's
+loader (encoders/loader.py), a group of rows per Zarr call.
+
+`concat` and `stack` can also be built on the device from the stored faces and chunks (`fuse_on_device`):
+4 bytes per pixel read instead of the stored fusion's 6, and the same tensor bit for bit.
 
 Every uint8 image is mapped to [-1, 1] the same way, whatever its modality, so faces, spectrograms and
 their fusions are normalised consistently (the seed code did not; SPEC defect 9). The `sum` fusion is
@@ -21,6 +24,7 @@ from stores.store import FeatureSet, FeatureStore, StoreError
 
 MODALITIES = ("audio", "vision", "av")
 SEQUENCE_FUSIONS = ("ffls", "fslf", "ofos", "rfas")
+DEVICE_FUSIONS = ("concat", "stack")  # pure copies of faces and chunks: rebuilt on the device, exactly
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class InputRecipe:
     modality: str
     fusion: str
     parts: tuple[Part, ...]
+    fuse_on_device: bool = False  # parts are (faces, audio); `to_model_inputs` fuses them
 
     @property
     def channels(self) -> int:
@@ -46,8 +51,12 @@ class InputRecipe:
         return 6 if self.fusion == "stack" else 3
 
 
-def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool = False) -> InputRecipe:
-    """The arrays an encoder of `input_kind` reads for `modality` and `fusion`; ValueError lists valid choices."""
+def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool = False, fuse_on_device: bool = False) -> InputRecipe:
+    """The arrays an encoder of `input_kind` reads for `modality` and `fusion`; ValueError lists valid choices.
+
+    `fuse_on_device` reads the faces and audio of a DEVICE_FUSIONS fusion instead of the stored fusion
+    (ignored for the others, which would not read fewer bytes or could not be rebuilt exactly).
+    """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality '{modality}'; choose one of {', '.join(MODALITIES)}")
     valid = valid_fusions(input_kind, modality, square_only=square_only)
@@ -61,6 +70,9 @@ def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool
         parts = (Part("audio", "spec" if input_kind == "image" else "chunks"),)
     elif modality == "vision":
         parts = (Part("faces", "middle" if input_kind == "image" else "crops"),)
+    elif fuse_on_device and fusion in DEVICE_FUSIONS and input_kind in ("image", "video"):
+        parts = (Part("faces", "middle"), Part("audio", "spec")) if input_kind == "image" else (Part("faces", "crops"), Part("audio", "chunks"))
+        return InputRecipe(input_kind, modality, fusion, parts, fuse_on_device=True)
     else:
         parts = (Part(f"fusion-{fusion}", "image" if input_kind == "image" else "video"),)
         if fusion in SEQUENCE_FUSIONS:
@@ -101,16 +113,26 @@ def fusion_set(store: FeatureStore, name: str, faces: FeatureSet, audio: Feature
     return None
 
 
-def read_rows(array, rows: np.ndarray) -> np.ndarray:
-    """Rows of a Zarr array, reading the covering range once (fast for the dense selections of a split)."""
-    if len(rows) == 0:
-        return np.zeros((0, *array.shape[1:]), array.dtype)
-    lo, hi = int(rows.min()), int(rows.max()) + 1
-    return array[lo:hi][rows - lo]
+def read_rows(array, rows: np.ndarray, *, rows_per_call: int = 256) -> np.ndarray:
+    """Rows `rows` of a Zarr array, in that order, reading those rows only (one chunk per row in this store).
+
+    One Zarr call per `rows_per_call` sorted rows: zarr fetches and decodes their chunks concurrently, and a
+    call's temporary copy stays bounded (the seed code read the covering range: every row between a split's
+    first and last clip, most of the store for a training split).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    order = np.argsort(rows, kind="stable")
+    for start in range(0, len(rows), rows_per_call):
+        picked = order[start : start + rows_per_call]
+        wanted = rows[picked]
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        out[picked] = array.oindex[unique][inverse]
+    return out
 
 
 class StoreSplit(torch.utils.data.Dataset):
-    """One split of the store as (inputs..., label) rows: in memory, or read from Zarr row by row."""
+    """One split of the store as (inputs..., label) rows: in memory, or read from Zarr (`read` many at once)."""
 
     def __init__(self, location: str, sets: dict[str, str], recipe: InputRecipe, rows: np.ndarray, labels: np.ndarray, *, in_memory: bool):
         self.location, self.sets, self.recipe = location, sets, recipe
@@ -135,15 +157,41 @@ class StoreSplit(torch.utils.data.Dataset):
         row = int(self.rows[i])
         return (*[torch.from_numpy(np.asarray(self._array(p)[row])) for p in self.recipe.parts], self.labels[i])
 
+    def read(self, positions: np.ndarray) -> list[torch.Tensor]:
+        """The stored uint8 (or float16) tensors of split positions `positions`, one Zarr call per part."""
+        if self.memory is not None:
+            index = torch.as_tensor(positions)
+            return [m.index_select(0, index) for m in self.memory]
+        rows = self.rows[np.asarray(positions)]
+        return [torch.from_numpy(read_rows(self._array(p), rows, rows_per_call=max(1, len(rows)))) for p in self.recipe.parts]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "arrays": None}  # workers open the store themselves
+
     def nbytes(self) -> int:
         return sum(m.numel() * m.element_size() for m in self.memory) if self.memory is not None else 0
 
 
 def to_model_inputs(recipe: InputRecipe, raw: list[torch.Tensor]) -> list[torch.Tensor]:
     """Stored layout (N, [T,] H, W[, C]) -> the encoder's layout, as float in [-1, 1]."""
+    if recipe.fuse_on_device:
+        raw = [fuse_on_device(recipe.fusion, *raw)]
     if recipe.fusion in SEQUENCE_FUSIONS:
         raw = raw[:1]  # the order array is for ablation only
     return [_layout(recipe, k, _unit(x)) for k, x in enumerate(raw)]
+
+
+def fuse_on_device(fusion: str, faces: torch.Tensor, spectrogram: torch.Tensor) -> torch.Tensor:
+    """The stored `concat` or `stack` fusion of a batch, built where the tensors are (as pipeline/fuse.py does).
+
+    faces (N, [T,] S, S, 3) and spectrogram (N, [T,] S, S) uint8 -> (N, [T,] S, 2S, 3) or (N, [T,] S, S, 6).
+    """
+    rgb = spectrogram[..., None].expand(*spectrogram.shape, 3)
+    if fusion == "concat":
+        return torch.cat([faces, rgb], dim=-2)
+    if fusion == "stack":
+        return torch.cat([faces, rgb], dim=-1)
+    raise ValueError(f"fusion '{fusion}' is not built on the device; only {', '.join(DEVICE_FUSIONS)} are")
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
