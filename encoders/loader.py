@@ -12,7 +12,10 @@ Why it is built this way (each point a defect of the first loader, issue 9):
 - Streaming: one DataLoader for the whole run, with persistent "spawn" workers (zarr 3's event loop does not
   survive a fork) that serve every epoch and every evaluation pass. A task is a group of batches; a worker
   reads all their rows with one Zarr call per array and returns the batches ready, as uint8: the conversion
-  to float happens on the device. In memory, batches are gathered in the trainer's process.
+  to float happens on the device.
+- In memory: rows are copied one by one straight into the batch: on a GPU from pinned memory into a device
+  tensor (DMA, no CPU copy), on a CPU into one of two reused buffers (a fresh 77 MB batch of 3D concat costs
+  more in page faults than in copying). So a CPU batch's tensors are valid until the next-but-one batch.
 """
 
 from __future__ import annotations
@@ -111,6 +114,9 @@ class Loader:
         self.splits, self.config, self.device = splits, config, device
         self.pin = device.startswith("cuda")
         self.streamed = {name: s for name, s in splits.items() if s.memory is None}
+        self.memory = {name: [m.pin_memory() if self.pin else m for m in s.memory] for name, s in splits.items() if s.memory is not None}
+        self.buffers: dict[tuple[int, int], torch.Tensor] = {}
+        self.flip = 0
         self.reader = _ReadTasks(self.streamed)
         self.tasks = _Tasks()
         self.loader = None
@@ -133,7 +139,7 @@ class Loader:
         for group, parts in zip(groups, self._read(name, mine, groups)):
             for (a, b), raw in zip(group, parts):
                 positions = mine[a:b]
-                if self.pin and not raw[0].is_pinned():
+                if self.pin and raw[0].device.type == "cpu" and not raw[0].is_pinned():
                     raw = [r.pin_memory() for r in raw]
                 labels = split.labels[torch.as_tensor(positions)]
                 yield [r.to(self.device, non_blocking=True) for r in raw], labels.to(self.device, non_blocking=True), positions
@@ -145,13 +151,31 @@ class Loader:
             tasks.append((name, mine[lo:hi], [(a - lo, b - lo) for a, b in group]))
         if name not in self.streamed:  # in memory: gather batch by batch, nothing to prefetch
             for _, positions, bounds in tasks:
-                yield [self.splits[name].read(positions[a:b]) for a, b in bounds]
+                yield (self._gather(name, positions[a:b]) for a, b in bounds)  # lazily: buffers are reused
         elif self.loader is None:
             for task in tasks:
                 yield self.reader[task]
         else:
             self.tasks.tasks = tasks
             yield from self.loader
+
+    def _gather(self, name: str, positions: np.ndarray) -> list[torch.Tensor]:
+        """An in-memory batch: its rows copied into a device tensor (GPU) or a reused buffer (CPU)."""
+        out = []
+        for k, m in enumerate(self.memory[name]):
+            shape = (len(positions), *m.shape[1:])
+            if self.pin:
+                batch = torch.empty(shape, dtype=m.dtype, device=self.device)
+            else:
+                buffer = self.buffers.get((k, self.flip))
+                if buffer is None or len(buffer) < len(positions) or buffer.shape[1:] != m.shape[1:]:
+                    buffer = self.buffers[(k, self.flip)] = torch.empty(shape, dtype=m.dtype)
+                batch = buffer[: len(positions)]
+            for j, i in enumerate(positions.tolist()):
+                batch[j].copy_(m[i], non_blocking=True)
+            out.append(batch)
+        self.flip ^= 1
+        return out
 
     def close(self) -> None:
         """Stop the persistent workers now rather than at interpreter exit."""

@@ -139,12 +139,13 @@ def test_streamed_batches_equal_in_memory_ones_and_workers_persist_across_passes
         for epoch in range(2):
             for name, generator in (("train", torch.Generator().manual_seed(epoch)), ("val", None)):
                 again = None if generator is None else torch.Generator().manual_seed(epoch)
-                got = list(loader.batches(name, 4, generator=generator))
-                want = list(ref.batches(name, 4, generator=again))
-                assert len(got) == len(want) > 0
-                for (raw, labels, where), (raw0, labels0, where0) in zip(got, want):
+                steps = 0
+                for (raw, labels, where), (raw0, labels0, where0) in zip(loader.batches(name, 4, generator=generator), ref.batches(name, 4, generator=again), strict=True):
                     assert np.array_equal(where, where0) and torch.equal(labels, labels0)
                     assert all(r.dtype == torch.uint8 and torch.equal(r, r0) for r, r0 in zip(raw, raw0))  # uint8: float on the device
+                    assert torch.equal(raw0[0], memory[name].memory[0][torch.as_tensor(where0)])
+                    steps += 1
+                assert steps == -(-len(memory[name]) // 4)
                 workers = [w.pid for w in loader.loader._iterator._workers]
                 assert pids is None or workers == pids  # the same processes serve every epoch and evaluation
                 pids = workers
