@@ -11,7 +11,8 @@ Why it is built this way (each point a defect of the first loader, issue 9):
   differ by one) and the trainer gathers the results.
 - Streaming: one DataLoader for the whole run, with persistent "spawn" workers (zarr 3's event loop does not
   survive a fork) that serve every epoch and every evaluation pass. A task is a group of batches; a worker
-  reads all their rows with one Zarr call per array and returns the batches ready, as uint8: the conversion
+  reads all their rows (about one window: one Zarr slice per run of neighbouring rows) and returns the
+  batches ready, as uint8: the conversion
   to float happens on the device.
 - In memory: rows are copied one by one straight into the batch: on a GPU from pinned memory into a device
   tensor (DMA, no CPU copy), on a CPU into one of two reused buffers (a fresh 77 MB batch of 3D concat costs
@@ -171,8 +172,13 @@ class Loader:
                 if buffer is None or len(buffer) < len(positions) or buffer.shape[1:] != m.shape[1:]:
                     buffer = self.buffers[(k, self.flip)] = torch.empty(shape, dtype=m.dtype)
                 batch = buffer[: len(positions)]
-            for j, i in enumerate(positions.tolist()):
-                batch[j].copy_(m[i], non_blocking=True)
+            if self.pin or m[0].nbytes >= 1 << 20:  # DMA to the GPU, or big rows: torch's (threaded) copy
+                for j, i in enumerate(positions.tolist()):
+                    batch[j].copy_(m[i], non_blocking=True)
+            else:  # small rows: a plain memcpy each, without torch's per-call threading overhead
+                source, target = m.numpy(), batch.numpy()
+                for j, i in enumerate(positions.tolist()):
+                    target[j] = source[i]
             out.append(batch)
         self.flip ^= 1
         return out

@@ -15,7 +15,9 @@ stored already normalised, as float16.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,21 +116,84 @@ def fusion_set(store: FeatureStore, name: str, faces: FeatureSet, audio: Feature
 
 
 def read_rows(array, rows: np.ndarray, *, rows_per_call: int = 256) -> np.ndarray:
-    """Rows `rows` of a Zarr array, in that order, reading those rows only (one chunk per row in this store).
+    """Rows `rows` of a Zarr array, in that order, reading those rows only: one slice per run of neighbours.
 
-    One Zarr call per `rows_per_call` sorted rows: zarr fetches and decodes their chunks concurrently, and a
-    call's temporary copy stays bounded (the seed code read the covering range: every row between a split's
-    first and last clip, most of the store for a training split).
+    Slices, because zarr 3 reads a slice of a shard ~20x faster per row than an integer selection (`oindex`)
+    and ~2x faster than row by row; at most `rows_per_call` rows per slice, so a temporary copy stays bounded.
+    (The seed code read the covering range: every row between a split's first and last clip, most of the
+    store for a training split.)
     """
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows), *array.shape[1:]), array.dtype)
+    direct = ShardReader.for_array(array)
+    if direct is not None:
+        direct.read(rows, out)
+        return out
     order = np.argsort(rows, kind="stable")
-    for start in range(0, len(rows), rows_per_call):
-        picked = order[start : start + rows_per_call]
-        wanted = rows[picked]
-        unique, inverse = np.unique(wanted, return_inverse=True)
-        out[picked] = array.oindex[unique][inverse]
+    ranked = rows[order]
+    starts = [0, *(np.flatnonzero(np.diff(ranked) > 1) + 1).tolist(), len(rows)]  # runs of neighbouring rows
+    for a, b in zip(starts[:-1], starts[1:]):
+        while a < b:
+            lo = int(ranked[a])
+            c = a + int(np.searchsorted(ranked[a:b], lo + rows_per_call))  # the rows of this run below lo + rows_per_call
+            out[order[a:c]] = array[lo : int(ranked[c - 1]) + 1][ranked[a:c] - lo]
+            a = c
     return out
+
+
+class ShardReader:
+    """This store's large arrays on a local disk read without zarr's per-chunk machinery: the codec limit.
+
+    They are written as shards of rows, one zstd-compressed chunk per row, the shard's index at its end
+    (stores/store.py). zarr 3 spends ~1.7 ms per chunk around a ~1-10 ms decode; here a row is one `pread`
+    and one zstd decode straight into the output. Anything else (a remote store, another codec chain, a
+    dtype wider than a byte) goes through zarr; tests check both give the same arrays.
+    """
+
+    EMPTY = 2**64 - 1
+
+    def __init__(self, folder: Path, shard_rows: int, suffix: str, fill: int) -> None:
+        from numcodecs import Zstd
+
+        self.folder, self.shard_rows, self.suffix, self.fill, self.codec = folder, shard_rows, suffix, fill, Zstd()
+
+    @classmethod
+    def for_array(cls, array) -> "ShardReader | None":
+        from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
+        from zarr.storage import LocalStore
+
+        codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
+        if not isinstance(array.store, LocalStore) or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or array.dtype != np.uint8:
+            return None
+        shard = codecs[0]
+        if (tuple(shard.chunk_shape) != (1, *array.shape[1:]) or [type(c) for c in shard.codecs] != [BytesCodec, ZstdCodec]
+                or shard.index_location.value != "end" or getattr(array.metadata.chunk_key_encoding, "separator", None) != "/"):
+            return None
+        return cls(Path(array.store.root) / array.path / "c", int(array.metadata.chunk_grid.chunk_shape[0]), "/".join(["0"] * (array.ndim - 1)), int(array.metadata.fill_value))
+
+    def read(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """out[k] = row rows[k], decoded in place."""
+        order = np.argsort(rows, kind="stable")
+        shard_of = rows[order] // self.shard_rows
+        for shard in np.unique(shard_of):
+            picked = order[shard_of == shard]
+            try:
+                fd = os.open(self.folder / str(int(shard)) / self.suffix, os.O_RDONLY)
+            except FileNotFoundError:  # nothing written to this shard: fill value
+                out[picked] = self.fill
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                n_index = self.shard_rows * 16
+                index = np.frombuffer(os.pread(fd, n_index, size - n_index - 4), dtype="<u8").reshape(-1, 2)
+                for k in picked:
+                    offset, nbytes = index[rows[k] % self.shard_rows]
+                    if offset == self.EMPTY:
+                        out[k] = self.fill
+                    else:
+                        self.codec.decode(os.pread(fd, int(nbytes), int(offset)), out=out[k])
+            finally:
+                os.close(fd)
 
 
 class StoreSplit(torch.utils.data.Dataset):
@@ -158,7 +223,7 @@ class StoreSplit(torch.utils.data.Dataset):
         return (*[torch.from_numpy(np.asarray(self._array(p)[row])) for p in self.recipe.parts], self.labels[i])
 
     def read(self, positions: np.ndarray) -> list[torch.Tensor]:
-        """The stored uint8 (or float16) tensors of split positions `positions`, one Zarr call per part."""
+        """The stored uint8 (or float16) tensors of split positions `positions`: a Zarr slice per run of neighbours."""
         if self.memory is not None:
             index = torch.as_tensor(positions)
             return [m.index_select(0, index) for m in self.memory]

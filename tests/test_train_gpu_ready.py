@@ -237,3 +237,16 @@ def test_torchrun_with_a_fusion_missing_from_the_store_fails_in_one_line_on_ever
     assert result.returncode != 0 and len(errors) == 2, result.stderr[-3000:]
     assert all("no 'sum' fusion" in line and "--fusion sum" in line for line in errors)
     assert not (tmp_path / "run").exists()
+
+
+def test_direct_shard_reads_equal_zarr_reads_for_every_large_array_of_the_store(store):
+    from stores.store import FeatureStore
+    from stores.torchdata import ShardReader
+
+    root = FeatureStore.open(store).root
+    arrays = [root[f"features/{g}/{n}"] for g in root["features"] for n in ("crops", "middle", "spec", "chunks", "image", "video") if n in root[f"features/{g}"]]
+    rows = np.array([23, 0, 5, 5, 17, 1, 22, 2])
+    sharded = [a for a in arrays if type(a.metadata.codecs[0]).__name__ == "ShardingCodec"]
+    assert len(sharded) >= 7 and all(ShardReader.for_array(a) is not None for a in sharded)  # the fast path is really taken
+    for array in arrays:
+        assert np.array_equal(read_rows(array, rows), array[:][rows]), array.path
