@@ -14,9 +14,11 @@ OUT=${OUT:-/tmp/avstore-gpu}
 PY=${PY:-python3}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
-if [ -d .whl ]; then
-    $PY -m pip install -q --no-index --find-links .whl zarr dask distributed librosa typer imageio-ffmpeg 2>&1 | tail -3
-    $PY -m pip install -q --no-index --no-deps --find-links .whl facenet-pytorch 2>&1 | tail -3  # it pins an older torch
+if [ -d .whl ]; then  # .whl and its sub-folders (the wheels may come in parts, see bench/README.md)
+    LINKS=(); for d in .whl .whl/*/; do [ -d "$d" ] && LINKS+=(--find-links "$d"); done
+    $PY -c "import imageio_ffmpeg" 2>/dev/null || command -v ffmpeg >/dev/null || WANT_FFMPEG=imageio-ffmpeg
+    $PY -m pip install -q --no-index "${LINKS[@]}" zarr dask distributed librosa typer ${WANT_FFMPEG:-} 2>&1 | tail -3
+    $PY -m pip install -q --no-index --no-deps "${LINKS[@]}" facenet-pytorch 2>&1 | tail -3  # it pins an older torch
 fi
 GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -lt 1 ]; then echo "error: no CUDA GPU visible to torch; this script is for a GPU machine" >&2; exit 2; fi
