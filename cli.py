@@ -477,7 +477,11 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<encoder>-<modality>-<fusion>-seed<seed>); must not exist."),
     faces: Optional[str] = typer.Option(None, help="Faces feature-set fingerprint, when the store holds several."),
     audio: Optional[str] = typer.Option(None, help="Audio feature-set fingerprint, when the store holds several."),
-    max_memory_gb: float = typer.Option(4.0, help="Load the splits into memory up to this size; stream from the store beyond it."),
+    max_memory_gb: Optional[float] = typer.Option(None, help="Load the splits into memory up to this size; stream from the store beyond it (default: half the available RAM per rank)."),
+    loader_workers: Optional[int] = typer.Option(None, help="Processes reading a streamed split (0: in the training process; default: from the CPU count)."),
+    amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16 or off."),
+    compile: str = typer.Option("auto", help="torch.compile: auto (CUDA, models of 5M+ parameters), on or off."),
+    fuse_on_device: bool = typer.Option(False, "--fuse-on-device", help="Build concat/stack from the stored faces and audio on the device (reads 4/6 of the bytes)."),
     include_broken: bool = typer.Option(False, "--include-broken", help="Also train on ok clips the corpus documents as broken (left out by default; the log says how many)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
@@ -487,7 +491,12 @@ def train(
     """
     config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
-                          max_memory_gb=max_memory_gb, include_broken=include_broken)
+                          max_memory_gb=max_memory_gb, loader_workers=loader_workers, amp=amp, compile=compile, fuse_on_device=fuse_on_device,
+                          include_broken=include_broken)
+    try:
+        config.resolved()  # bad options fail here, before any run directory or store access
+    except ValueError as err:
+        fail(str(err))
     fold_name = f"-fold{fold}of{folds}" if fold is not None else ""
     out = out or Path("runs") / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"
     if fold is not None and not 0 <= fold < folds:

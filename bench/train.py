@@ -1,19 +1,28 @@
-"""What the store buys a trainer: samples per second of the store loader vs. decoding + MTCNN per sample.
+"""What the trainer's loader delivers, against what the codec allows: samples/s per recipe, in memory and streamed.
 
-    .venv/bin/python bench/train.py [--quick]
+    nice .venv/bin/python bench/train.py [--quick] [--workers N]
 
-Writes bench/results/train.json and train.md. Two data paths feed the same concat-fusion 3D input:
-  store   - `encoders.train.batches` over a split loaded from the store (in memory, and streamed by row)
-  decode  - what a notebook without a store does per sample: probe + decode T frames, MTCNN, crop,
-            decode audio, log-mel, chunks, fuse (avstore's own fast per-clip functions, so this is a
-            lower bound on what such a loader costs)
-With a CUDA GPU it also times training steps (bf16 autocast, channels-last) for vgg16 concat and i3d.
+Writes bench/results/train.json and train.md. On a store built on the spot from the sample corpus (48 clips,
+T=16, 224 px, 512 mels; a few minutes on 2 cores), for the 2D and 3D recipes (audio, vision, concat, and
+3D concat fused on the device from faces + chunks), through `encoders.loader.Loader` as the trainer uses it:
+
+  uint8 delivery  - batches of 16 ready for the device, as stored (uint8): what the loader must sustain;
+                    streamed = persistent spawn workers, measured after their start-up (reported apart)
+  float           - their conversion to the model's float layout (`to_model_inputs`), timed separately:
+                    on a GPU it runs on the device
+  codec limit     - one process decompressing the same stored chunks (zstd) in a tight loop, times the
+                    worker count: no loader can stream faster from this store on this machine
+  decode          - what a notebook without a store does per sample: decode + MTCNN + mel + fuse (avstore's
+                    own fast per-clip functions, so a lower bound on that cost)
+
+With a CUDA GPU it also times training steps (bf16 autocast, the device plan) for vgg16 concat and i3d.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -25,8 +34,11 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from numcodecs import Zstd  # noqa: E402
 
-from encoders.train import TrainConfig, batches, load_data, prepare  # noqa: E402
+from encoders.device import plan_for, prepare_model  # noqa: E402
+from encoders.loader import Loader, LoaderConfig, default_workers  # noqa: E402
+from encoders.train import TrainConfig, build_model, load_data, prepare  # noqa: E402
 from pipeline.audio import MelConfig  # noqa: E402
 from pipeline.corpora import load_corpus  # noqa: E402
 from pipeline.corpora.sample import write_sample_corpus  # noqa: E402
@@ -35,19 +47,71 @@ from pipeline.faces import FaceConfig  # noqa: E402
 from pipeline.run import ExtractConfig, run_extract  # noqa: E402
 from pipeline.splits import assign_splits  # noqa: E402
 from stores.provenance import library_versions  # noqa: E402
+from stores.store import SHARD_ROWS  # noqa: E402
+from stores.torchdata import to_model_inputs  # noqa: E402
+
+BATCH = 16
+RECIPES = [  # (label, encoder standing for the input kind, modality, fusion, fuse on device)
+    ("2D audio (S x S)", "resnet18", "audio", "none", False),
+    ("2D vision (S x S x 3)", "resnet18", "vision", "none", False),
+    ("2D concat (S x 2S x 3)", "resnet18", "av", "concat", False),
+    ("3D audio (T x S x S)", "simple3d", "audio", "none", False),
+    ("3D vision (T x S x S x 3)", "simple3d", "vision", "none", False),
+    ("3D concat (T x S x 2S x 3)", "simple3d", "av", "concat", False),
+    ("3D concat, fused on the device", "simple3d", "av", "concat", True),
+]
 
 
-def time_store_loader(location: str, config: TrainConfig, passes: int) -> dict:
-    data = load_data(location, config)
-    split = data.splits["train"]
+def stored_chunks(location: str, data, rows: np.ndarray) -> list[list[bytes]]:
+    """The compressed inner chunks (one per clip) of every array the recipe reads, for `rows`, from the shards."""
+    per_part = []
+    for part in data.recipe.parts:
+        folder = Path(location) / "features" / data.splits["train"].sets[part.source] / part.array / "c"
+        chunks = []
+        for row in rows.tolist():
+            shard = next(p for p in (folder / str(row // SHARD_ROWS)).rglob("*") if p.is_file()).read_bytes()
+            index = np.frombuffer(shard[-(SHARD_ROWS * 16 + 4) : -4], dtype="<u8").reshape(SHARD_ROWS, 2)
+            offset, size = index[row % SHARD_ROWS]
+            chunks.append(shard[offset : offset + size])
+        per_part.append(chunks)
+    return per_part
+
+
+def codec_limit(chunks: list[list[bytes]], seconds: float = 2.0) -> dict:
+    """Rows per second one process decompresses (every part of a row), in a tight loop over the same chunks."""
+    codec, rows, started = Zstd(), 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for k in range(len(chunks[0])):
+            for part in chunks:
+                codec.decode(part[k])
+            rows += 1
+    return {"rows_per_second": rows / (time.perf_counter() - started), "bytes_per_row": sum(len(part[0]) for part in chunks)}
+
+
+def time_delivery(loader: Loader, data, name: str, min_seconds: float) -> dict:
+    """uint8 batches delivered per second over whole passes, then their float conversion, timed apart."""
     generator = torch.Generator().manual_seed(0)
-    started, seen = time.perf_counter(), 0
-    for _ in range(passes):
-        for raw, labels in batches(split, config.batch_size, shuffle=True, generator=generator, device="cpu"):
-            prepare(data.recipe, raw, "cpu")
+    started = time.perf_counter()
+    first = next(loader.batches(name, BATCH, generator=generator))  # spawns the workers when streamed
+    warmup = time.perf_counter() - started
+    for _ in loader.batches(name, BATCH, generator=generator):  # one full pass more: shards cached, workers warm
+        pass
+    seen, passes, kept, started = 0, 0, [], time.perf_counter()
+    while passes < 2 or time.perf_counter() - started < min_seconds:
+        for raw, labels, _ in loader.batches(name, BATCH, generator=generator):
             seen += len(labels)
-    seconds = time.perf_counter() - started
-    return {"samples": seen, "seconds": seconds, "samples_per_second": seen / seconds, "in_memory": split.memory is not None}
+            if len(kept) < 4:
+                kept.append([r.clone() for r in raw])  # in-memory batches live in reused buffers
+        passes += 1
+    delivery = time.perf_counter() - started
+    converted, started = 0, time.perf_counter()
+    for raw in kept:
+        to_model_inputs(data.recipe, raw)
+        converted += len(raw[0])
+    convert = time.perf_counter() - started
+    del first
+    return {"samples": seen, "seconds": delivery, "samples_per_second": seen / delivery, "first_batch_seconds": warmup,
+            "float_samples_per_second": converted / convert}
 
 
 def time_decode_loader(records, faces: FaceConfig, mel: MelConfig, n: int) -> dict:
@@ -59,23 +123,25 @@ def time_decode_loader(records, faces: FaceConfig, mel: MelConfig, n: int) -> di
         a = extract_audio(record, mel, faces.frames, faces.size)
         fused = fuse_clip("concat", f.arrays, a.arrays, record.clip_id, 0)
         torch.from_numpy(fused["video"]).float()
+    torch.set_num_threads(os.cpu_count() or 1)
     seconds = time.perf_counter() - started
     return {"samples": n, "seconds": seconds, "samples_per_second": n / seconds}
 
 
 def time_gpu_training(location: str, encoder: str, fusion: str, steps: int) -> dict:
-    from encoders.registry import get_model
-
-    config = TrainConfig(encoder=encoder, modality="av", fusion=fusion, batch_size=16)
+    config = TrainConfig(encoder=encoder, modality="av", fusion=fusion, batch_size=BATCH)
     data = load_data(location, config)
-    model = get_model(encoder, num_classes=6, in_channels=3, image_size=data.image_size, frames=data.frames).cuda().to(memory_format=torch.channels_last)
+    model = build_model(config, data)
+    plan = plan_for(model, "cuda", compile="off")
+    prepare_model(model, plan)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loader = Loader(data.splits, LoaderConfig(workers=default_workers()), "cuda")
     generator = torch.Generator().manual_seed(0)
-    done, started = 0, None
+    done, counted, started = 0, 0, None
     while done < steps:
-        for raw, labels in batches(data.splits["train"], 16, shuffle=True, generator=generator, device="cuda"):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = torch.nn.functional.cross_entropy(model(*prepare(data.recipe, raw, "cuda")).float(), labels)
+        for raw, labels, _ in loader.batches("train", BATCH, generator=generator):
+            with plan.autocast():
+                loss = torch.nn.functional.cross_entropy(model(*prepare(data.recipe, raw, plan)).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -88,54 +154,84 @@ def time_gpu_training(location: str, encoder: str, fusion: str, steps: int) -> d
             if done >= steps:
                 break
     torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    return {"encoder": encoder, "fusion": fusion, "samples_per_second": counted / seconds, "device": torch.cuda.get_device_name()}
+    loader.close()
+    return {"encoder": encoder, "fusion": fusion, "samples_per_second": counted / (time.perf_counter() - started), "device": torch.cuda.get_device_name()}
+
+
+def measure(location: str, workers: int, min_seconds: float) -> list[dict]:
+    rows = []
+    for label, encoder, modality, fusion, on_device in RECIPES:
+        config = TrainConfig(encoder=encoder, modality=modality, fusion=fusion, fuse_on_device=on_device, batch_size=BATCH)
+        memory = load_data(location, config)
+        streamed = load_data(location, TrainConfig(**{**config.__dict__, "max_memory_gb": 0.0}))
+        limit = codec_limit(stored_chunks(location, streamed, streamed.splits["train"].rows))
+        in_memory = time_delivery(Loader(memory.splits, LoaderConfig(workers=0), "cpu"), memory, "train", min_seconds)
+        loader = Loader(streamed.splits, LoaderConfig(workers=workers), "cpu")
+        try:
+            stream = time_delivery(loader, streamed, "train", min_seconds)
+        finally:
+            loader.close()
+        rows.append({"recipe": label, "in_memory": in_memory, "streamed": stream, "codec_limit_one_process": limit,
+                     "codec_limit": limit["rows_per_second"] * workers, "workers": workers,
+                     "streamed_fraction_of_limit": stream["samples_per_second"] / (limit["rows_per_second"] * workers)})
+        print(f"{label}: in memory {in_memory['samples_per_second']:.0f}/s, streamed {stream['samples_per_second']:.1f}/s "
+              f"= {rows[-1]['streamed_fraction_of_limit']:.2f} of the codec limit", flush=True)
+    return rows
+
+
+def render(results: dict) -> str:
+    p, m = results["params"], results["machine"]
+    lines = [f"Loader delivery at {p['size']} px, T={p['frames']}, batch {BATCH}, {results['clips']} clips, on {m['cpus']} CPU cores "
+             f"({m['processor'] or 'CPU'}); streamed with {results['workers']} persistent workers, after their start-up:", "",
+             "| recipe | in memory, uint8 /s | streamed, uint8 /s | codec limit /s (1 process x workers) | streamed / limit | float conversion /s (CPU) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in results["loaders"]:
+        lines.append(f"| {r['recipe']} | {r['in_memory']['samples_per_second']:.0f} | {r['streamed']['samples_per_second']:.1f} | "
+                     f"{r['codec_limit']:.1f} ({r['codec_limit_one_process']['rows_per_second']:.1f} x {r['workers']}) | "
+                     f"{r['streamed_fraction_of_limit']:.2f} | {r['in_memory']['float_samples_per_second']:.0f} |")
+    start = max(r["streamed"]["first_batch_seconds"] for r in results["loaders"])
+    lines += ["", f"Streamed workers start once per run (at most {start:.1f} s to the first batch here). Decode + MTCNN + mel per sample "
+              f"without a store: {results['decode_per_sample']['samples_per_second']:.1f} samples/s."]
+    if "gpu" in results:
+        lines += ["", "| GPU training (bf16, device plan) | samples/s | device |", "|---|---|---|"]
+        lines += [f"| {g['encoder']} {g['fusion']} | {g['samples_per_second']:.0f} | {g['device']} |" for g in results["gpu"]]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="112 px, 128 mels, fewer clips")
+    parser.add_argument("--quick", action="store_true", help="112 px, 128 mels, 24 clips")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="streaming loader workers (default: from the CPU count)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="minimum measuring time per loader")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     size, n_mels = (112, 128) if args.quick else (224, 512)
     faces, mel = FaceConfig(size=size), MelConfig(n_mels=n_mels)
     with tempfile.TemporaryDirectory() as tmp:
         corpus, store = Path(tmp) / "corpus", str(Path(tmp) / "store.zarr")
-        write_sample_corpus(corpus, actors=8, sentences=2, seed=0)
+        write_sample_corpus(corpus, actors=4, sentences=1 if args.quick else 2, seed=0)
         records = assign_splits(load_corpus("sample", corpus))
+        started = time.perf_counter()
         run_extract(records, store, ExtractConfig(faces=faces, mel=mel, fusions=("concat",)), dataset="sample",
                     class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=2, progress=False)
-        video = TrainConfig(encoder="i3d", modality="av", fusion="concat", batch_size=16)
-        image = TrainConfig(encoder="vgg16", modality="av", fusion="concat", batch_size=16)
+        print(f"store of {len(records)} clips built in {time.perf_counter() - started:.0f} s", flush=True)
         results = {
-            "machine": {"cpus": __import__("os").cpu_count(), "processor": platform.processor(), "python": platform.python_version()},
+            "machine": {"cpus": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version()},
             "versions": library_versions(),
-            "params": {"size": size, "n_mels": n_mels, "frames": faces.frames, "batch_size": 16},
-            "store_in_memory_video": time_store_loader(store, video, passes=3),
-            "store_in_memory_image": time_store_loader(store, image, passes=3),
-            "store_streamed_video": time_store_loader(store, TrainConfig(encoder="i3d", modality="av", fusion="concat", batch_size=16, max_memory_gb=0.0), passes=1),
-            "decode_per_sample": time_decode_loader(records, faces, mel, n=12 if args.quick else 24),
+            "params": {"size": size, "n_mels": n_mels, "frames": faces.frames, "batch_size": BATCH},
+            "clips": len(records),
+            "workers": args.workers,
+            "loaders": measure(store, args.workers, args.seconds),
+            "decode_per_sample": time_decode_loader(records, faces, mel, n=6 if args.quick else 12),
         }
         if torch.cuda.is_available():
             results["gpu"] = [time_gpu_training(store, "vgg16", "concat", 40), time_gpu_training(store, "i3d", "concat", 40)]
-    decode = results["decode_per_sample"]["samples_per_second"]
-    rows = [
-        ("store, in memory (3D concat: T x S x 2S)", results["store_in_memory_video"]),
-        ("store, in memory (2D concat: S x 2S)", results["store_in_memory_image"]),
-        ("store, streamed by row (3D concat, 2 spawn workers)", results["store_streamed_video"]),
-        ("decode + MTCNN + mel per sample (no store)", results["decode_per_sample"]),
-    ]
-    lines = [f"Data path to a {size}px concat input, batch 16, on {results['machine']['cpus']} CPU cores:", "",
-             "| loader | samples | seconds | samples/s | vs. decoding |", "|---|---|---|---|---|"]
-    for name, r in rows:
-        lines.append(f"| {name} | {r['samples']} | {r['seconds']:.2f} | {r['samples_per_second']:.1f} | {r['samples_per_second'] / decode:.0f}x |")
-    if "gpu" in results:
-        lines += ["", "| GPU training (bf16, channels-last) | samples/s | device |", "|---|---|---|"]
-        lines += [f"| {g['encoder']} {g['fusion']} | {g['samples_per_second']:.0f} | {g['device']} |" for g in results["gpu"]]
+    text = render(results)
+    name = "train-quick" if args.quick else "train"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.json").write_text(json.dumps(results, indent=2))
-    (args.out / "train.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"{name}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ CSV_FIELDS: tuple[str, ...] = ("encoder_type", "encoder", "modality", "fusion", 
 #: Configuration fields that do not change what a run measures (or are in the cell key already).
 NOT_A_VARIANT: frozenset[str] = frozenset({
     "encoder", "modality", "fusion", "seed", "fold", "device", "max_memory_gb", "loader_workers", "out", "progress",
+    "compile", "fuse_on_device",  # same numbers: fuse_on_device builds the stored fusion's exact tensor
 })
 
 

@@ -5,15 +5,19 @@ from the store; the epoch kept is the one with the best *validation* UAR, and th
 once, with that checkpoint; models return logits and the loss applies the softmax; seeds are set and
 recorded; every metric (WAR, UAR, F1, per class, confusion) is written, not just accuracy.
 
-On a GPU: bf16 autocast (no loss scaler needed), channels-last images, pinned memory and non-blocking copies.
-On a CPU the same code runs in float32.
+Devices (encoders/device.py): one plan per model sets its memory format (channels-last for 2-D conv nets
+only), bf16 autocast (default on CUDA) and compilation; the CPU tests run the same plan. Data
+(encoders/loader.py): uint8 batches, in memory or streamed by persistent workers, converted to float on the
+device. Under torchrun every rank takes an equal share of each epoch, evaluation is split over the ranks
+and gathered, and rank 0 alone logs and writes. `AVSTORE_TRAIN_TRACE=<folder>` makes every rank write its
+steps and parameter checksums there (rank<N>.json), so tests can check those numbers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +32,8 @@ import torch
 from tqdm import tqdm
 
 from encoders import partition as run_partition
+from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, plan_for, prepare_model
+from encoders.loader import Loader, LoaderConfig, check_workers, default_workers
 from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
 from encoders.registry import get_model, get_spec
@@ -73,18 +79,30 @@ class TrainConfig:
     folds: int = 5
     device: str = "auto"
     pretrained: bool = False
-    max_memory_gb: float = 4.0  # a split larger than this is streamed from the store
+    max_memory_gb: float | None = None  # splits larger than this are streamed; None: half the available RAM per rank
+    loader_workers: int | None = None  # streaming worker processes; None: from the CPU count (default_workers)
+    amp: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | bf16 | off
+    compile: str = "auto"  # auto (CUDA, models of 5M parameters or more) | on | off
+    fuse_on_device: bool = False  # build concat/stack from the stored faces and audio (fewer bytes read)
     faces: str | None = None  # feature-set fingerprints, when a store holds several
     audio: str | None = None
     include_broken: bool = False  # train on clips the corpus documents as broken (clips/broken) too
 
     def resolved(self) -> "TrainConfig":
+        """Defaults filled in; ValueError (one line, naming the fix) for options no run could use."""
         defaults = ENCODER_DEFAULTS.get(self.encoder, {})
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"--amp takes {' | '.join(AMP_CHOICES)}, not '{self.amp}'")
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"--compile takes {' | '.join(COMPILE_CHOICES)}, not '{self.compile}'")
+        if self.max_memory_gb is not None and self.max_memory_gb < 0:
+            raise ValueError(f"--max-memory-gb {self.max_memory_gb} is negative; give 0 to stream everything")
         return dataclasses.replace(
             self,
             lr=self.lr if self.lr is not None else defaults.get("lr", 1e-3),
             weight_decay=self.weight_decay if self.weight_decay is not None else defaults.get("weight_decay", 0.0),
             device=resolve_device(self.device),
+            loader_workers=check_workers(self.loader_workers) if self.loader_workers is not None else default_workers(),
         )
 
 
@@ -92,6 +110,19 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def memory_limit_bytes(max_memory_gb: float | None) -> float:
+    """Bytes of splits to hold in memory: as asked, else half the RAM available now, shared by the node's ranks."""
+    if max_memory_gb is not None:
+        return max_memory_gb * 1e9
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available / 2 / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def seed_everything(seed: int) -> None:
@@ -119,7 +150,7 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None) 
     """The run's data; `recorded` (a run's partition.json) selects exactly the clips that run used."""
     store = FeatureStore.open(location)
     spec = get_spec(config.encoder)
-    recipe = recipe_for(spec.input_kind, config.modality, config.fusion, square_only=spec.square_input)
+    recipe = recipe_for(spec.input_kind, config.modality, config.fusion, square_only=spec.square_input, fuse_on_device=config.fuse_on_device)
     faces, audio = select_feature_sets(store, config.faces, config.audio)
     sets = {"faces": faces.name, "audio": audio.name}
     fused = None
@@ -141,7 +172,7 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None) 
             raise StoreError(f"the {name} split of '{location}' has no usable clips; extract more clips or use another --split-seed")
     arrays = [store.root[f"features/{sets[p.source]}/{p.array}"] for p in recipe.parts]
     per_row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in arrays)
-    in_memory = per_row * ok.sum() <= config.max_memory_gb * 1e9
+    in_memory = per_row * sum(len(r) for r in rows.values()) <= memory_limit_bytes(config.max_memory_gb)
     splits = {name: StoreSplit(location, sets, recipe, r, table["label"][r], in_memory=in_memory) for name, r in rows.items()}
     first = to_model_inputs(recipe, [torch.from_numpy(read_rows(a, rows["train"][:1])) for a in arrays])[0]
     return Data(
@@ -158,36 +189,6 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None) 
     )
 
 
-def batches(split: StoreSplit, batch_size: int, *, shuffle: bool, generator: torch.Generator, device: str, rank: int = 0, world: int = 1):
-    """(raw stored tensors, labels) per batch, on `device`; in-memory splits are indexed directly.
-
-    Under DDP every rank draws the same permutation (same generator seed) and takes every world-th clip of it,
-    cut to equal length so all ranks run the same number of steps.
-    """
-    pin = device.startswith("cuda")
-    if split.memory is not None:
-        order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
-        if world > 1:
-            order = order[: len(order) // world * world][rank::world]
-        for start in range(0, len(split), batch_size):
-            index = order[start : start + batch_size]
-            raw = [m[index] for m in split.memory]
-            if pin:
-                raw = [r.pin_memory() for r in raw]
-            yield [r.to(device, non_blocking=True) for r in raw], split.labels[index].to(device, non_blocking=True)
-        return
-    sampler = None
-    if world > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            split, num_replicas=world, rank=rank, shuffle=shuffle, seed=int(torch.randint(0, 2**31, (1,), generator=generator)), drop_last=True)
-    loader = torch.utils.data.DataLoader(
-        split, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, generator=generator, num_workers=2,
-        multiprocessing_context="spawn", persistent_workers=False, pin_memory=pin,
-    )
-    for *raw, labels in loader:
-        yield [r.to(device, non_blocking=True) for r in raw], labels.to(device, non_blocking=True)
-
-
 # ---- model ------------------------------------------------------------------------------------------------
 def build_model(config: TrainConfig, data: Data) -> torch.nn.Module:
     return get_model(
@@ -196,33 +197,45 @@ def build_model(config: TrainConfig, data: Data) -> torch.nn.Module:
     )
 
 
-def autocast(device: str):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
-
-
-def prepare(recipe: InputRecipe, raw: list[torch.Tensor], device: str, ablation: str | None = None) -> list[torch.Tensor]:
+def prepare(recipe: InputRecipe, raw: list[torch.Tensor], plan: DevicePlan | None = None, ablation: str | None = None) -> list[torch.Tensor]:
+    """Stored uint8 tensors (already on the device) -> the model's float inputs, in the plan's memory format."""
     inputs = to_model_inputs(recipe, raw)
     if ablation:
         inputs = ablate(recipe, inputs, raw, ablation)
-    if device.startswith("cuda"):
-        inputs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs]
-    return inputs
+    return plan.inputs(inputs) if plan is not None else inputs
 
 
 @torch.no_grad()
-def evaluate(model, data: Data, split: str, device: str, batch_size: int, ablation: str | None = None) -> tuple[dict, float]:
+def evaluate(model, data: Data, split: str, plan: DevicePlan | str, batch_size: int, ablation: str | None = None, *,
+             loader: Loader | None = None, rank: int = 0, world: int = 1) -> tuple[dict, float]:
+    """Metrics and mean loss of `model` on `split`; under DDP each rank runs its share and all get the whole.
+
+    Per-clip losses are summed in the split's order in float64, so a sharded evaluation gives the numbers of
+    a single-process one.
+    """
+    plan = plan if isinstance(plan, DevicePlan) else plan_for(model, plan, amp="off", compile="off")
+    own = loader is None
+    loader = loader or Loader(data.splits, LoaderConfig(workers=0), plan.device)
     model.eval()
-    loss_fn = torch.nn.CrossEntropyLoss()
-    y_true, y_pred, losses = [], [], []
-    for raw, labels in batches(data.splits[split], batch_size, shuffle=False, generator=torch.Generator(), device=device):
-        with autocast(device):
-            logits = model(*prepare(data.recipe, raw, device, ablation))
-        losses.append(loss_fn(logits.float(), labels).item() * len(labels))
-        y_true.append(labels.cpu())
+    positions, y_pred, losses = [], [], []
+    for raw, labels, where in loader.batches(split, batch_size, rank=rank, world=world):
+        with plan.autocast():
+            logits = model(*prepare(data.recipe, raw, plan, ablation)).float()
+        losses.append(torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().cpu())
         y_pred.append(logits.argmax(1).cpu())
-    y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
-    metrics = classification_metrics(y_true, y_pred, data.class_names)
-    return metrics, float(sum(losses) / len(y_true))
+        positions.append(torch.as_tensor(where))
+    if own:
+        loader.close()
+    mine = [torch.cat(x).numpy() if x else np.zeros(0) for x in (positions, y_pred, losses)]
+    shares = [mine]
+    if world > 1:
+        shares = [None] * world
+        torch.distributed.all_gather_object(shares, mine)
+    where, y_pred, losses = (np.concatenate([s[k] for s in shares]) for k in range(3))
+    order = np.argsort(where, kind="stable")
+    y_true = data.splits[split].labels.numpy()[where[order].astype(np.int64)]
+    metrics = classification_metrics(y_true, y_pred[order].astype(np.int64), data.class_names)
+    return metrics, float(np.sum(losses[order]) / len(order))
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------
@@ -230,17 +243,19 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
     """Train, keep the best validation epoch, test it once, and write the run directory `out`."""
     config = config.resolved()
     seed_everything(config.seed)
+    data = load_data(location, config)  # before anything is written or any rank waits: bad input fails on every rank
     rank, world, device = start_distributed(config.device)
-    master = rank == 0  # only rank 0 logs, evaluates and writes
-    data = load_data(location, config)  # before anything is written: bad input leaves no run directory
+    master = rank == 0  # only rank 0 logs and writes
     if master:
         out.mkdir(parents=True, exist_ok=False)
     log = run_logger(out if master else None)
+    trace = Trace(rank)
 
-    raw_model = build_model(config, data).to(device)
-    if device.startswith("cuda"):
-        raw_model = raw_model.to(memory_format=torch.channels_last)
+    raw_model = build_model(config, data)
+    plan = plan_for(raw_model, device, amp=config.amp, compile=config.compile)
+    prepare_model(raw_model, plan)
     model = torch.nn.parallel.DistributedDataParallel(raw_model) if world > 1 else raw_model
+    step_model = compiled(model, plan)
     pretrained_ids = {id(p) for p in getattr(raw_model, "pretrained_parameters", lambda: [])()}
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in pretrained_ids], "lr": config.lr},
@@ -249,23 +264,34 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
     optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=getattr(raw_model, "label_smoothing", 0.0))
     generator = torch.Generator().manual_seed(config.seed)
+    loader = Loader(data.splits, LoaderConfig(workers=config.loader_workers), device)
     n_params = sum(p.numel() for p in raw_model.parameters())
-    log.info("encoder %s (%s params), modality %s, fusion %s, device %s x %d, inputs %s, train/val/test clips %s, speakers %s",
-             config.encoder, f"{n_params:,}", config.modality, config.fusion, device, world, data.image_size,
-             [len(s) for s in data.splits.values()], list(data.speakers.values()))
+    log.info("encoder %s (%s params), modality %s, fusion %s%s, device %s x %d (%s, amp %s, compiled %s), inputs %s, "
+             "train/val/test clips %s, speakers %s, %s, %d loader workers",
+             config.encoder, f"{n_params:,}", config.modality, config.fusion, " (fused on the device)" if data.recipe.fuse_on_device else "",
+             device, world, "channels-last" if plan.memory_format is torch.channels_last else "contiguous", plan.amp_dtype, plan.compile,
+             data.image_size, [len(s) for s in data.splits.values()], list(data.speakers.values()),
+             "in memory" if data.splits["train"].memory is not None else "streamed", config.loader_workers)
     if config.include_broken:
         log.info("clips the corpus flags as broken (clips/broken) are included (--include-broken)")
     else:
         log.info("%d usable clip(s) the corpus flags as broken (clips/broken) left out; --include-broken lets them in", data.excluded_broken)
 
-    history, best, best_state, epoch_seconds = [], None, None, []
+    history, best, best_state, epoch_seconds, wait_seconds = [], None, None, [], []
     for epoch in range(1, config.epochs + 1):
         model.train()
-        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        started, waited, seen, loss_sum = time.perf_counter(), 0.0, 0, torch.zeros((), device=device)
         bar = tqdm(total=len(data.splits["train"]) // world, desc=f"epoch {epoch}/{config.epochs}", unit="clip", disable=not (progress and master), file=sys.stderr, leave=False)
-        for raw, labels in batches(data.splits["train"], config.batch_size, shuffle=True, generator=generator, device=device, rank=rank, world=world):
-            with autocast(device):
-                logits = model(*prepare(data.recipe, raw, device))
+        batches = loader.batches("train", config.batch_size, generator=generator, rank=rank, world=world)
+        while True:
+            asked = time.perf_counter()
+            try:
+                raw, labels, positions = next(batches)
+            except StopIteration:
+                break
+            waited += time.perf_counter() - asked
+            with plan.autocast():
+                logits = step_model(*prepare(data.recipe, raw, plan))
                 loss = loss_fn(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -273,29 +299,34 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
             loss_sum += loss.detach() * len(labels)
             seen += len(labels)
             bar.update(len(labels))
+            trace.step(epoch, positions, data.splits["train"].rows, loss)
         bar.close()
+        sync_buffers(raw_model, world)  # BatchNorm statistics: rank 0's, as DDP broadcasts before each forward
         epoch_seconds.append(time.perf_counter() - started)
+        wait_seconds.append(waited)
+        totals = torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)])
         if world > 1:
-            totals = torch.tensor([float(loss_sum), float(seen)], device=device)
             torch.distributed.all_reduce(totals)
-            loss_sum, seen = totals[0], int(totals[1])
-        if not master:
-            continue
-        val, val_loss = evaluate(raw_model, data, "val", device, config.batch_size)
-        row = {"epoch": epoch, "train_loss": float(loss_sum) / seen, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1]}
+        train_loss = float(totals[0] / totals[1])
+        val, val_loss = evaluate(raw_model, data, "val", plan, config.batch_size, loader=loader, rank=rank, world=world)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1]}
         history.append(row)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.3f, val UAR %.3f, %.1f s", epoch, row["train_loss"], val_loss, val["accuracy"], val["uar"], epoch_seconds[-1])
-        if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.3f, val UAR %.3f, %.1f s (%.0f %% waiting for data)",
+                 epoch, row["train_loss"], val_loss, val["accuracy"], val["uar"], epoch_seconds[-1], 100 * waited / epoch_seconds[-1])
+        if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):  # the same on every rank
             best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in raw_model.state_dict().items()})
+    trace.checksum("last_epoch", raw_model.state_dict())
 
+    raw_model.load_state_dict(best_state)
+    trace.checksum("best_epoch", raw_model.state_dict())
+    scores = {name: evaluate(raw_model, data, name, plan, config.batch_size, loader=loader, rank=rank, world=world) for name in ("train", "val", "test")}
+    loader.close()
+    trace.write(history=history, evaluation={k: {**m, "loss": l} for k, (m, l) in scores.items()})  # the test split once, with the chosen epoch
     if not master:
         stop_distributed(world)
         return {}
-    raw_model.load_state_dict(best_state)
     save_checkpoint(out / "model.pt", best_state, config, data)
-    train_metrics, train_loss = evaluate(raw_model, data, "train", device, config.batch_size)
-    val_metrics, val_loss = evaluate(raw_model, data, "val", device, config.batch_size)
-    test_metrics, test_loss = evaluate(raw_model, data, "test", device, config.batch_size)  # once, with the chosen epoch
+    (train_metrics, train_loss), (val_metrics, val_loss), (test_metrics, test_loss) = scores["train"], scores["val"], scores["test"]
     metrics = {
         "encoder": config.encoder,
         "encoder_type": ENCODER_TYPE[get_spec(config.encoder).input_kind],
@@ -313,6 +344,7 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
         "history": history,
         "seconds_per_epoch": float(np.mean(epoch_seconds)),
         "samples_per_second": float(len(data.splits["train"]) // world * world / np.mean(epoch_seconds)),
+        "data_wait_fraction": float(np.sum(wait_seconds) / np.sum(epoch_seconds)),
         "world_size": world,
         "parameters": n_params,
         "clips": {k: len(v) for k, v in data.splits.items()},
@@ -321,7 +353,8 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
         "store": {"location": location, "fingerprints": data.fingerprints},
         "config": dataclasses.asdict(config),
         "inputs": {"image_size": list(data.image_size), "frames": data.frames, "in_channels": data.recipe.channels,
-                   "in_memory": data.splits["train"].memory is not None},
+                   "in_memory": data.splits["train"].memory is not None, "fused_on_device": data.recipe.fuse_on_device},
+        "device_plan": {"memory_format": str(plan.memory_format).removeprefix("torch."), "amp": str(plan.amp_dtype).removeprefix("torch."), "compiled": plan.compile},
         "code_commit": code_commit(),
         "versions": library_versions(),
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
@@ -334,6 +367,42 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
     close_logger(log)
     stop_distributed(world)
     return metrics
+
+
+def sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), so evaluation and checkpoints agree."""
+    if world > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
+
+
+class Trace:
+    """Per-rank record of a run (steps, parameter checksums, evaluation) in $AVSTORE_TRAIN_TRACE; off without it.
+
+    For tests and debugging of distributed runs: what each rank really did, as numbers.
+    """
+
+    def __init__(self, rank: int) -> None:
+        folder = os.environ.get("AVSTORE_TRAIN_TRACE")
+        self.path = Path(folder) / f"rank{rank}.json" if folder else None
+        self.record: dict = {"rank": rank, "steps": [], "checksums": {}}
+
+    def step(self, epoch: int, positions: np.ndarray, rows: np.ndarray, loss: torch.Tensor) -> None:
+        if self.path is not None:
+            self.record["steps"].append({"epoch": epoch, "rows": rows[positions].tolist(), "loss": float(loss.detach())})
+
+    def checksum(self, name: str, state: dict) -> None:
+        if self.path is not None:
+            digest = hashlib.sha256()
+            for key in sorted(state):
+                digest.update(key.encode())
+                digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+            self.record["checksums"][name] = digest.hexdigest()
+
+    def write(self, **extra) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({**self.record, **extra}, indent=1))
 
 
 def start_distributed(device: str) -> tuple[int, int, str]:
@@ -378,8 +447,9 @@ def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = 
         data.notes.append("this run predates recorded partitions; evaluating on the store's current split, which may differ from its own")
     model = build_model(dataclasses.replace(config, pretrained=False), data)
     model.load_state_dict(checkpoint["state_dict"])
-    model.to(config.device)
-    result, loss = evaluate(model, data, "test", config.device, config.batch_size, ablation)
+    plan = plan_for(model, config.device, amp=config.amp, compile="off")
+    prepare_model(model, plan)
+    result, loss = evaluate(model, data, "test", plan, config.batch_size, ablation)
     name = f"evaluate{'-ablate-' + ablation if ablation else ''}"
     report = {**{k: metrics[k] for k in ("encoder", "encoder_type", "modality", "fusion", "seed", "best_epoch")}, "ablate": ablation, "test": {**result, "loss": loss},
               "partition": metrics.get("partition"), "warnings": data.notes}

@@ -196,6 +196,7 @@ def encoder_recipes():
 @pytest.mark.slow
 @pytest.mark.parametrize("encoder, modality, fusion", list(encoder_recipes()))
 def test_every_encoder_trains_one_step_on_every_input_the_store_serves_it(store, encoder, modality, fusion):
+    from encoders.device import plan_for
     from encoders.train import build_model, prepare
 
     torch.manual_seed(0)
@@ -203,7 +204,7 @@ def test_every_encoder_trains_one_step_on_every_input_the_store_serves_it(store,
     data = load_data(store, config)
     model = build_model(config, data)
     raw = [m[:2] for m in data.splits["train"].memory]
-    logits = model(*prepare(data.recipe, raw, "cpu"))
+    logits = model(*prepare(data.recipe, raw, plan_for(model, "cpu")))
     assert logits.shape == (2, 6)
     torch.nn.functional.cross_entropy(logits, data.splits["train"].labels[:2]).backward()
     first_layer = next(p for p in model.parameters() if p.requires_grad)
