@@ -143,6 +143,7 @@ def extract(
     commit_every: int = typer.Option(32, min=1, help="Commit finished clips to the store this many at a time (32 = one shard)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo every clip that is not ok (clips whose source file changed are redone anyway)."),
     ffmpeg_timeout: float = typer.Option(120.0, min=0.1, help="Seconds one ffmpeg call may take; past it the clip is decode_error (timeout)."),
+    lld: bool = typer.Option(False, "--lld", help="Also store ComParE_2016 LLD + delta sequences (130-d, 32 ms / 16 ms; seed 002), from the same decoded audio."),
 ) -> None:
     """Decode, detect faces, compute mel chunks and fusions once, into a Zarr store. Re-runs do only what is missing.
 
@@ -152,6 +153,7 @@ def extract(
     Example: python cli.py extract --dataset crema-d --root data/crema-d --store stores/crema-d.zarr
     """
     from pipeline.audio import MelConfig
+    from pipeline.compare import LldConfig
     from pipeline.faces import FaceConfig
     from pipeline.run import ExtractConfig, run_extract
     from stores.location import LocationError
@@ -171,6 +173,7 @@ def extract(
         mel=MelConfig(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels),
         fusions=tuple(dict.fromkeys(fusion)),
         ffmpeg_timeout=ffmpeg_timeout,
+        lld=LldConfig() if lld else None,
     )
     check_writable(store)
     try:
@@ -180,7 +183,8 @@ def extract(
     except (StoreLockedError, StoreError, LocationError, SplitError, PermissionError) as err:  # our own checks of the input
         fail(str(err))
     typer.echo(
-        f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}), "
+        f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}"
+        f"{f', lld {result.lld_computed}' if lld else ''}), "
         f"{result.retried} of them redone (source changed or --retry-failed), {result.skipped} already done; "
         f"{result.fusions_computed} fused entries computed; {result.seconds:.1f} s, {result.clips_per_second:.2f} clips/s"
     )
