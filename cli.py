@@ -200,6 +200,41 @@ def extract(
         raise typer.Exit(code=code)
 
 
+@app.command()
+def embed(
+    store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL (extracted already)."),
+    backbone: str = typer.Option("vgg16", help="vgg16 (fc7, 4096-d) or facenet (InceptionResnetV1, 512-d)."),
+    weights: Optional[Path] = typer.Option(None, help="State dict of the backbone (torch.save); without it: random init, recorded and flagged."),
+    size: Optional[int] = typer.Option(None, min=32, help="Input side the crops are resized to (default: the backbone's, 224 / 160)."),
+    batch_size: int = typer.Option(64, min=1, help="Frames per forward pass."),
+    faces: Optional[str] = typer.Option(None, help="Faces feature-set fingerprint, when the store holds several."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Per-frame face embeddings of the stored crops from a frozen backbone (seed 002's visual input); no video decoded.
+
+    Example: python cli.py embed --store stores/crema-d.zarr --backbone vgg16 --weights vgg_face_fc7.pt
+    """
+    from encoders.embed import EmbedConfig, run_embed
+    from stores.location import LocationError
+    from stores.lock import StoreLockedError
+    from stores.store import StoreError, store_exists
+
+    if not store_exists(store):
+        fail(f"no store at '{store}'; make it with `python cli.py extract --store {store} ...` first")
+    check_writable(store)
+    try:
+        made, n = run_embed(store, EmbedConfig(backbone=backbone, size=size, batch_size=batch_size), weights=weights,
+                            device=default_device(device), faces_fingerprint=faces, progress=progress)
+    except (StoreLockedError, StoreError, LocationError, PermissionError) as err:
+        fail(str(err))
+    status = Counter(made.status()[made.done()].tolist())
+    typer.echo(f"{n} clips embedded into {made.name} ({made.params['backbone']} {made.params['layer']}, {made.params['dim']}-d, "
+               f"weights {made.params['weights']}); status: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
+    if made.params["random_init"]:
+        typer.echo("warning: no --weights: the backbone is randomly initialised; runs that read these embeddings are flagged")
+
+
 def local_store_writable(store: str) -> bool:
     """Whether this user may write the local store location `store` (False for URLs: see check_writable).
 

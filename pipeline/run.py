@@ -321,7 +321,8 @@ def invalidate(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, stale:
         if redo.any():
             store.uncommit_rows(feature_set, rows[redo])
     for fused in store.feature_sets():
-        if fused.kind.startswith("fusion-") and {fused.params.get("faces"), fused.params.get("audio")} & {faces.fingerprint, audio.fingerprint}:
+        derived = fused.kind.startswith("fusion-") or fused.kind == "embed"  # embed: face embeddings (encoders/embed.py)
+        if derived and {fused.params.get("faces"), fused.params.get("audio")} & {faces.fingerprint, audio.fingerprint}:
             store.uncommit_rows(fused, stale)
 
 
