@@ -434,6 +434,10 @@ def train_config(encoder: str, modality: Optional[str], fusion: Optional[str], *
         fail(str(err))
     kind = spec.input_kind
     modality = modality or "av"
+    if kind == "sequences":  # seed 002's ladder: it reads the LLD and embedding sequences, and fuses itself
+        if modality != "av" or fusion not in (None, "none"):
+            fail(f"encoder {encoder} is audiovisual and fuses itself; use --modality av and no --fusion")
+        return TrainConfig(encoder=encoder, modality="av", fusion="none", **options)
     if fusion is None:
         fusion = "none" if kind.startswith("pair") or modality != "av" else "concat"
     try:
@@ -443,8 +447,24 @@ def train_config(encoder: str, modality: Optional[str], fusion: Optional[str], *
     return TrainConfig(encoder=encoder, modality=modality, fusion=fusion, **options)
 
 
+def ladder_options(labelled_fraction: float, noise: float, lambdas: str, cross_skips: bool, reconstruction: bool,
+                   lld: Optional[str] = None, embed: Optional[str] = None) -> dict:
+    """TrainConfig's ladder fields, checked here so bad input never reaches the store."""
+    if not 0.0 < labelled_fraction <= 1.0:
+        fail(f"--labelled-fraction {labelled_fraction:g} is outside (0, 1]; give e.g. 0.5 for half the training clips labelled")
+    try:
+        values = tuple(float(v) for v in lambdas.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 0 or noise < 0:
+        fail(f"--lambdas '{lambdas}' / --noise {noise:g}: give non-negative numbers, e.g. --lambdas 1,1,0.1 --noise 0.3")
+    return dict(labelled_fraction=labelled_fraction, ladder_noise=noise, ladder_lambdas=values, ladder_cross_skips=cross_skips,
+                ladder_reconstruction=reconstruction, lld=lld, embed=embed)
+
+
 def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
     """Train; a fusion the store lacks is first derived from its stored crops and chunks, and cached."""
+    from encoders.ladder_train import LadderOptionError
     from encoders.train import MissingFusionError, train
     from stores.location import LocationError
     from stores.splits import SplitError
@@ -460,7 +480,7 @@ def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
                 fail(f"{err} (this store is read-only for you: ask its owner, or copy it)")
             typer.echo(f"deriving fusion '{err.fusion}' from the stored faces and audio (no decoding) ...", err=True)
             derive_missing_fusion(store, config, err.fusion)
-        except (StoreError, SplitError, LocationError) as err:  # our own checks; any other ValueError is a bug and shows its traceback
+        except (StoreError, SplitError, LocationError, LadderOptionError) as err:  # our own checks; any other ValueError is a bug and shows its traceback
             fail(str(err))
     raise AssertionError("unreachable")
 
@@ -518,6 +538,13 @@ def train(
     audio: Optional[str] = typer.Option(None, help="Audio feature-set fingerprint, when the store holds several."),
     max_memory_gb: float = typer.Option(4.0, help="Load the splits into memory up to this size; stream from the store beyond it."),
     include_broken: bool = typer.Option(False, "--include-broken", help="Also train on ok clips the corpus documents as broken (left out by default; the log says how many)."),
+    labelled_fraction: float = typer.Option(1.0, help="ladder: share of the training clips that keep their label, in (0, 1]; the rest train the reconstructions only."),
+    noise: float = typer.Option(0.3, help="ladder: SD of the Gaussian noise of the noisy pass."),
+    lambdas: str = typer.Option("1", help="ladder: λ_l per depth from the input up, comma-separated; the last repeats."),
+    cross_skips: bool = typer.Option(True, help="ladder: skips from one modality's encoder to the other's decoder (--no-cross-skips: ablation)."),
+    reconstruction: bool = typer.Option(True, help="ladder: the unsupervised reconstruction loss (--no-reconstruction: ablation)."),
+    lld: Optional[str] = typer.Option(None, help="ladder: LLD feature-set fingerprint, when the store holds several."),
+    embed: Optional[str] = typer.Option(None, help="ladder: embedding feature-set fingerprint, when the store holds several."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Train one encoder from the store; the best validation epoch is tested once.
@@ -526,7 +553,7 @@ def train(
     """
     config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
-                          max_memory_gb=max_memory_gb, include_broken=include_broken)
+                          max_memory_gb=max_memory_gb, include_broken=include_broken, **ladder_options(labelled_fraction, noise, lambdas, cross_skips, reconstruction, lld, embed))
     fold_name = f"-fold{fold}of{folds}" if fold is not None else ""
     out = out or Path("runs") / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"
     if fold is not None and not 0 <= fold < folds:
