@@ -1,0 +1,146 @@
+"""Seed 002's ladder network: its losses, its skip paths, the semi-supervised mode, and end to end from a store
+with ComParE LLDs (extract --lld) and face embeddings (cli.py embed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from encoders.ladder import LadderConfig, LadderNetwork, supervised_loss
+from encoders.ladder_train import labelled_mask
+from pipeline.audio import MelConfig
+from pipeline.compare import LldConfig
+from pipeline.corpora import load_corpus
+from pipeline.corpora.sample import write_sample_corpus
+from pipeline.faces import FaceConfig
+from pipeline.run import ExtractConfig, run_extract
+from pipeline.splits import assign_splits
+from tests.conftest import run_cli
+
+CLASSES = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
+
+
+def toy(n=48, t=4, da=10, dv=12, seed=0):
+    """Sequences whose class shows in both modalities' means."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 6
+    a = torch.randn(n, t, da, generator=g) + y[:, None, None].float() * 0.5
+    v = torch.randn(n, t, dv, generator=g) - y[:, None, None].float() * 0.5
+    return [a, torch.ones(n, t, dtype=torch.bool), v, torch.ones(n, t, dtype=torch.bool)], y
+
+
+def model_for(inputs, **config):
+    torch.manual_seed(0)
+    m = LadderNetwork(audio_dim=inputs[0].shape[-1], video_dim=inputs[2].shape[-1], num_classes=6, config=LadderConfig(modality_layers=(16, 8), cross_layers=(8,), **config))
+    from encoders.ladder import pool
+
+    m.set_input_stats(pool(inputs[0], inputs[1]), pool(inputs[2], inputs[3]))
+    return m
+
+
+def test_reconstruction_loss_decreases_with_training():
+    inputs, y = toy()
+    model = model_for(inputs)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(1)
+    losses = []
+    for _ in range(30):
+        out = model.ladder(*inputs)
+        loss = out["unsupervised"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses[::10]
+
+
+@pytest.mark.parametrize("path", ["av:0", "a->v:0", "a->v:1", "a->v:2", "v->a:0", "v->a:1", "v->a:2"])
+def test_every_skip_path_reaches_the_output(path):
+    inputs, _ = toy()
+    model = model_for(inputs).eval()  # eval: batch norm from running stats, so the two calls differ only by the skip
+    torch.manual_seed(5)
+    full = model.ladder(*inputs)
+    torch.manual_seed(5)
+    cut = model.ladder(*inputs, zero_skip=path)
+    name = path.split(":")[0]
+    bottom = lambda o: o["reconstructions"][name][-1]  # noqa: E731
+    assert not torch.allclose(bottom(full), bottom(cut))
+    if name != "av":
+        other = "v->a" if name == "a->v" else "a->v"
+        assert torch.equal(full["reconstructions"][other][-1], cut["reconstructions"][other][-1])  # only that path moved
+
+
+def test_supervised_loss_is_the_mean_of_three_heads_over_labelled_clips():
+    logits = {h: torch.randn(4, 6) for h in ("av", "a", "v")}
+    y = torch.tensor([0, -1, 2, -1])
+    expected = sum(torch.nn.functional.cross_entropy(logits[h][[0, 2]], y[[0, 2]]) for h in logits) / 3
+    assert torch.allclose(supervised_loss(logits, y), expected)
+    assert float(supervised_loss(logits, torch.full((4,), -1))) == 0.0
+
+
+def test_labelled_fraction_keeps_half_of_every_class():
+    labels = np.repeat(np.arange(6), 4)
+    keep = labelled_mask(labels, 0.5, seed=0)
+    assert keep.sum() == 12 and all(keep[labels == c].sum() == 2 for c in range(6))
+    assert labelled_mask(labels, 1.0, seed=0).all()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    corpus = tmp_path_factory.mktemp("corpus")
+    write_sample_corpus(corpus, actors=5, sentences=2, seed=1)
+    records = assign_splits(load_corpus("sample", corpus), seed=0)
+    location = str(tmp_path_factory.mktemp("store") / "s.zarr")
+    config = ExtractConfig(faces=FaceConfig(frames=4, size=32, detect_every=2), mel=MelConfig(n_mels=32), fusions=(), lld=LldConfig())
+    run_extract(records, location, config, dataset="sample", class_names=CLASSES, workers=0, progress=False)
+    done = run_cli("embed", "--store", location, "--backbone", "vgg16", "--size", "32", "--device", "cpu", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    return location
+
+
+LADDER = ("train", "--encoder", "ladder", "--epochs", "25", "--batch-size", "8", "--device", "cpu", "--no-progress", "--lr", "0.003")
+
+
+@pytest.mark.slow
+def test_ladder_beats_chance_on_a_held_out_actor_and_flags_random_embeddings(store, tmp_path):
+    result = run_cli(*LADDER, "--store", store, "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["speakers"]["test"] == 1 and metrics["test"]["accuracy"] > 1 / 6 + 0.15, metrics["test"]["accuracy"]
+    assert metrics["store"]["embeddings_random_init"] and metrics["warnings"]
+    assert {"lld", "embed"} <= set(metrics["store"]["fingerprints"])
+
+
+@pytest.mark.slow
+def test_half_labelled_uses_the_other_half_unlabelled(store, tmp_path):
+    result = run_cli(*LADDER, "--epochs", "2", "--labelled-fraction", "0.5", "--store", store, "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    n = metrics["clips"]["train"]
+    assert metrics["labelled"]["train_labelled"] == n // 2 and metrics["labelled"]["train_unlabelled"] == n - n // 2
+    for epoch in metrics["history"]:  # every clip went through the network each epoch, half of them without a label
+        assert epoch["unlabelled_seen"] == n - n // 2 and epoch["labelled_seen"] == n // 2
+    partition = json.loads((tmp_path / "run" / "partition.json").read_text())
+    assert len(partition["train"]["unlabelled"]) == n - n // 2 and set(partition["train"]["unlabelled"]) <= set(partition["train"]["clips"])
+
+
+@pytest.mark.parametrize("fraction", ["0", "1.5"])
+def test_labelled_fraction_outside_0_1_is_one_line_exit_2(tmp_path, fraction):
+    result = run_cli("train", "--encoder", "ladder", "--labelled-fraction", fraction, "--store", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--labelled-fraction" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_ladder_on_a_store_without_llds_or_embeddings_names_the_command(tmp_path):
+    corpus = tmp_path / "c"
+    write_sample_corpus(corpus, actors=3, sentences=1, seed=3)
+    records = assign_splits(load_corpus("sample", corpus), seed=0)[::3]
+    location = str(tmp_path / "s.zarr")
+    run_extract(records, location, ExtractConfig(faces=FaceConfig(frames=2, size=32, detect_every=2), mel=MelConfig(n_mels=16), fusions=()),
+                dataset="sample", class_names=CLASSES, workers=0, progress=False)
+    result = run_cli("train", "--encoder", "ladder", "--store", location, "--out", str(tmp_path / "r"), "--no-progress")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--lld" in result.stderr and "extract" in result.stderr
+    assert not (tmp_path / "r").exists()
