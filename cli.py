@@ -659,7 +659,7 @@ def sweep(
     plan = []
     for encoder in [e.strip() for e in encoders.split(",") if e.strip()]:
         for modality in [m.strip() for m in modalities.split(",") if m.strip()]:
-            pair = encoder in encoder_names() and get_spec(encoder).input_kind.startswith("pair")
+            pair = encoder in encoder_names() and get_spec(encoder).input_kind.startswith(("pair", "sequences"))  # fuses itself
             if pair and modality != "av":
                 continue  # a fusion model has no unimodal form
             for fold in (range(folds) if folds else [None]):
