@@ -4,11 +4,13 @@ with ComParE LLDs (extract --lld) and face embeddings (cli.py embed)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from encoders.embed import EmbedConfig, run_embed
 from encoders.ladder import LadderConfig, LadderNetwork, supervised_loss
 from encoders.ladder_train import labelled_mask
 from pipeline.audio import MelConfig
@@ -88,20 +90,43 @@ def test_labelled_fraction_keeps_half_of_every_class():
     assert labelled_mask(labels, 1.0, seed=0).all()
 
 
+# The end-to-end tests share one small store: 4 actors x 1 sentence (24 clips: 2 actors train, 1 validates, 1 is
+# the held-out test actor), 4 frames of 32 px, and facenet embeddings at 80 px (its smallest input; 512-d, so
+# the ladder is ~1 M parameters). Torch runs on one thread here and in the CLI subprocesses: on a loaded 2-core
+# machine two OpenMP threads per process made every step of these tiny networks 10-25 times slower.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ONE_THREAD.items():
+            patch.setenv(key, value)
+        yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    corpus = tmp_path_factory.mktemp("corpus")
-    write_sample_corpus(corpus, actors=5, sentences=2, seed=1)
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    write_sample_corpus(folder, actors=4, sentences=1, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store(corpus, tmp_path_factory) -> str:
     records = assign_splits(load_corpus("sample", corpus), seed=0)
     location = str(tmp_path_factory.mktemp("store") / "s.zarr")
     config = ExtractConfig(faces=FaceConfig(frames=4, size=32, detect_every=2), mel=MelConfig(n_mels=32), fusions=(), lld=LldConfig())
     run_extract(records, location, config, dataset="sample", class_names=CLASSES, workers=0, progress=False)
-    done = run_cli("embed", "--store", location, "--backbone", "vgg16", "--size", "32", "--device", "cpu", "--no-progress")
-    assert done.returncode == 0, done.stderr
+    made, n = run_embed(location, EmbedConfig(backbone="facenet", size=80), device="cpu", progress=False)  # in-process: a CLI start costs ~6 s of imports
+    assert n == 24 and made.params["random_init"]
     return location
 
 
-LADDER = ("train", "--encoder", "ladder", "--epochs", "25", "--batch-size", "8", "--device", "cpu", "--no-progress", "--lr", "0.003")
+LADDER = ("train", "--encoder", "ladder", "--epochs", "10", "--batch-size", "8", "--device", "cpu", "--no-progress", "--lr", "0.003")
 
 
 @pytest.mark.slow
@@ -134,10 +159,8 @@ def test_labelled_fraction_outside_0_1_is_one_line_exit_2(tmp_path, fraction):
     assert not (tmp_path / "r").exists()
 
 
-def test_ladder_on_a_store_without_llds_or_embeddings_names_the_command(tmp_path):
-    corpus = tmp_path / "c"
-    write_sample_corpus(corpus, actors=3, sentences=1, seed=3)
-    records = assign_splits(load_corpus("sample", corpus), seed=0)[::3]
+def test_ladder_on_a_store_without_llds_or_embeddings_names_the_command(corpus, tmp_path):
+    records = assign_splits(load_corpus("sample", corpus), seed=0)[::4]
     location = str(tmp_path / "s.zarr")
     run_extract(records, location, ExtractConfig(faces=FaceConfig(frames=2, size=32, detect_every=2), mel=MelConfig(n_mels=16), fusions=()),
                 dataset="sample", class_names=CLASSES, workers=0, progress=False)
