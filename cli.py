@@ -629,10 +629,11 @@ def report(
 @app.command()
 def sweep(
     store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL."),
-    encoders: str = typer.Option("resnet18,simple3d", help="Comma-separated encoders."),
-    modalities: str = typer.Option("audio,vision,av", help="Comma-separated modalities."),
-    seeds: str = typer.Option("0,1", help="Comma-separated seeds."),
-    folds: Optional[int] = typer.Option(None, min=3, help="k-fold cross-validation by actor: run every fold of N (default: the stored split only)."),
+    encoders: Optional[str] = typer.Option(None, help="Comma-separated encoders (default resnet18,simple3d)."),
+    modalities: Optional[str] = typer.Option(None, help="Comma-separated modalities (default audio,vision,av)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default 0,1; a preset's own otherwise)."),
+    folds: Optional[int] = typer.Option(None, min=3, help="k-fold cross-validation by actor: run every fold of N (default: the stored split only, or a preset's folds)."),
+    preset: Optional[str] = typer.Option(None, help="Run a study's table instead of encoders x modalities: ladder-crema-d (seed 002)."),
     split_seed: Optional[int] = typer.Option(None, help="Re-derive the actor-disjoint split (or folds) with this seed."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate for every run (default: each encoder's)."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start every encoder from its pretrained weights."),
@@ -647,29 +648,60 @@ def sweep(
 
     Resumable: a run whose metrics.json exists is not redone, so an interrupted sweep continues where it stopped.
     Example (seed 002's protocol, reduced): sweep --encoders resnet18 --modalities av --folds 5 --seeds 0,1,2,3
+    Seed 002's table: sweep --preset ladder-crema-d (ladder, its two ablations and resnet18 av concat; 5 folds x 4 seeds)
     """
-    from encoders.report import write_report
-    from encoders.registry import get_spec
-
     open_store(store)
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        fail(f"--seeds '{seeds}' must be comma-separated integers, e.g. 0,1,2")
+    common = dict(epochs=epochs, batch_size=batch_size, device=default_device(device), lr=lr, pretrained=pretrained, split_seed=split_seed)
+    if preset:
+        run_preset(store, preset, seeds, folds, common, out, progress, given=[n for n, v in (("--encoders", encoders), ("--modalities", modalities)) if v])
+        return
+    seed_list = parse_seeds(seeds or "0,1")
     plan = []
-    for encoder in [e.strip() for e in encoders.split(",") if e.strip()]:
-        for modality in [m.strip() for m in modalities.split(",") if m.strip()]:
-            pair = encoder in encoder_names() and get_spec(encoder).input_kind.startswith(("pair", "sequences"))  # fuses itself
+    for encoder in [e.strip() for e in (encoders or "resnet18,simple3d").split(",") if e.strip()]:
+        for modality in [m.strip() for m in (modalities or "audio,vision,av").split(",") if m.strip()]:
+            pair = encoder in encoder_names() and get_spec_kind(encoder).startswith(("pair", "sequences"))  # fuses itself
             if pair and modality != "av":
                 continue  # a fusion model has no unimodal form
             for fold in (range(folds) if folds else [None]):
                 for seed in seed_list:
-                    config = train_config(encoder, modality, None if pair or modality != "av" else fusion, epochs=epochs,
-                                          batch_size=batch_size, seed=seed, device=default_device(device), lr=lr,
-                                          pretrained=pretrained, split_seed=split_seed, fold=fold, folds=folds or 5)
+                    config = train_config(encoder, modality, None if pair or modality != "av" else fusion, seed=seed, fold=fold,
+                                          folds=folds or 5, **common)
                     fold_name = "" if fold is None else f"-fold{fold}of{folds}"
-                    run_dir = out / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"
-                    plan.append((config, run_dir))
+                    plan.append((config, out / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"))
+    run_plan(store, plan, progress)
+    from encoders.report import write_report
+
+    paths = write_report(out, out / "report")
+    typer.echo(paths["markdown"].read_text())
+    typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+def parse_seeds(seeds: str) -> list[int]:
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds '{seeds}' must be comma-separated integers, e.g. 0,1,2")
+
+
+def get_spec_kind(encoder: str) -> str:
+    from encoders.registry import get_spec
+
+    return get_spec(encoder).input_kind
+
+
+def run_plan(store: str, plan: list, progress: bool) -> None:
+    """Train every (config, run folder) of `plan` whose metrics.json is missing; a finished run is kept, unless it was
+    made with another configuration than planned (refused: the table would mix them)."""
+    import dataclasses
+
+    from encoders.study import stale_fields
+
+    for config, run_dir in plan:
+        metrics_file = run_dir / "metrics.json"
+        if metrics_file.is_file():
+            stale = stale_fields(dataclasses.asdict(config), json.loads(metrics_file.read_text()).get("config", {}))
+            if stale:
+                fail(f"'{run_dir}' was made with {', '.join(stale)}; use another --out, or delete that run to redo it")
     for k, (config, run_dir) in enumerate(plan, 1):
         if (run_dir / "metrics.json").is_file():
             typer.echo(f"[{k}/{len(plan)}] {run_dir.name}: done already")
@@ -677,7 +709,32 @@ def sweep(
         shutil.rmtree(run_dir, ignore_errors=True)
         typer.echo(f"[{k}/{len(plan)}] {run_dir.name}")
         print_metrics(run_training(store, config, run_dir, progress), run_dir)
-    paths = write_report(out, out / "report")
+
+
+def run_preset(store: str, name: str, seeds: Optional[str], folds: Optional[int], common: dict, out: Path, progress: bool, given: list[str]) -> None:
+    """A study's table: every arm of the preset over folds x seeds (the preset's unless given), then its table."""
+    from encoders.report import collect_runs
+    from encoders.study import StudyError, get_preset, write_study
+
+    try:
+        spec = get_preset(name)
+    except StudyError as err:
+        fail(str(err))
+    if given:
+        fail(f"--preset {name} fixes the configurations; drop {' and '.join(given)}")
+    seed_list = parse_seeds(seeds) if seeds else list(spec.seeds)
+    folds = folds or spec.folds
+    plan, arm_dirs = [], {}
+    for arm in spec.arms:
+        for fold in range(folds):
+            for seed in seed_list:
+                config = train_config(arm.encoder, arm.modality, arm.fusion, seed=seed, fold=fold, folds=folds, **common, **dict(arm.options))
+                run_dir = out / f"{arm.slug}-seed{seed}-fold{fold}of{folds}"
+                plan.append((config, run_dir))
+                arm_dirs.setdefault(arm.slug, []).append(run_dir)
+    typer.echo(f"preset {name}: {len(spec.arms)} configurations x {folds} folds x {len(seed_list)} seeds = {len(plan)} runs")
+    run_plan(store, plan, progress)
+    paths = write_study(spec, {slug: [run for d in dirs for run in collect_runs(d)] for slug, dirs in arm_dirs.items()}, out / "report")
     typer.echo(paths["markdown"].read_text())
     typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
 
