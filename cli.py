@@ -650,10 +650,11 @@ def sweep(
     Example (seed 002's protocol, reduced): sweep --encoders resnet18 --modalities av --folds 5 --seeds 0,1,2,3
     Seed 002's table: sweep --preset ladder-crema-d (ladder, its two ablations and resnet18 av concat; 5 folds x 4 seeds)
     """
+    study = preset_spec(preset, given=[n for n, v in (("--encoders", encoders), ("--modalities", modalities)) if v]) if preset else None
     open_store(store)
     common = dict(epochs=epochs, batch_size=batch_size, device=default_device(device), lr=lr, pretrained=pretrained, split_seed=split_seed)
-    if preset:
-        run_preset(store, preset, seeds, folds, common, out, progress, given=[n for n, v in (("--encoders", encoders), ("--modalities", modalities)) if v])
+    if study:
+        run_preset(store, study, seeds, folds, common, out, progress)
         return
     seed_list = parse_seeds(seeds or "0,1")
     plan = []
@@ -711,10 +712,8 @@ def run_plan(store: str, plan: list, progress: bool) -> None:
         print_metrics(run_training(store, config, run_dir, progress), run_dir)
 
 
-def run_preset(store: str, name: str, seeds: Optional[str], folds: Optional[int], common: dict, out: Path, progress: bool, given: list[str]) -> None:
-    """A study's table: every arm of the preset over folds x seeds (the preset's unless given), then its table."""
-    from encoders.report import collect_runs
-    from encoders.study import StudyError, get_preset, write_study
+def preset_spec(name: str, given: list[str]):
+    from encoders.study import StudyError, get_preset
 
     try:
         spec = get_preset(name)
@@ -722,6 +721,14 @@ def run_preset(store: str, name: str, seeds: Optional[str], folds: Optional[int]
         fail(str(err))
     if given:
         fail(f"--preset {name} fixes the configurations; drop {' and '.join(given)}")
+    return spec
+
+
+def run_preset(store: str, spec, seeds: Optional[str], folds: Optional[int], common: dict, out: Path, progress: bool) -> None:
+    """A study's table: every arm of the preset over folds x seeds (the preset's unless given), then its table."""
+    from encoders.report import collect_runs
+    from encoders.study import write_study
+
     seed_list = parse_seeds(seeds) if seeds else list(spec.seeds)
     folds = folds or spec.folds
     plan, arm_dirs = [], {}
@@ -732,7 +739,7 @@ def run_preset(store: str, name: str, seeds: Optional[str], folds: Optional[int]
                 run_dir = out / f"{arm.slug}-seed{seed}-fold{fold}of{folds}"
                 plan.append((config, run_dir))
                 arm_dirs.setdefault(arm.slug, []).append(run_dir)
-    typer.echo(f"preset {name}: {len(spec.arms)} configurations x {folds} folds x {len(seed_list)} seeds = {len(plan)} runs")
+    typer.echo(f"preset {spec.name}: {len(spec.arms)} configurations x {folds} folds x {len(seed_list)} seeds = {len(plan)} runs")
     run_plan(store, plan, progress)
     paths = write_study(spec, {slug: [run for d in dirs for run in collect_runs(d)] for slug, dirs in arm_dirs.items()}, out / "report")
     typer.echo(paths["markdown"].read_text())

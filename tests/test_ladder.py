@@ -3,16 +3,22 @@ with ComParE LLDs (extract --lld) and face embeddings (cli.py embed)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import typer
+from scipy import stats
+
+import cli
 
 from encoders.embed import EmbedConfig, run_embed
 from encoders.ladder import LadderConfig, LadderNetwork, supervised_loss
 from encoders.ladder_train import labelled_mask
+from encoders.train import TrainConfig, train
 from pipeline.audio import MelConfig
 from pipeline.compare import LldConfig
 from pipeline.corpora import load_corpus
@@ -92,7 +98,7 @@ def test_labelled_fraction_keeps_half_of_every_class():
 
 # The end-to-end tests share one small store: 4 actors x 1 sentence (24 clips: 2 actors train, 1 validates, 1 is
 # the held-out test actor), 4 frames of 32 px, and facenet embeddings at 80 px (its smallest input; 512-d, so
-# the ladder is ~1 M parameters). Torch runs on one thread here and in the CLI subprocesses: on a loaded 2-core
+# the ladder is ~1 M parameters), and the concat fusion the preset's resnet18 baseline reads. Torch runs on one thread here and in the CLI subprocesses: on a loaded 2-core
 # machine two OpenMP threads per process made every step of these tiny networks 10-25 times slower.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -119,7 +125,7 @@ def corpus(tmp_path_factory) -> Path:
 def store(corpus, tmp_path_factory) -> str:
     records = assign_splits(load_corpus("sample", corpus), seed=0)
     location = str(tmp_path_factory.mktemp("store") / "s.zarr")
-    config = ExtractConfig(faces=FaceConfig(frames=4, size=32, detect_every=2), mel=MelConfig(n_mels=32), fusions=(), lld=LldConfig())
+    config = ExtractConfig(faces=FaceConfig(frames=4, size=32, detect_every=2), mel=MelConfig(n_mels=32), fusions=("concat",), lld=LldConfig())  # concat: the preset's baseline
     run_extract(records, location, config, dataset="sample", class_names=CLASSES, workers=0, progress=False)
     made, n = run_embed(location, EmbedConfig(backbone="facenet", size=80), device="cpu", progress=False)  # in-process: a CLI start costs ~6 s of imports
     assert n == 24 and made.params["random_init"]
@@ -141,8 +147,9 @@ def test_ladder_beats_chance_on_a_held_out_actor_and_flags_random_embeddings(sto
 
 @pytest.mark.slow
 def test_half_labelled_uses_the_other_half_unlabelled(store, tmp_path):
-    result = run_cli(*LADDER, "--epochs", "2", "--labelled-fraction", "0.5", "--store", store, "--out", str(tmp_path / "run"))
-    assert result.returncode == 0, result.stderr
+    # in-process (a CLI start costs ~6 s of imports); the CLI's --labelled-fraction is checked by the bad-input tests below
+    config = TrainConfig(encoder="ladder", modality="av", fusion="none", epochs=2, batch_size=8, lr=0.003, device="cpu", labelled_fraction=0.5)
+    train(store, config, tmp_path / "run", progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     n = metrics["clips"]["train"]
     assert metrics["labelled"]["train_labelled"] == n // 2 and metrics["labelled"]["train_unlabelled"] == n - n // 2
@@ -150,6 +157,44 @@ def test_half_labelled_uses_the_other_half_unlabelled(store, tmp_path):
         assert epoch["unlabelled_seen"] == n - n // 2 and epoch["labelled_seen"] == n // 2
     partition = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert len(partition["train"]["unlabelled"]) == n - n // 2 and set(partition["train"]["unlabelled"]) <= set(partition["train"]["clips"])
+
+
+PRESET = ("sweep", "--preset", "ladder-crema-d", "--folds", "3", "--seeds", "0", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--no-progress")
+
+
+@pytest.mark.slow
+def test_ladder_preset_reduced_writes_seed_002s_table_with_p_values(store, tmp_path, capsys):
+    out = tmp_path / "preset"
+    result = run_cli(*PRESET, "--store", store, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/metrics.json")}
+    arms = ("ladder", "ladder-no-cross-skips", "ladder-no-reconstruction", "resnet18-av-concat")
+    assert sorted(runs) == sorted(f"{arm}-seed0-fold{k}of3" for arm in arms for k in range(3))  # 4 configurations x 3 folds x 1 seed
+    assert all({"macro_precision", "macro_recall", "micro_precision", "micro_recall", "micro_f1"} <= set(r["test"]) for r in runs.values())
+    assert [runs[f"{arm}-seed0-fold0of3"]["config"]["ladder_cross_skips"] for arm in arms[:3]] == [True, False, True]
+    assert [runs[f"{arm}-seed0-fold0of3"]["config"]["ladder_reconstruction"] for arm in arms[:3]] == [True, True, False]
+    assert runs["resnet18-av-concat-seed0-fold0of3"]["fusion"] == "concat"
+
+    table = (out / "report" / "ladder-crema-d.md").read_text()
+    assert "| Configuration | Macro P | Macro R | Macro F1 | Micro P | Micro R | Micro F1 |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "(n=3)" in line]
+    assert len(rows) == 4 and "p =" not in rows[0] and all(row.count("p = ") == 6 for row in rows[1:])
+    assert "9 run(s) read face embeddings from a randomly initialised backbone" in table  # the ladder's, not resnet18's
+    # the CSV's p-value is scipy's paired one-tailed t-test over the same folds, recomputed here from the runs
+    by_fold = lambda arm: [runs[f"{arm}-seed0-fold{k}of3"]["test"]["macro_f1"] for k in range(3)]  # noqa: E731
+    row = next(r for r in csv.DictReader((out / "report" / "ladder-crema-d.csv").open()) if r["slug"] == "resnet18-av-concat" and r["metric"] == "macro_f1")
+    differences = np.subtract(by_fold("ladder"), by_fold("resnet18-av-concat"))
+    expected = 0.5 if np.all(differences == 0) else stats.ttest_rel(by_fold("ladder"), by_fold("resnet18-av-concat"), alternative="greater").pvalue
+    assert float(row["t_test_p_one_tailed"]) == pytest.approx(expected, nan_ok=True)
+    assert (out / "report" / "ladder-crema-d.png").read_bytes()[:4] == b"\x89PNG"
+
+    # resuming with another configuration would mix 2- and 3-epoch runs in one table: refused before anything trains
+    # (in-process: a CLI start costs ~6 s of imports; the resume itself is sweep's, tested in test_train.py)
+    stale = TrainConfig(encoder="ladder", modality="av", fusion="none", epochs=3, batch_size=8, seed=0, fold=0, folds=3)
+    with pytest.raises(typer.Exit) as refused:
+        cli.run_plan(store, [(stale, out / "resnet18-av-concat-seed0-fold0of3"), (stale, out / "ladder-seed0-fold0of3")], progress=False)
+    assert refused.value.exit_code == 2 and "epochs=2 (asked 3)" in capsys.readouterr().err
+    assert len(list(out.glob("*/metrics.json"))) == 12
 
 
 @pytest.mark.parametrize("fraction", ["0", "1.5"])
