@@ -143,6 +143,7 @@ def extract(
     commit_every: int = typer.Option(32, min=1, help="Commit finished clips to the store this many at a time (32 = one shard)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo every clip that is not ok (clips whose source file changed are redone anyway)."),
     ffmpeg_timeout: float = typer.Option(120.0, min=0.1, help="Seconds one ffmpeg call may take; past it the clip is decode_error (timeout)."),
+    lld: bool = typer.Option(False, "--lld", help="Also store ComParE_2016 LLD + delta sequences (130-d, 32 ms / 16 ms; seed 002), from the same decoded audio."),
 ) -> None:
     """Decode, detect faces, compute mel chunks and fusions once, into a Zarr store. Re-runs do only what is missing.
 
@@ -152,6 +153,7 @@ def extract(
     Example: python cli.py extract --dataset crema-d --root data/crema-d --store stores/crema-d.zarr
     """
     from pipeline.audio import MelConfig
+    from pipeline.compare import LldConfig
     from pipeline.faces import FaceConfig
     from pipeline.run import ExtractConfig, run_extract
     from stores.location import LocationError
@@ -171,6 +173,7 @@ def extract(
         mel=MelConfig(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels),
         fusions=tuple(dict.fromkeys(fusion)),
         ffmpeg_timeout=ffmpeg_timeout,
+        lld=LldConfig() if lld else None,
     )
     check_writable(store)
     try:
@@ -180,7 +183,8 @@ def extract(
     except (StoreLockedError, StoreError, LocationError, SplitError, PermissionError) as err:  # our own checks of the input
         fail(str(err))
     typer.echo(
-        f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}), "
+        f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}"
+        f"{f', lld {result.lld_computed}' if lld else ''}), "
         f"{result.retried} of them redone (source changed or --retry-failed), {result.skipped} already done; "
         f"{result.fusions_computed} fused entries computed; {result.seconds:.1f} s, {result.clips_per_second:.2f} clips/s"
     )
@@ -194,6 +198,41 @@ def extract(
     typer.echo(verdict)
     if code:
         raise typer.Exit(code=code)
+
+
+@app.command()
+def embed(
+    store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL (extracted already)."),
+    backbone: str = typer.Option("vgg16", help="vgg16 (fc7, 4096-d) or facenet (InceptionResnetV1, 512-d)."),
+    weights: Optional[Path] = typer.Option(None, help="State dict of the backbone (torch.save); without it: random init, recorded and flagged."),
+    size: Optional[int] = typer.Option(None, min=32, help="Input side the crops are resized to (default: the backbone's, 224 / 160)."),
+    batch_size: int = typer.Option(64, min=1, help="Frames per forward pass."),
+    faces: Optional[str] = typer.Option(None, help="Faces feature-set fingerprint, when the store holds several."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Per-frame face embeddings of the stored crops from a frozen backbone (seed 002's visual input); no video decoded.
+
+    Example: python cli.py embed --store stores/crema-d.zarr --backbone vgg16 --weights vgg_face_fc7.pt
+    """
+    from encoders.embed import EmbedConfig, run_embed
+    from stores.location import LocationError
+    from stores.lock import StoreLockedError
+    from stores.store import StoreError, store_exists
+
+    if not store_exists(store):
+        fail(f"no store at '{store}'; make it with `python cli.py extract --store {store} ...` first")
+    check_writable(store)
+    try:
+        made, n = run_embed(store, EmbedConfig(backbone=backbone, size=size, batch_size=batch_size), weights=weights,
+                            device=default_device(device), faces_fingerprint=faces, progress=progress)
+    except (StoreLockedError, StoreError, LocationError, PermissionError) as err:
+        fail(str(err))
+    status = Counter(made.status()[made.done()].tolist())
+    typer.echo(f"{n} clips embedded into {made.name} ({made.params['backbone']} {made.params['layer']}, {made.params['dim']}-d, "
+               f"weights {made.params['weights']}); status: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
+    if made.params["random_init"]:
+        typer.echo("warning: no --weights: the backbone is randomly initialised; runs that read these embeddings are flagged")
 
 
 def local_store_writable(store: str) -> bool:
@@ -395,6 +434,10 @@ def train_config(encoder: str, modality: Optional[str], fusion: Optional[str], *
         fail(str(err))
     kind = spec.input_kind
     modality = modality or "av"
+    if kind == "sequences":  # seed 002's ladder: it reads the LLD and embedding sequences, and fuses itself
+        if modality != "av" or fusion not in (None, "none"):
+            fail(f"encoder {encoder} is audiovisual and fuses itself; use --modality av and no --fusion")
+        return TrainConfig(encoder=encoder, modality="av", fusion="none", **options)
     if fusion is None:
         fusion = "none" if kind.startswith("pair") or modality != "av" else "concat"
     try:
@@ -404,8 +447,24 @@ def train_config(encoder: str, modality: Optional[str], fusion: Optional[str], *
     return TrainConfig(encoder=encoder, modality=modality, fusion=fusion, **options)
 
 
+def ladder_options(labelled_fraction: float, noise: float, lambdas: str, cross_skips: bool, reconstruction: bool,
+                   lld: Optional[str] = None, embed: Optional[str] = None) -> dict:
+    """TrainConfig's ladder fields, checked here so bad input never reaches the store."""
+    if not 0.0 < labelled_fraction <= 1.0:
+        fail(f"--labelled-fraction {labelled_fraction:g} is outside (0, 1]; give e.g. 0.5 for half the training clips labelled")
+    try:
+        values = tuple(float(v) for v in lambdas.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 0 or noise < 0:
+        fail(f"--lambdas '{lambdas}' / --noise {noise:g}: give non-negative numbers, e.g. --lambdas 1,1,0.1 --noise 0.3")
+    return dict(labelled_fraction=labelled_fraction, ladder_noise=noise, ladder_lambdas=values, ladder_cross_skips=cross_skips,
+                ladder_reconstruction=reconstruction, lld=lld, embed=embed)
+
+
 def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
     """Train; a fusion the store lacks is first derived from its stored crops and chunks, and cached."""
+    from encoders.ladder_train import LadderOptionError
     from encoders.train import MissingFusionError, train
     from stores.location import LocationError
     from stores.splits import SplitError
@@ -421,7 +480,7 @@ def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
                 fail(f"{err} (this store is read-only for you: ask its owner, or copy it)")
             typer.echo(f"deriving fusion '{err.fusion}' from the stored faces and audio (no decoding) ...", err=True)
             derive_missing_fusion(store, config, err.fusion)
-        except (StoreError, SplitError, LocationError) as err:  # our own checks; any other ValueError is a bug and shows its traceback
+        except (StoreError, SplitError, LocationError, LadderOptionError) as err:  # our own checks; any other ValueError is a bug and shows its traceback
             fail(str(err))
     raise AssertionError("unreachable")
 
@@ -483,6 +542,13 @@ def train(
     compile: str = typer.Option("auto", help="torch.compile: auto (CUDA, models of 5M+ parameters), on or off."),
     fuse_on_device: bool = typer.Option(False, "--fuse-on-device", help="Build concat/stack from the stored faces and audio on the device (reads 4/6 of the bytes)."),
     include_broken: bool = typer.Option(False, "--include-broken", help="Also train on ok clips the corpus documents as broken (left out by default; the log says how many)."),
+    labelled_fraction: float = typer.Option(1.0, help="ladder: share of the training clips that keep their label, in (0, 1]; the rest train the reconstructions only."),
+    noise: float = typer.Option(0.3, help="ladder: SD of the Gaussian noise of the noisy pass."),
+    lambdas: str = typer.Option("1", help="ladder: λ_l per depth from the input up, comma-separated; the last repeats."),
+    cross_skips: bool = typer.Option(True, help="ladder: skips from one modality's encoder to the other's decoder (--no-cross-skips: ablation)."),
+    reconstruction: bool = typer.Option(True, help="ladder: the unsupervised reconstruction loss (--no-reconstruction: ablation)."),
+    lld: Optional[str] = typer.Option(None, help="ladder: LLD feature-set fingerprint, when the store holds several."),
+    embed: Optional[str] = typer.Option(None, help="ladder: embedding feature-set fingerprint, when the store holds several."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Train one encoder from the store; the best validation epoch is tested once.
@@ -492,7 +558,7 @@ def train(
     config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
                           max_memory_gb=max_memory_gb, loader_workers=loader_workers, amp=amp, compile=compile, fuse_on_device=fuse_on_device,
-                          include_broken=include_broken)
+                          include_broken=include_broken, **ladder_options(labelled_fraction, noise, lambdas, cross_skips, reconstruction, lld, embed))
     try:
         config.resolved()  # bad options fail here, before any run directory or store access
     except ValueError as err:
@@ -572,10 +638,11 @@ def report(
 @app.command()
 def sweep(
     store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL."),
-    encoders: str = typer.Option("resnet18,simple3d", help="Comma-separated encoders."),
-    modalities: str = typer.Option("audio,vision,av", help="Comma-separated modalities."),
-    seeds: str = typer.Option("0,1", help="Comma-separated seeds."),
-    folds: Optional[int] = typer.Option(None, min=3, help="k-fold cross-validation by actor: run every fold of N (default: the stored split only)."),
+    encoders: Optional[str] = typer.Option(None, help="Comma-separated encoders (default resnet18,simple3d)."),
+    modalities: Optional[str] = typer.Option(None, help="Comma-separated modalities (default audio,vision,av)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default 0,1; a preset's own otherwise)."),
+    folds: Optional[int] = typer.Option(None, min=3, help="k-fold cross-validation by actor: run every fold of N (default: the stored split only, or a preset's folds)."),
+    preset: Optional[str] = typer.Option(None, help="Run a study's table instead of encoders x modalities: ladder-crema-d (seed 002)."),
     split_seed: Optional[int] = typer.Option(None, help="Re-derive the actor-disjoint split (or folds) with this seed."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate for every run (default: each encoder's)."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start every encoder from its pretrained weights."),
@@ -590,29 +657,61 @@ def sweep(
 
     Resumable: a run whose metrics.json exists is not redone, so an interrupted sweep continues where it stopped.
     Example (seed 002's protocol, reduced): sweep --encoders resnet18 --modalities av --folds 5 --seeds 0,1,2,3
+    Seed 002's table: sweep --preset ladder-crema-d (ladder, its two ablations and resnet18 av concat; 5 folds x 4 seeds)
     """
-    from encoders.report import write_report
-    from encoders.registry import get_spec
-
+    study = preset_spec(preset, given=[n for n, v in (("--encoders", encoders), ("--modalities", modalities)) if v]) if preset else None
     open_store(store)
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        fail(f"--seeds '{seeds}' must be comma-separated integers, e.g. 0,1,2")
+    common = dict(epochs=epochs, batch_size=batch_size, device=default_device(device), lr=lr, pretrained=pretrained, split_seed=split_seed)
+    if study:
+        run_preset(store, study, seeds, folds, common, out, progress)
+        return
+    seed_list = parse_seeds(seeds or "0,1")
     plan = []
-    for encoder in [e.strip() for e in encoders.split(",") if e.strip()]:
-        for modality in [m.strip() for m in modalities.split(",") if m.strip()]:
-            pair = encoder in encoder_names() and get_spec(encoder).input_kind.startswith("pair")
+    for encoder in [e.strip() for e in (encoders or "resnet18,simple3d").split(",") if e.strip()]:
+        for modality in [m.strip() for m in (modalities or "audio,vision,av").split(",") if m.strip()]:
+            pair = encoder in encoder_names() and get_spec_kind(encoder).startswith(("pair", "sequences"))  # fuses itself
             if pair and modality != "av":
                 continue  # a fusion model has no unimodal form
             for fold in (range(folds) if folds else [None]):
                 for seed in seed_list:
-                    config = train_config(encoder, modality, None if pair or modality != "av" else fusion, epochs=epochs,
-                                          batch_size=batch_size, seed=seed, device=default_device(device), lr=lr,
-                                          pretrained=pretrained, split_seed=split_seed, fold=fold, folds=folds or 5)
+                    config = train_config(encoder, modality, None if pair or modality != "av" else fusion, seed=seed, fold=fold,
+                                          folds=folds or 5, **common)
                     fold_name = "" if fold is None else f"-fold{fold}of{folds}"
-                    run_dir = out / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"
-                    plan.append((config, run_dir))
+                    plan.append((config, out / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"))
+    run_plan(store, plan, progress)
+    from encoders.report import write_report
+
+    paths = write_report(out, out / "report")
+    typer.echo(paths["markdown"].read_text())
+    typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+def parse_seeds(seeds: str) -> list[int]:
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds '{seeds}' must be comma-separated integers, e.g. 0,1,2")
+
+
+def get_spec_kind(encoder: str) -> str:
+    from encoders.registry import get_spec
+
+    return get_spec(encoder).input_kind
+
+
+def run_plan(store: str, plan: list, progress: bool) -> None:
+    """Train every (config, run folder) of `plan` whose metrics.json is missing; a finished run is kept, unless it was
+    made with another configuration than planned (refused: the table would mix them)."""
+    import dataclasses
+
+    from encoders.study import stale_fields
+
+    for config, run_dir in plan:
+        metrics_file = run_dir / "metrics.json"
+        if metrics_file.is_file():
+            stale = stale_fields(dataclasses.asdict(config), json.loads(metrics_file.read_text()).get("config", {}))
+            if stale:
+                fail(f"'{run_dir}' was made with {', '.join(stale)}; use another --out, or delete that run to redo it")
     for k, (config, run_dir) in enumerate(plan, 1):
         if (run_dir / "metrics.json").is_file():
             typer.echo(f"[{k}/{len(plan)}] {run_dir.name}: done already")
@@ -620,7 +719,38 @@ def sweep(
         shutil.rmtree(run_dir, ignore_errors=True)
         typer.echo(f"[{k}/{len(plan)}] {run_dir.name}")
         print_metrics(run_training(store, config, run_dir, progress), run_dir)
-    paths = write_report(out, out / "report")
+
+
+def preset_spec(name: str, given: list[str]):
+    from encoders.study import StudyError, get_preset
+
+    try:
+        spec = get_preset(name)
+    except StudyError as err:
+        fail(str(err))
+    if given:
+        fail(f"--preset {name} fixes the configurations; drop {' and '.join(given)}")
+    return spec
+
+
+def run_preset(store: str, spec, seeds: Optional[str], folds: Optional[int], common: dict, out: Path, progress: bool) -> None:
+    """A study's table: every arm of the preset over folds x seeds (the preset's unless given), then its table."""
+    from encoders.report import collect_runs
+    from encoders.study import write_study
+
+    seed_list = parse_seeds(seeds) if seeds else list(spec.seeds)
+    folds = folds or spec.folds
+    plan, arm_dirs = [], {}
+    for arm in spec.arms:
+        for fold in range(folds):
+            for seed in seed_list:
+                config = train_config(arm.encoder, arm.modality, arm.fusion, seed=seed, fold=fold, folds=folds, **common, **dict(arm.options))
+                run_dir = out / f"{arm.slug}-seed{seed}-fold{fold}of{folds}"
+                plan.append((config, run_dir))
+                arm_dirs.setdefault(arm.slug, []).append(run_dir)
+    typer.echo(f"preset {spec.name}: {len(spec.arms)} configurations x {folds} folds x {len(seed_list)} seeds = {len(plan)} runs")
+    run_plan(store, plan, progress)
+    paths = write_study(spec, {slug: [run for d in dirs for run in collect_runs(d)] for slug, dirs in arm_dirs.items()}, out / "report")
     typer.echo(paths["markdown"].read_text())
     typer.echo("written: " + ", ".join(str(p) for p in paths.values()))
 

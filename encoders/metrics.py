@@ -14,8 +14,9 @@ Conventions (they matter when comparing with published numbers):
   ``y_true`` *or* ``y_pred``: a class the model predicts but that never occurs
   has precision 0 and F1 0, which is a real error and stays in the mean.
   A class absent from both is left out.
-* ``micro_f1`` pools true/false positives over classes; for single-label
-  classification it equals ``accuracy`` and is reported as a cross-check.
+* ``micro_f1``, ``micro_precision`` and ``micro_recall`` pool true/false positives
+  over classes; for single-label classification each equals ``accuracy``. They are
+  reported because seed 002's table lists them (and as a cross-check).
 * Every zero division gives 0.0, so the dict never holds NaN and always
   serialises to strict JSON.
 """
@@ -95,12 +96,12 @@ def _per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _micro_f1(scores: dict[str, np.ndarray]) -> float:
-    """F1 from pooled counts; equals accuracy for single-label predictions."""
+def _micro_scores(scores: dict[str, np.ndarray]) -> tuple[float, float, float]:
+    """Precision, recall and F1 from pooled counts; each equals accuracy for single-label predictions."""
     pooled_tp = scores["true_positives"].sum()
     micro_precision = float(_safe_divide(pooled_tp, scores["predicted"].sum()))
     micro_recall = float(_safe_divide(pooled_tp, scores["support"].sum()))
-    return float(_safe_divide(2.0 * micro_precision * micro_recall, micro_precision + micro_recall))
+    return micro_precision, micro_recall, float(_safe_divide(2.0 * micro_precision * micro_recall, micro_precision + micro_recall))
 
 
 def classification_metrics(
@@ -119,6 +120,7 @@ def classification_metrics(
     present_in_truth = scores["support"] > 0
     observed = present_in_truth | (scores["predicted"] > 0)
     total = int(confusion.sum())
+    micro_precision, micro_recall, micro_f1 = _micro_scores(scores)
     uar = _mean_over(scores["recall"], present_in_truth)
     per_class = {
         name: {
@@ -133,7 +135,9 @@ def classification_metrics(
         "accuracy": float(_safe_divide(scores["true_positives"].sum(), total)),
         "uar": uar,
         "macro_f1": _mean_over(scores["f1"], observed),
-        "micro_f1": _micro_f1(scores),
+        "micro_f1": micro_f1,
+        "micro_precision": micro_precision,
+        "micro_recall": micro_recall,
         "macro_precision": _mean_over(scores["precision"], observed),
         "macro_recall": uar,
         "per_class": per_class,

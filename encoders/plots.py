@@ -25,6 +25,7 @@ __all__ = [
     "plot_confusion",
     "plot_learning_curve",
     "plot_comparison",
+    "plot_study",
 ]
 
 DPI = 120
@@ -280,6 +281,39 @@ def plot_comparison(
     metric_label = {"accuracy": "accuracy (WAR)", "uar": "UAR"}.get(metric, metric)
     axes.set(xlabel="encoder", ylabel=f"test {metric_label}", ylim=(0.0, 1.0),
              title=title or f"Test {metric_label}, mean ± sd over seeds")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(figure, path)
+
+
+# --------------------------------------------------------------------------- a study's table (sweep --preset)
+
+
+def plot_study(
+    bars: Sequence[tuple[str, Sequence[float | None], Sequence[float | None], Sequence[bool]]],
+    metric_labels: Sequence[str],
+    path: Path | str,
+    *,
+    title: str = "",
+) -> Path:
+    """Grouped bars: one group per metric, one bar per configuration (mean, sd error bar), a star over a bar
+    the reference configuration beats significantly. ``bars``: (label, means, sds, significant) per configuration,
+    each list in ``metric_labels`` order; a missing mean (None) draws no bar."""
+    figure = Figure(figsize=(max(7.0, 1.3 * len(metric_labels) + 3.0), 4.8))
+    axes = figure.add_subplot()
+    width = 0.8 / max(1, len(bars))
+    x = np.arange(len(metric_labels))
+    for k, (label, means, sds, significant) in enumerate(bars):
+        shown = np.array([m is not None for m in means])
+        heights = np.array([m if m is not None else 0.0 for m in means])
+        errors = np.array([s if s is not None else 0.0 for s in sds])
+        at = x - 0.4 + width * (k + 0.5)
+        axes.bar(at[shown], heights[shown], width, yerr=errors[shown], capsize=3, label=label)
+        for position, height, error, star in zip(at, heights, errors, significant):
+            if star:
+                axes.text(position, min(height + error + 0.02, 0.97), "*", ha="center", fontsize=12)
+    axes.set_xticks(x, labels=list(metric_labels))
+    axes.set(ylabel="test score", ylim=(0.0, 1.0), title=title)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(figure, path)

@@ -41,8 +41,8 @@ __all__ = [
     "register_encoder",
 ]
 
-InputKind = Literal["image", "video", "pair-image", "pair-video"]
-INPUT_KINDS: tuple[str, ...] = ("image", "video", "pair-image", "pair-video")
+InputKind = Literal["image", "video", "pair-image", "pair-video", "sequences"]
+INPUT_KINDS: tuple[str, ...] = ("image", "video", "pair-image", "pair-video", "sequences")  # sequences: seed 002 (encoders/ladder.py)
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 

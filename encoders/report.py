@@ -42,7 +42,7 @@ from encoders.metrics import mean_sd
 from encoders.partition import digest
 from encoders.plots import plot_comparison
 
-__all__ = ["collect_runs", "comparison_table", "write_report", "REPORTED_METRICS"]
+__all__ = ["collect_runs", "comparison_table", "random_init_notes", "write_report", "REPORTED_METRICS"]
 
 #: Test metrics aggregated over seeds, in the order they are written.
 REPORTED_METRICS: tuple[str, ...] = ("accuracy", "uar", "macro_f1")
@@ -269,9 +269,20 @@ def _partition_notes(runs: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def random_init_notes(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """A note naming the runs that read face embeddings of a randomly initialised backbone (`cli.py embed`
+    without --weights): their visual input is a random projection of the pixels, not a face descriptor, so
+    their numbers must not be read as the study's."""
+    flagged = [str(run.get("path", "?")) for run in runs if (run.get("store") or {}).get("embeddings_random_init")]
+    if not flagged:
+        return []
+    return [f"- {len(flagged)} run(s) read face embeddings from a randomly initialised backbone (`cli.py embed` without "
+            "`--weights`), not face descriptors: " + ", ".join(f"`{path}`" for path in flagged)]
+
+
 def _notes(rows: list[dict], ablations: list[dict], duplicates: list[str], skipped: list[str], runs: list[dict] = ()) -> list[str]:
     """Footnotes for everything that did not make it into the table, and why."""
-    notes = _partition_notes(list(runs))
+    notes = _partition_notes(list(runs)) + random_init_notes(runs)
     other = sorted({m for row in rows for m in row["modalities"] if m not in TABLE_COLUMNS})
     if other:
         notes.append(f"- Modalities not in the table (see the CSV): {', '.join(other)}.")

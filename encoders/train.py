@@ -44,7 +44,7 @@ from stores.torchdata import (
     InputRecipe, StoreSplit, ablate, fusion_set, read_rows, recipe_for, select_feature_sets, to_model_inputs,
 )
 
-ENCODER_TYPE = {"image": "2D", "video": "3D", "pair-image": "fusion", "pair-video": "fusion"}
+ENCODER_TYPE = {"image": "2D", "video": "3D", "pair-image": "fusion", "pair-video": "fusion", "sequences": "fusion"}
 
 ENCODER_DEFAULTS: dict[str, dict] = {
     # Adam throughout. Large or attention models get a smaller step; xattn follows seed 003.
@@ -87,6 +87,14 @@ class TrainConfig:
     faces: str | None = None  # feature-set fingerprints, when a store holds several
     audio: str | None = None
     include_broken: bool = False  # train on clips the corpus documents as broken (clips/broken) too
+    # ---- seed 002's ladder network (encoders/ladder_train.py); ignored by the other encoders ----
+    labelled_fraction: float = 1.0  # of the training clips; the rest train only the reconstructions
+    ladder_noise: float = 0.3
+    ladder_lambdas: tuple[float, ...] = (1.0,)
+    ladder_cross_skips: bool = True
+    ladder_reconstruction: bool = True
+    lld: str | None = None  # LLD / embedding feature-set fingerprints, when a store holds several
+    embed: str | None = None
 
     def resolved(self) -> "TrainConfig":
         """Defaults filled in; ValueError (one line, naming the fix) for options no run could use."""
@@ -241,6 +249,10 @@ def evaluate(model, data: Data, split: str, plan: DevicePlan | str, batch_size: 
 # ---- the loop ---------------------------------------------------------------------------------------------
 def train(location: str, config: TrainConfig, out: Path, *, progress: bool = True) -> dict:
     """Train, keep the best validation epoch, test it once, and write the run directory `out`."""
+    if get_spec(config.encoder).input_kind == "sequences":  # seed 002: semi-supervised losses, its own loop
+        from encoders.ladder_train import train_ladder
+
+        return train_ladder(location, config, out, progress=progress)
     config = config.resolved()
     seed_everything(config.seed)
     data = load_data(location, config)  # before anything is written or any rank waits: bad input fails on every rank

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.audio import MelConfig, MelExtractor, chunk_images, max_mel_frames, spectrogram_image
+from pipeline.compare import N_FEATURES, LldConfig, compare_llds, max_lld_frames, pool_to_spans
+from pipeline.compare import config_hash as compare_config_hash
 from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
 from pipeline.faces import FaceConfig, track_faces
 from pipeline.fuse import fuse, fusion_arrays
@@ -181,16 +183,15 @@ def mel_extractor(config: MelConfig) -> MelExtractor:
     return MelExtractor(config)
 
 
-def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, timeline=None, timeout: float = FFMPEG_TIMEOUT_S) -> TaskResult:
-    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip).
+def decode_clip_audio(record: ClipRecord, config: MelConfig, timeline, timeout: float = FFMPEG_TIMEOUT_S) -> tuple[np.ndarray, float] | TaskResult:
+    """The clip's audio at config.sample_rate, on the video's clock, and the shift applied (seconds); or the
+    reason there is none. Decoded once per clip and shared by the mel and the ComParE LLDs.
 
-    The audio is put on the video's clock first (pipeline/clock.py): an audio track of the video that starts
-    late is padded with silence, one that starts early is cut. A separate audio file (CREMA-D's WAVs) is taken
-    to start with the picture."""
-    timeline = timeline or probe_timeline(record, steps, config.max_duration, timeout)
+    An audio track of the video that starts late is padded with silence, one that starts early is cut
+    (pipeline/clock.py). A separate audio file (CREMA-D's WAVs) is taken to start with the picture."""
     if isinstance(timeline, TaskResult):
         return timeline
-    info, tl = timeline
+    info, _ = timeline
     source = record.audio_path or record.video_path
     if record.audio_path is None and not info.has_audio:
         return TaskResult("no_audio", "the video has no audio stream and no WAV was found")
@@ -202,6 +203,21 @@ def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, 
     audio = audio_on_video_clock(audio, config.sample_rate, offset)
     if audio.size == 0 or float(np.abs(audio).max()) < 1e-4:
         return TaskResult("no_audio", f"{source} holds no audible samples")
+    return audio, offset
+
+
+def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, timeline=None, timeout: float = FFMPEG_TIMEOUT_S,
+                  decoded: tuple[np.ndarray, float] | TaskResult | None = None) -> TaskResult:
+    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip); `decoded`
+    is decode_clip_audio's, when the caller decoded the audio already (for the LLDs too)."""
+    timeline = timeline or probe_timeline(record, steps, config.max_duration, timeout)
+    if isinstance(timeline, TaskResult):
+        return timeline
+    _, tl = timeline
+    decoded = decoded if decoded is not None else decode_clip_audio(record, config, timeline, timeout)
+    if isinstance(decoded, TaskResult):
+        return decoded
+    audio, offset = decoded
     log_mel = mel_extractor(config).log_mel(audio)
     chunks, valid = chunk_images(log_mel, tl.spans, config, size)
     mel = np.full((config.n_mels, max_mel_frames(config)), -config.top_db, np.float16)
@@ -223,6 +239,53 @@ def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, 
     )
 
 
+# ---- ComParE LLDs (seed 002) -------------------------------------------------------------------------------
+def lld_arrays(config: LldConfig, mel: MelConfig, steps: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    f = max_lld_frames(config, mel.max_duration)
+    return {
+        "lld": ((f, N_FEATURES), "float32"),  # valid up to lld_frames
+        "lld_frames": ((), "int32"),
+        "lld_times": ((f, 2), "float32"),  # [start, end) of each frame on the video's clock, as openSMILE gives them
+        "pooled": ((steps, N_FEATURES), "float32"),  # mean over the frames of each face step's span (as the mel chunks)
+        "pooled_valid": ((steps,), "bool"),
+        "spans": ((steps, 2), "float32"),
+        "source": ((), "str"),
+    }
+
+
+def lld_params(config: LldConfig, mel: MelConfig, steps: int) -> dict:
+    """The decoded audio's rate matters (it is resampled from it), and so does the opensmile graph."""
+    import opensmile
+
+    return {"stage": "lld", "algorithm": ALGORITHM_VERSION, "steps": steps, "decoded_rate": mel.sample_rate,
+            "max_duration": mel.max_duration, "opensmile": opensmile.__version__, "config_sha256": compare_config_hash(config),
+            **dataclasses.asdict(config)}
+
+
+def extract_lld(decoded: tuple[np.ndarray, float] | TaskResult, timeline, config: LldConfig, mel: MelConfig) -> TaskResult:
+    """The LLD sequence of the already decoded audio (decode_clip_audio's answer), and its pooling to the T spans."""
+    if isinstance(timeline, TaskResult):
+        return timeline
+    if isinstance(decoded, TaskResult):
+        return decoded
+    _, tl = timeline
+    audio, _ = decoded
+    result = compare_llds(audio, mel.sample_rate, config)
+    f = max_lld_frames(config, mel.max_duration)
+    n = min(len(result.features), f)
+    lld = np.zeros((f, N_FEATURES), np.float32)
+    times = np.zeros((f, 2), np.float32)
+    lld[:n], times[:n] = result.features[:n], result.times[:n]
+    pooled, valid = pool_to_spans(result.features, result.times, tl.spans, config)
+    if n == 0:
+        return TaskResult("no_audio", "too short for one ComParE frame")
+    return TaskResult(
+        "ok",
+        "" if valid.all() else f"audio ends before the video: {int((~valid).sum())} of {len(valid)} pooled steps are empty",
+        {"lld": lld, "lld_frames": np.int32(n), "lld_times": times, "pooled": pooled, "pooled_valid": valid, "spans": tl.spans},
+    )
+
+
 # ---- fusions ---------------------------------------------------------------------------------------------
 def fusion_params(name: str, faces_fingerprint: str, audio_fingerprint: str, seed: int) -> dict:
     return {"stage": "fusion", "fusion": name, "faces": faces_fingerprint, "audio": audio_fingerprint, "seed": seed, "algorithm": ALGORITHM_VERSION}
@@ -233,6 +296,6 @@ def fuse_clip(name: str, faces: dict[str, np.ndarray], audio: dict[str, np.ndarr
 
 
 __all__ = [
-    "TaskResult", "clip_timeline", "extract_faces", "extract_audio", "face_arrays", "audio_arrays",
+    "TaskResult", "clip_timeline", "extract_faces", "extract_audio", "decode_clip_audio", "extract_lld", "lld_arrays", "lld_params", "face_arrays", "audio_arrays",
     "face_params", "audio_params", "fusion_params", "fuse_clip", "fusion_arrays", "STATUSES", "MEDIA_STATUSES",
 ]

@@ -23,9 +23,10 @@ from tqdm import tqdm
 
 from pipeline.audio import MelConfig
 from pipeline.extract import (
-    MEDIA_STATUSES, TaskResult, audio_arrays, audio_params, extract_audio, extract_faces, face_arrays, face_params,
-    fuse_clip, fusion_arrays, fusion_params, probe_timeline,
+    MEDIA_STATUSES, TaskResult, audio_arrays, audio_params, decode_clip_audio, extract_audio, extract_faces, extract_lld,
+    face_arrays, face_params, fuse_clip, fusion_arrays, fusion_params, lld_arrays, lld_params, probe_timeline,
 )
+from pipeline.compare import LldConfig
 from pipeline.faces import FaceConfig
 from pipeline.media import FFMPEG_TIMEOUT_S
 from pipeline.numeric import numeric_environment, pinned
@@ -50,6 +51,7 @@ class ExtractConfig:
     fusions: tuple[str, ...] = ("concat",)
     fusion_seed: int = 0  # orders the rfas sequences
     ffmpeg_timeout: float = FFMPEG_TIMEOUT_S  # seconds per ffmpeg call; not in any fingerprint (no number depends on it)
+    lld: LldConfig | None = None  # ComParE LLD sequences (seed 002), from the audio decoded for the mel; None: not made
 
 
 @dataclass
@@ -62,6 +64,7 @@ class ExtractSummary:
     feature_sets: list[str] = field(default_factory=list)
     faces_computed: int = 0
     audio_computed: int = 0
+    lld_computed: int = 0
     fusions_computed: int = 0
     retried: int = 0  # rows redone because their source changed or --retry-failed asked
     errors: dict[str, str] = field(default_factory=dict)  # clip id -> what failed in our code (status `error`)
@@ -88,28 +91,33 @@ class ExtractSummary:
 
 
 @pinned  # one thread for every kernel: the stored bytes must not depend on the worker's settings (numeric.py)
-def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str) -> tuple[TaskResult | None, TaskResult | None]:
-    """The Dask task. Broken media become statuses inside the stages; an exception here is a bug, and the
-    caller records it as status `error` (run.py's compute), which fails the run."""
+def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str,
+                 want_lld: bool = False) -> tuple[TaskResult | None, TaskResult | None, TaskResult | None]:
+    """The Dask task: (faces, audio, lld) results, None for what was not asked. Broken media become statuses
+    inside the stages; an exception here is a bug, and the caller records it as status `error` (run.py's
+    compute), which fails the run. The audio is decoded once, for the mel and the LLDs alike."""
     video_source = file_signature(record.video_path)
     audio_source = file_signature(record.audio_path) if record.audio_path else video_source
     timeout = config.ffmpeg_timeout
     timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration, timeout)  # once, for both tasks
     faces = extract_faces(record, config.faces, config.mel.max_duration, device, timeline, timeout) if want_faces else None
-    audio = extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline, timeout) if want_audio else None
-    # copies: a failed probe is one TaskResult shared by both stages, and each records its own source file
+    decoded = decode_clip_audio(record, config.mel, timeline, timeout) if want_audio or want_lld else None
+    audio = extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline, timeout, decoded) if want_audio else None
+    lld = extract_lld(decoded, timeline, config.lld, config.mel) if want_lld else None
+    # copies: a failed probe is one TaskResult shared by the stages, and each records its own source file
     return (None if faces is None else dataclasses.replace(faces, source=video_source),
-            None if audio is None else dataclasses.replace(audio, source=audio_source))
+            None if audio is None else dataclasses.replace(audio, source=audio_source),
+            None if lld is None else dataclasses.replace(lld, source=audio_source))
 
 
-def task_error(exception: BaseException, want_faces: bool, want_audio: bool) -> tuple[TaskResult | None, TaskResult | None]:
+def task_error(exception: BaseException, want_faces: bool, want_audio: bool, want_lld: bool = False) -> tuple[TaskResult | None, ...]:
     """A task that raised: status `error` for what it was asked, with the exception and where it was raised."""
     import traceback
 
     where = traceback.extract_tb(exception.__traceback__)[-1:] if exception.__traceback__ else []
     at = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
     reason = f"{type(exception).__name__}: {exception}{at}"
-    return (TaskResult("error", reason) if want_faces else None, TaskResult("error", reason) if want_audio else None)
+    return tuple(TaskResult("error", reason) if wanted else None for wanted in (want_faces, want_audio, want_lld))
 
 
 def open_writer(location: str, dataset: str, class_names: list[str], split_seed: int | None) -> FeatureStore:
@@ -150,26 +158,33 @@ def run_extract(
             "audio", audio_params(config.mel, config.faces.frames, config.faces.size),
             audio_arrays(config.mel, config.faces.frames, config.faces.size), who,
         )
+        lld = None if config.lld is None else store.ensure_feature_set(  # --lld: ComParE sequences (seed 002)
+            "lld", lld_params(config.lld, config.mel, config.faces.frames), lld_arrays(config.lld, config.mel, config.faces.frames), who)
+        audio_paths = [r.audio_path or r.video_path for r in records]
         redo_faces = stale_rows(faces, rows, [r.video_path for r in records], retry_failed)
-        redo_audio = stale_rows(audio, rows, [r.audio_path or r.video_path for r in records], retry_failed)
+        redo_audio = stale_rows(audio, rows, audio_paths, retry_failed)
+        redo_lld = np.zeros(len(rows), bool) if lld is None else stale_rows(lld, rows, audio_paths, retry_failed)
         invalidate(store, faces, audio, rows[redo_faces | redo_audio], redo_faces, redo_audio, rows)
+        if redo_lld.any():
+            store.uncommit_rows(lld, rows[redo_lld])
         todo_faces, todo_audio = ~faces.done()[rows], ~audio.done()[rows]
-        todo = np.flatnonzero(todo_faces | todo_audio)
+        todo_lld = np.zeros(len(rows), bool) if lld is None else ~lld.done()[rows]
+        todo = np.flatnonzero(todo_faces | todo_audio | todo_lld)
         summary = ExtractSummary(
             clips=len(records), computed=len(todo), skipped=len(records) - len(todo),
-            faces_computed=int(todo_faces.sum()), audio_computed=int(todo_audio.sum()),
-            retried=int((redo_faces | redo_audio).sum()),
+            faces_computed=int(todo_faces.sum()), audio_computed=int(todo_audio.sum()), lld_computed=int(todo_lld.sum()),
+            retried=int((redo_faces | redo_audio | redo_lld).sum()),
         )
-        summary.feature_sets = [faces.name, audio.name]
+        summary.feature_sets = [faces.name, audio.name] + ([lld.name] if lld is not None else [])
         if len(todo):
-            tasks = [(rows[i], records[i], bool(todo_faces[i]), bool(todo_audio[i])) for i in todo]
+            tasks = [(rows[i], records[i], bool(todo_faces[i]), bool(todo_audio[i]), bool(todo_lld[i])) for i in todo]
             environments: list[dict] = []
             results = compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
                               environments=environments)
-            errors = write_results(store, faces, audio, results, commit_every=commit_every)
+            errors = write_results(store, faces, audio, results, commit_every=commit_every, lld=lld)
             clip_of_row = {int(row): record.clip_id for row, record in zip(rows, records)}
             summary.errors = {clip_of_row[row]: why for row, why in errors.items()}
-            for feature_set, computed in ((faces, summary.faces_computed), (audio, summary.audio_computed)):
+            for feature_set, computed in ((faces, summary.faces_computed), (audio, summary.audio_computed), (lld, summary.lld_computed)):
                 if computed:
                     feature_set.add_numeric_environments(environments)
         for name in config.fusions:
@@ -177,7 +192,7 @@ def run_extract(
             summary.feature_sets.append(fused.name)
             summary.fusions_computed += n
         summary.usable = int((faces.ok() & audio.ok())[rows].sum())
-        for feature_set in (faces, audio):
+        for feature_set in (faces, audio, *([lld] if lld is not None else [])):
             status, reason = feature_set.status()[rows], feature_set["reason"][:][rows]
             summary.status.update(f"{feature_set.kind}:{s}" for s in status)
             for record, s, why in zip(records, status, reason):
@@ -201,8 +216,8 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
     environments = [] if environments is None else environments
     bar = tqdm(total=len(tasks), desc="extract", unit="clip", disable=not progress, file=sys.stderr)
     if workers == 0 and scheduler is None:
-        for row, record, want_faces, want_audio in tasks:
-            yield (row, *process_clip(record, config, want_faces, want_audio, device))
+        for row, record, want_faces, want_audio, want_lld in tasks:
+            yield (row, *process_clip(record, config, want_faces, want_audio, device, want_lld))
             bar.update()
         bar.close()
         environments.append(numeric_environment())
@@ -219,17 +234,17 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
         waiting = iter(tasks)  # a bounded number in flight: finished results never pile up on the workers
 
         def submit(n: int) -> list:
-            batch = [(client.submit(process_clip, record, config, wf, wa, device, pure=False, retries=2), (row, wf, wa))
-                     for row, record, wf, wa in itertools.islice(waiting, n)]
+            batch = [(client.submit(process_clip, record, config, wf, wa, device, wl, pure=False, retries=2), (row, wf, wa, wl))
+                     for row, record, wf, wa, wl in itertools.islice(waiting, n)]
             futures.update(batch)
             return [future for future, _ in batch]
 
         futures: dict = {}
         running = as_completed(submit(max(16, 4 * max(workers, len(client.scheduler_info()["workers"])))))
         for future in running:
-            row, wf, wa = futures.pop(future)
+            row, wf, wa, wl = futures.pop(future)
             failed = future.status == "error"  # a bug in a task: recorded as status `error`, the run exits 1
-            yield (row, *(task_error(future.exception(), wf, wa) if failed else future.result()))
+            yield (row, *(task_error(future.exception(), wf, wa, wl) if failed else future.result()))
             future.release()
             bar.update()
             for new in submit(1):
@@ -242,25 +257,27 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
             cluster.close()
 
 
-def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int) -> dict[int, str]:
+def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int,
+                  lld: FeatureSet | None = None) -> dict[int, str]:
     """Buffer finished clips and commit them `commit_every` at a time (by default a shard's worth, so a shard
     is rewritten once rather than once per clip). Returns row -> reason of the rows that ended in `error`
     (left uncommitted, so the next run redoes them)."""
-    pending: dict[str, list] = {"faces": [], "audio": []}
+    sets = {"faces": faces, "audio": audio, "lld": lld}
+    pending: dict[str, list] = {kind: [] for kind in sets}
     errors: dict[int, str] = {}
-    for row, face_result, audio_result in results:
-        for kind, result in (("faces", face_result), ("audio", audio_result)):
+    for row, face_result, audio_result, lld_result in results:
+        for kind, result in (("faces", face_result), ("audio", audio_result), ("lld", lld_result)):
             if result is not None and result.status != "error":
                 pending[kind].append((row, result))
             elif result is not None:
                 log.error("clip row %d, %s: %s", row, kind, result.reason)
                 errors[int(row)] = result.reason
-        for kind, feature_set in (("faces", faces), ("audio", audio)):
+        for kind, feature_set in sets.items():
             if len(pending[kind]) >= commit_every:
                 flush(store, feature_set, pending[kind])
                 pending[kind] = []
-    flush(store, faces, pending["faces"])
-    flush(store, audio, pending["audio"])
+    for kind, feature_set in sets.items():
+        flush(store, feature_set, pending[kind])
     return errors
 
 
@@ -304,7 +321,8 @@ def invalidate(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, stale:
         if redo.any():
             store.uncommit_rows(feature_set, rows[redo])
     for fused in store.feature_sets():
-        if fused.kind.startswith("fusion-") and {fused.params.get("faces"), fused.params.get("audio")} & {faces.fingerprint, audio.fingerprint}:
+        derived = fused.kind.startswith("fusion-") or fused.kind == "embed"  # embed: face embeddings (encoders/embed.py)
+        if derived and {fused.params.get("faces"), fused.params.get("audio")} & {faces.fingerprint, audio.fingerprint}:
             store.uncommit_rows(fused, stale)
 
 

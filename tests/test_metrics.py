@@ -61,6 +61,7 @@ def test_accuracy_differs_from_uar_on_imbalanced_example() -> None:
     assert result["macro_precision"] == pytest.approx((4 / 6 + 1 + 1) / 3)
     assert result["macro_f1"] == pytest.approx((0.8 + 2 / 3 + 2 / 3) / 3)
     assert result["micro_f1"] == pytest.approx(6 / 8)
+    assert result["micro_precision"] == pytest.approx(6 / 8) and result["micro_recall"] == pytest.approx(6 / 8)  # seed 002's table
     assert result["n"] == 8
     assert result["classes_absent"] == []
     assert result["confusion"] == [[4, 0, 0], [1, 1, 0], [1, 0, 1]]

@@ -196,6 +196,16 @@ def test_report_skips_and_lists_unreadable_and_ablations(runs_dir: Path, tmp_pat
     assert EXPECTED_MARKDOWN_ROWS[0] in markdown  # neither changed the numbers
 
 
+def test_report_names_runs_that_read_randomly_initialised_face_embeddings(runs_dir: Path, tmp_path: Path) -> None:
+    for seed, random_init in ((0, True), (1, False)):
+        _write_run(runs_dir, f"ladder-seed{seed}", encoder="ladder", encoder_type="fusion", modality="av", fusion="none", seed=seed,
+                   test={"accuracy": 0.4, "uar": 0.4}, store={"embeddings_random_init": random_init})
+    markdown = write_report(runs_dir, tmp_path / "report")["markdown"].read_text(encoding="utf-8")
+    notes = markdown.split("Notes:")[1]
+    assert "1 run(s) read face embeddings from a randomly initialised backbone" in notes
+    assert "ladder-seed0" in notes and "ladder-seed1" not in notes
+
+
 def test_report_writes_both_plots(runs_dir: Path, tmp_path: Path) -> None:
     paths = write_report(runs_dir, tmp_path / "report")
     assert set(paths) == {"markdown", "csv", "accuracy_plot", "uar_plot"}

@@ -1,0 +1,188 @@
+"""Face-embedding sequences from the store's crops (seed 002's visual input), no video decoded.
+
+Goncalves & Busso describe each frame by VGG-Face's 4096-d representation. VGG-Face's weights cannot be
+downloaded here, so a backbone comes from this registry with weights from a local file (`--weights PATH`,
+a state dict, loaded with weights_only=True): torchvision's VGG16 read at fc7 (4096-d, after its ReLU, the
+layer VGG-Face descriptors are usually taken from) or facenet-pytorch's InceptionResnetV1 (512-d, its
+L2-normalised output). Without weights the backbone is randomly initialised from a fixed seed: the feature set
+records `random_init: true` and the report flags every run that read it, because such embeddings are random
+projections of the pixels, not face descriptors.
+
+Crops are normalised to [-1, 1] (the paper's visual preparation) and resized to the backbone's input size. The
+feature set is named by the fingerprint of the backbone, the layer, the weights' sha256 (or the random seed),
+the input size and the faces feature set it was computed from. It is written per shard like every other set,
+resumably (committed rows are not redone), and each row takes the faces row's status when that is not ok.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
+from stores.location import locate
+from stores.lock import WriterLock
+from stores.provenance import provenance
+from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError
+
+ALGORITHM_VERSION = 1
+RANDOM_SEED = 0  # the initialisation of a backbone without --weights
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    layer: str
+    dim: int
+    input_size: int  # its native input side
+    build: Callable[[], nn.Module]  # randomly initialised, returning the `layer` output
+
+
+def _vgg16_fc7() -> nn.Module:
+    import torchvision
+
+    vgg = torchvision.models.vgg16(weights=None)
+    vgg.classifier = vgg.classifier[:5]  # fc6, ReLU, dropout, fc7, ReLU: fc7 after its ReLU, 4096-d
+    return vgg
+
+
+def _facenet() -> nn.Module:
+    from facenet_pytorch import InceptionResnetV1
+
+    return InceptionResnetV1(pretrained=None, classify=False)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg16": Backbone("vgg16", "fc7", 4096, 224, _vgg16_fc7),
+    "facenet": Backbone("facenet", "last_bn (L2-normalised)", 512, 160, _facenet),
+}
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Defaults: the study's layer of a VGG backbone at its native 224 px."""
+
+    backbone: str = "vgg16"
+    size: int | None = None  # input side; None: the backbone's native one
+    batch_size: int = 64  # frames per forward pass
+
+    @property
+    def spec(self) -> Backbone:
+        if self.backbone not in BACKBONES:
+            raise StoreError(f"unknown backbone '{self.backbone}'; choose one of {', '.join(BACKBONES)}")
+        return BACKBONES[self.backbone]
+
+    @property
+    def input_size(self) -> int:
+        return self.size or self.spec.input_size
+
+
+def weights_digest(weights: Path | None) -> str:
+    if weights is None:
+        return f"random-init-seed{RANDOM_SEED}"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def embed_params(config: EmbedConfig, weights: Path | None, faces: FeatureSet) -> dict:
+    spec = config.spec
+    return {"stage": "embed", "algorithm": ALGORITHM_VERSION, "backbone": spec.name, "layer": spec.layer, "dim": spec.dim,
+            "weights": weights_digest(weights), "random_init": weights is None, "size": config.input_size,
+            "normalise": "[-1, 1]", "faces": faces.fingerprint}
+
+
+def build_backbone(config: EmbedConfig, weights: Path | None) -> nn.Module:
+    """The frozen backbone: random init from a fixed seed, then the weights file's state dict if given."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        model = config.spec.build()
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state, strict=False) if config.backbone == "vgg16" else model.load_state_dict(state)
+        except RuntimeError as err:
+            raise StoreError(f"--weights '{weights}' does not fit backbone {config.backbone}: {str(err).splitlines()[0]}") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@torch.no_grad()
+def embed_crops(model: nn.Module, crops: np.ndarray, size: int, device: str, batch_size: int) -> np.ndarray:
+    """(N, T, S, S, 3) uint8 crops -> (N, T, D) float32 embeddings, `batch_size` frames per pass."""
+    n, t = crops.shape[:2]
+    frames = torch.from_numpy(crops.reshape(n * t, *crops.shape[2:]))
+    out = []
+    for start in range(0, len(frames), batch_size):
+        x = frames[start : start + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _null():
+            y = model(x)
+        out.append(y.float().cpu())
+    return torch.cat(out).reshape(n, t, -1).numpy()
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def select_faces(store: FeatureStore, wanted: str | None) -> FeatureSet:
+    sets = [s for s in store.feature_sets("faces") if not wanted or s.fingerprint.startswith(wanted)]
+    if len(sets) != 1:
+        names = ", ".join(s.fingerprint for s in store.feature_sets("faces")) or "none"
+        raise StoreError(f"store '{store.location}' has {len(sets)} matching faces feature sets ({names}); "
+                         + ("run `python cli.py extract` first" if not store.feature_sets("faces") else "choose one with --faces FINGERPRINT"))
+    return sets[0]
+
+
+def run_embed(location: str, config: EmbedConfig, *, weights: Path | None = None, device: str = "cpu",
+              faces_fingerprint: str | None = None, progress: bool = True) -> tuple[FeatureSet, int]:
+    """Add (or complete) the embedding feature set of `config` to the store; returns it and the rows computed."""
+    if weights is not None and not Path(weights).is_file():
+        raise StoreError(f"--weights '{weights}' is not a file; give a state dict saved with torch.save, or leave it out for random init")
+    config.spec  # unknown backbone: refused before anything is written
+    where = locate(location)
+    with WriterLock(where) as lock:
+        incremental = not lock.took_over and checksums_match_listing(where)
+        store = FeatureStore.open(location, mode="r+")
+        faces = select_faces(store, faces_fingerprint)
+        t = int(faces.params["frames"])
+        arrays = {"embedding": ((t, config.spec.dim), "float16"), "found": ((t,), "bool")}
+        embed = store.ensure_feature_set("embed", embed_params(config, weights, faces), arrays, provenance(device=device))
+        todo = np.flatnonzero(faces.done() & ~embed.done())
+        model = build_backbone(config, weights).to(device)
+        bar = tqdm(total=len(todo), desc=f"embed {config.backbone}", unit="clip", disable=not progress or not len(todo), file=sys.stderr)
+        status_all, reason_all = faces.status(), faces["reason"][:]
+        for start in range(0, len(todo), SHARD_ROWS):
+            rows = todo[start : start + SHARD_ROWS]
+            ok = rows[status_all[rows] == "ok"]
+            values = {"embedding": np.zeros((len(rows), t, config.spec.dim), np.float16), "found": np.zeros((len(rows), t), bool)}
+            if len(ok):
+                at = np.searchsorted(rows, ok)
+                crops = np.stack([faces["crops"][int(r)] for r in ok])
+                values["embedding"][at] = embed_crops(model, crops, config.input_size, device, config.batch_size).astype(np.float16)
+                values["found"][at] = np.stack([faces["found"][int(r)] for r in ok])
+            status = ["ok" if s == "ok" else str(s) for s in status_all[rows]]
+            reason = ["" if s == "ok" else f"faces {s}: {why}" for s, why in zip(status_all[rows], reason_all[rows])]
+            store.write_rows(embed, rows, values, status, reason)
+            bar.update(len(rows))
+        bar.close()
+        if len(todo):
+            refresh_checksums(where, store.touched) if incremental else write_checksums(where)
+    return embed, len(todo)
