@@ -49,7 +49,7 @@ class ExtractConfig:
     mel: MelConfig = MelConfig()
     fusions: tuple[str, ...] = ("concat",)
     fusion_seed: int = 0  # orders the rfas sequences
-    ffmpeg_timeout: float = FFMPEG_TIMEOUT_S  # seconds per ffmpeg call; not in any fingerprint (no number depends on it)
+    ffmpeg_timeout: float = FFMPEG_TIMEOUT_S  # seconds to decode one clip; not in any fingerprint (no number depends on it)
 
 
 @dataclass
@@ -94,9 +94,13 @@ def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, wa
     video_source = file_signature(record.video_path)
     audio_source = file_signature(record.audio_path) if record.audio_path else video_source
     timeout = config.ffmpeg_timeout
-    timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration, timeout)  # once, for both tasks
-    faces = extract_faces(record, config.faces, config.mel.max_duration, device, timeline, timeout) if want_faces else None
-    audio = extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline, timeout) if want_audio else None
+    timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration, timeout)  # one open, for both tasks
+    try:
+        faces = extract_faces(record, config.faces, config.mel.max_duration, device, timeline, timeout) if want_faces else None
+        audio = extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline, timeout) if want_audio else None
+    finally:
+        if not isinstance(timeline, TaskResult):
+            timeline[0].close()
     # copies: a failed probe is one TaskResult shared by both stages, and each records its own source file
     return (None if faces is None else dataclasses.replace(faces, source=video_source),
             None if audio is None else dataclasses.replace(audio, source=audio_source))
