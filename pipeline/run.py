@@ -2,8 +2,9 @@
 
 The orchestration holds no feature logic (that is extract.py): it finds the rows whose feature sets are not
 yet done, submits one task per clip to a cluster of processes (one MTCNN and one mel filterbank per worker,
-loaded once), and writes results from this process alone, a shard's worth at a time. Fusions are then derived
-from the stored crops and chunks, so a fusion asked for later costs no decoding and no detection.
+loaded once), and writes results from this process alone, a shard's worth at a time. Fused tensors are computed on
+the workers beside each clip; a fusion asked for later, or a row of which only one stage was redone, is derived
+from the stored crops and chunks, so it costs no decoding and no detection.
 """
 
 from __future__ import annotations
@@ -88,9 +89,11 @@ class ExtractSummary:
 
 
 @pinned  # one thread for every kernel: the stored bytes must not depend on the worker's settings (numeric.py)
-def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str) -> tuple[TaskResult | None, TaskResult | None]:
-    """The Dask task. Broken media become statuses inside the stages; an exception here is a bug, and the
-    caller records it as status `error` (run.py's compute), which fails the run."""
+def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str
+                 ) -> tuple[TaskResult | None, TaskResult | None, dict[str, dict[str, np.ndarray]]]:
+    """The Dask task: faces, audio, and the fused tensors of every configured fusion when both stages ran here
+    and are ok (fusion name -> arrays), so the writer only writes. Broken media become statuses inside the
+    stages; an exception here is a bug, and the caller records it as status `error` (run.py's compute)."""
     video_source = file_signature(record.video_path)
     audio_source = file_signature(record.audio_path) if record.audio_path else video_source
     timeout = config.ffmpeg_timeout
@@ -101,19 +104,22 @@ def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, wa
     finally:
         if not isinstance(timeline, TaskResult):
             timeline[0].close()
+    fused = {}
+    if faces is not None and audio is not None and faces.status == audio.status == "ok":
+        fused = {name: fuse_clip(name, faces.arrays, audio.arrays, record.clip_id, config.fusion_seed) for name in config.fusions}
     # copies: a failed probe is one TaskResult shared by both stages, and each records its own source file
     return (None if faces is None else dataclasses.replace(faces, source=video_source),
-            None if audio is None else dataclasses.replace(audio, source=audio_source))
+            None if audio is None else dataclasses.replace(audio, source=audio_source), fused)
 
 
-def task_error(exception: BaseException, want_faces: bool, want_audio: bool) -> tuple[TaskResult | None, TaskResult | None]:
+def task_error(exception: BaseException, want_faces: bool, want_audio: bool) -> tuple[TaskResult | None, TaskResult | None, dict]:
     """A task that raised: status `error` for what it was asked, with the exception and where it was raised."""
     import traceback
 
     where = traceback.extract_tb(exception.__traceback__)[-1:] if exception.__traceback__ else []
     at = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
     reason = f"{type(exception).__name__}: {exception}{at}"
-    return (TaskResult("error", reason) if want_faces else None, TaskResult("error", reason) if want_audio else None)
+    return (TaskResult("error", reason) if want_faces else None, TaskResult("error", reason) if want_audio else None, {})
 
 
 def open_writer(location: str, dataset: str, class_names: list[str], split_seed: int | None) -> FeatureStore:
@@ -165,18 +171,22 @@ def run_extract(
             retried=int((redo_faces | redo_audio).sum()),
         )
         summary.feature_sets = [faces.name, audio.name]
+        fused_sets = {name: store.ensure_feature_set(
+            "fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, config.fusion_seed),
+            fusion_arrays(name, config.faces.frames, config.faces.size), who) for name in config.fusions}
         if len(todo):
             tasks = [(rows[i], records[i], bool(todo_faces[i]), bool(todo_audio[i])) for i in todo]
             environments: list[dict] = []
             results = compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
                               environments=environments)
-            errors = write_results(store, faces, audio, results, commit_every=commit_every)
+            errors, summary.fusions_computed = write_results(store, faces, audio, results, commit_every=commit_every, fused=fused_sets)
             clip_of_row = {int(row): record.clip_id for row, record in zip(rows, records)}
             summary.errors = {clip_of_row[row]: why for row, why in errors.items()}
-            for feature_set, computed in ((faces, summary.faces_computed), (audio, summary.audio_computed)):
+            fused_on_workers = [(s, summary.fusions_computed) for s in fused_sets.values()]
+            for feature_set, computed in ((faces, summary.faces_computed), (audio, summary.audio_computed), *fused_on_workers):
                 if computed:
                     feature_set.add_numeric_environments(environments)
-        for name in config.fusions:
+        for name in config.fusions:  # rows the workers could not fuse (one stage was already stored): from the store
             fused, n = materialise_fusion(store, name, faces, audio, seed=config.fusion_seed, progress=progress, who=who)
             summary.feature_sets.append(fused.name)
             summary.fusions_computed += n
@@ -206,7 +216,7 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
     bar = tqdm(total=len(tasks), desc="extract", unit="clip", disable=not progress, file=sys.stderr)
     if workers == 0 and scheduler is None:
         for row, record, want_faces, want_audio in tasks:
-            yield (row, *process_clip(record, config, want_faces, want_audio, device))
+            yield (row, *process_clip(record, config, want_faces, want_audio, device))  # row, faces, audio, fused
             bar.update()
         bar.close()
         environments.append(numeric_environment())
@@ -246,26 +256,67 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
             cluster.close()
 
 
-def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int) -> dict[int, str]:
+WRITE_QUEUE = 2
+"""Batches (of `commit_every` clips) waiting for the writer thread: with the one being written and the one
+filling, the writer holds at most four batches, a few shards, whatever the corpus."""
+
+
+def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int,
+                  fused: dict[str, FeatureSet] | None = None) -> tuple[dict[int, str], int]:
     """Buffer finished clips and commit them `commit_every` at a time (by default a shard's worth, so a shard
-    is rewritten once rather than once per clip). Returns row -> reason of the rows that ended in `error`
-    (left uncommitted, so the next run redoes them)."""
-    pending: dict[str, list] = {"faces": [], "audio": []}
+    is rewritten once rather than once per clip), in a writer thread fed through a bounded queue: clips keep
+    arriving from the workers while a batch is written, and a slow store makes the workers wait rather than
+    memory grow. Fused tensors computed on the workers are written beside their clip's faces and audio.
+    Returns row -> reason of the rows that ended in `error` (left uncommitted, so the next run redoes them)
+    and how many fused rows were written."""
+    import queue
+    import threading
+
+    fused = fused or {}
+    sets = {"faces": faces, "audio": audio, **{"fusion-" + name: s for name, s in fused.items()}}
+    batches: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
+    failure: list[BaseException] = []
+
+    def writer() -> None:
+        while (batch := batches.get()) is not None:
+            try:
+                if not failure:
+                    for kind, items in batch.items():  # faces and audio before the fusions made from them
+                        flush(store, sets[kind], items)
+            except BaseException as err:  # reported in the caller's thread
+                failure.append(err)
+
+    thread = threading.Thread(target=writer, name="avstore-writer", daemon=True)
+    thread.start()
+    pending: dict[str, list] = {kind: [] for kind in sets}
     errors: dict[int, str] = {}
-    for row, face_result, audio_result in results:
-        for kind, result in (("faces", face_result), ("audio", audio_result)):
-            if result is not None and result.status != "error":
-                pending[kind].append((row, result))
-            elif result is not None:
-                log.error("clip row %d, %s: %s", row, kind, result.reason)
-                errors[int(row)] = result.reason
-        for kind, feature_set in (("faces", faces), ("audio", audio)):
-            if len(pending[kind]) >= commit_every:
-                flush(store, feature_set, pending[kind])
-                pending[kind] = []
-    flush(store, faces, pending["faces"])
-    flush(store, audio, pending["audio"])
-    return errors
+    n_fused = 0
+    try:
+        for row, face_result, audio_result, fused_arrays in results:
+            if failure:
+                break
+            for kind, result in (("faces", face_result), ("audio", audio_result)):
+                if result is not None and result.status != "error":
+                    pending[kind].append((row, result))
+                elif result is not None:
+                    log.error("clip row %d, %s: %s", row, kind, result.reason)
+                    errors[int(row)] = result.reason
+            for name, arrays in fused_arrays.items():
+                if name in fused:
+                    pending["fusion-" + name].append((row, TaskResult("ok", "", arrays)))
+                    n_fused += 1
+            if len(pending["faces"]) >= commit_every or len(pending["audio"]) >= commit_every:
+                batches.put(pending)
+                pending = {kind: [] for kind in sets}
+        if not failure:
+            batches.put(pending)
+    finally:
+        batches.put(None)
+        thread.join()
+        getattr(results, "close", lambda: None)()  # stops the cluster now if the writer failed
+    if failure:
+        raise failure[0]
+    return errors, n_fused
 
 
 def flush(store: FeatureStore, feature_set: FeatureSet, items: list) -> None:
