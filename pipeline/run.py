@@ -69,6 +69,7 @@ class ExtractSummary:
     usable: int = 0  # clips whose faces and audio are both ok
     files_hashed: int = 0  # by the checksum update: only the shards this run wrote, when the last list was current
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: first_clip (from the call), writing (writer thread), fusion (from the store)
 
     def verdict(self) -> tuple[int, str]:
         """Exit code and one line: 1 when our code failed on a clip or no clip at all is usable, else 0
@@ -177,19 +178,22 @@ def run_extract(
         if len(todo):
             tasks = [(rows[i], records[i], bool(todo_faces[i]), bool(todo_audio[i])) for i in todo]
             environments: list[dict] = []
-            results = compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
-                              environments=environments)
-            errors, summary.fusions_computed = write_results(store, faces, audio, results, commit_every=commit_every, fused=fused_sets)
+            results = timed_first(compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
+                                          environments=environments), started, summary.timings)
+            errors, summary.fusions_computed = write_results(store, faces, audio, results, commit_every=commit_every, fused=fused_sets,
+                                                             timings=summary.timings)
             clip_of_row = {int(row): record.clip_id for row, record in zip(rows, records)}
             summary.errors = {clip_of_row[row]: why for row, why in errors.items()}
             fused_on_workers = [(s, summary.fusions_computed) for s in fused_sets.values()]
             for feature_set, computed in ((faces, summary.faces_computed), (audio, summary.audio_computed), *fused_on_workers):
                 if computed:
                     feature_set.add_numeric_environments(environments)
+        fusion_started = time.perf_counter()
         for name in config.fusions:  # rows the workers could not fuse (one stage was already stored): from the store
             fused, n = materialise_fusion(store, name, faces, audio, seed=config.fusion_seed, progress=progress, who=who)
             summary.feature_sets.append(fused.name)
             summary.fusions_computed += n
+        summary.timings["fusion_from_store"] = time.perf_counter() - fusion_started
         summary.usable = int((faces.ok() & audio.ok())[rows].sum())
         for feature_set in (faces, audio):
             status, reason = feature_set.status()[rows], feature_set["reason"][:][rows]
@@ -204,6 +208,15 @@ def run_extract(
             summary.files_hashed = len(refresh_checksums(where, store.touched) if incremental else write_checksums(where))
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def timed_first(results, started: float, timings: dict[str, float]):
+    """`results` unchanged; timings["first_clip"]: seconds from `started` until the first clip came back (the
+    start-up a user waits through: cluster, imports, MTCNN loaded)."""
+    for k, item in enumerate(results):
+        if k == 0:
+            timings["first_clip"] = time.perf_counter() - started
+        yield item
 
 
 def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None, device: str, progress: bool,
@@ -262,7 +275,7 @@ filling, the writer holds at most four batches, a few shards, whatever the corpu
 
 
 def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int,
-                  fused: dict[str, FeatureSet] | None = None) -> tuple[dict[int, str], int]:
+                  fused: dict[str, FeatureSet] | None = None, timings: dict[str, float] | None = None) -> tuple[dict[int, str], int]:
     """Buffer finished clips and commit them `commit_every` at a time (by default a shard's worth, so a shard
     is rewritten once rather than once per clip), in a writer thread fed through a bounded queue: clips keep
     arriving from the workers while a batch is written, and a slow store makes the workers wait rather than
@@ -277,14 +290,19 @@ def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, res
     batches: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
     failure: list[BaseException] = []
 
+    timings = {} if timings is None else timings
+    timings.setdefault("writing", 0.0)
+
     def writer() -> None:
         while (batch := batches.get()) is not None:
+            started = time.perf_counter()
             try:
                 if not failure:
                     for kind, items in batch.items():  # faces and audio before the fusions made from them
                         flush(store, sets[kind], items)
             except BaseException as err:  # reported in the caller's thread
                 failure.append(err)
+            timings["writing"] += time.perf_counter() - started
 
     thread = threading.Thread(target=writer, name="avstore-writer", daemon=True)
     thread.start()
