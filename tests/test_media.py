@@ -148,6 +148,7 @@ def test_garbage_a_cut_file_and_a_deadline_give_decode_errors(tmp_path):
         probe(str(tmp_path / "clip.flv"), timeout=1e-6)
 
 
+@pytest.mark.slow  # 15 s of MTCNN and corpus writing; the orientation itself is checked fast above
 def test_a_phone_style_clip_of_a_face_finds_the_face(tmp_path):
     """As a new user tried it: a sample clip re-encoded sideways with a display rotation was `no_face`."""
     from pipeline.corpora.sample import write_sample_corpus
