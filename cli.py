@@ -142,7 +142,7 @@ def extract(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     commit_every: int = typer.Option(32, min=1, help="Commit finished clips to the store this many at a time (32 = one shard)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo every clip that is not ok (clips whose source file changed are redone anyway)."),
-    ffmpeg_timeout: float = typer.Option(120.0, min=0.1, help="Seconds one ffmpeg call may take; past it the clip is decode_error (timeout)."),
+    ffmpeg_timeout: float = typer.Option(120.0, min=0.1, help="Seconds decoding one clip may take; past it the clip is decode_error (timeout)."),
     lld: bool = typer.Option(False, "--lld", help="Also store ComParE_2016 LLD + delta sequences (130-d, 32 ms / 16 ms; seed 002), from the same decoded audio."),
 ) -> None:
     """Decode, detect faces, compute mel chunks and fusions once, into a Zarr store. Re-runs do only what is missing.

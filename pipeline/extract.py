@@ -20,12 +20,15 @@ from pipeline.compare import config_hash as compare_config_hash
 from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
 from pipeline.faces import FaceConfig, track_faces
 from pipeline.fuse import fuse, fusion_arrays
-from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, MediaInfo, decode_audio, decode_frames, probe
+from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, Media, MediaInfo, decode_audio, open_media
 from pipeline.records import ClipRecord
 
-ALGORITHM_VERSION = 2
+ALGORITHM_VERSION = 3
 """Bump by hand when a change to this code changes the numbers: it is part of every fingerprint.
-2: audio on the video's clock (stream start times), face coverage / faces seen / face_lost, source signatures."""
+2: audio on the video's clock (stream start times), face coverage / faces seen / face_lost, source signatures.
+3: decoding in process (PyAV): display rotation honoured, variable frame rate placed by timestamps, the exact
+   frame rate (29.97 was 29.97 as ffmpeg printed it, now 30000/1001). Constant-rate, unrotated clips at whole
+   rates (every sample and GRID clip) give the same bytes as version 2: frames, audio and timestamps were compared."""
 
 STATUSES = ("ok", "no_face", "face_lost", "no_audio", "decode_error", "too_short", "too_long", "error")
 MEDIA_STATUSES = frozenset(STATUSES) - {"ok", "error"}
@@ -49,23 +52,38 @@ class Timeline:
 
 
 def clip_timeline(info: MediaInfo, steps: int) -> Timeline:
+    """Frame i is the frame on screen at the centre of span i. A constant-rate video (every frame within half
+    a frame of n / fps) counts frames; a variable-rate one looks the centres up in the frames' own timestamps."""
     edges = np.linspace(0.0, info.duration, steps + 1)
     centres = (edges[:-1] + edges[1:]) / 2
-    frame_index = np.minimum((centres * info.fps).astype(np.int64), info.n_frames - 1).astype(np.int32)
-    return Timeline(
-        frame_index=frame_index,
-        timestamps=frame_times(frame_index, info.fps),
-        spans=np.stack([edges[:-1], edges[1:]], axis=1).astype(np.float32),
-        middle_index=info.n_frames // 2,
-    )
+    spans = np.stack([edges[:-1], edges[1:]], axis=1).astype(np.float32)
+    if info.constant_rate:
+        frame_index = np.minimum((centres * info.fps).astype(np.int64), info.n_frames - 1).astype(np.int32)
+        return Timeline(frame_index, frame_times(frame_index, info.fps), spans, info.n_frames // 2)
+    times = np.asarray(info.times, np.float64)
+    on_screen = np.clip(np.searchsorted(times, centres, side="right") - 1, 0, info.n_frames - 1).astype(np.int32)
+    middle = int(np.clip(np.searchsorted(times, info.duration / 2, side="right") - 1, 0, info.n_frames - 1))
+    return Timeline(on_screen, times[on_screen].astype(np.float32), spans, middle)
 
 
-def probe_timeline(record: ClipRecord, steps: int, max_duration: float, timeout: float = FFMPEG_TIMEOUT_S) -> tuple[MediaInfo, Timeline] | TaskResult:
-    """The video's timeline, or the reason this clip cannot have one."""
-    try:
-        info = probe(record.video_path, timeout)
-    except DecodeError as err:
-        return TaskResult("decode_error", str(err))
+def probe_timeline(record: ClipRecord, steps: int, max_duration: float, timeout: float = FFMPEG_TIMEOUT_S,
+                   media: Media | None = None) -> tuple[Media, Timeline] | TaskResult:
+    """The opened video and its timeline, or the reason this clip cannot have one. `media`: the video already
+    opened by the caller (one open per clip); otherwise it is opened here and closed when it fails."""
+    opened_here = media is None
+    if media is None:
+        try:
+            media = open_media(record.video_path, timeout)
+        except DecodeError as err:
+            return TaskResult("decode_error", str(err))
+    judged = judge(media.info, steps, max_duration)
+    if judged is not None and opened_here:
+        media.close()
+    return judged if judged is not None else (media, clip_timeline(media.info, steps))
+
+
+def judge(info: MediaInfo, steps: int, max_duration: float) -> TaskResult | None:
+    """The probe's honesty checks: None when the video can give `steps` frames."""
     if info.n_frames == 0 or info.fps <= 0:
         return TaskResult("decode_error", "the video stream holds no frames")
     if info.claimed_duration and info.duration < 0.5 * info.claimed_duration:
@@ -77,7 +95,7 @@ def probe_timeline(record: ClipRecord, steps: int, max_duration: float, timeout:
         return TaskResult("too_short", f"{info.n_frames} frames, fewer than the {steps} steps asked for")
     if info.duration > max_duration:
         return TaskResult("too_long", f"{info.duration:.1f} s, longer than max_duration {max_duration:.0f} s (a take of several clips?)")
-    return info, clip_timeline(info, steps)
+    return None
 
 
 # ---- faces -----------------------------------------------------------------------------------------------
@@ -106,16 +124,22 @@ def face_params(config: FaceConfig) -> dict:
 
 def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, device: str = "cpu", timeline=None,
                   timeout: float = FFMPEG_TIMEOUT_S) -> TaskResult:
-    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip).
+    """`timeline` is probe_timeline's answer when the caller has it already (one open per clip).
 
     `ok` only when at least `config.min_coverage` of the T crops hold the followed face (detected, or
     confirmed by tracking between two detections); otherwise `face_lost`, crops kept for inspection."""
-    timeline = timeline or probe_timeline(record, config.frames, max_duration, timeout)
+    if timeline is None:  # called alone: open the video here, and close it after
+        timeline = probe_timeline(record, config.frames, max_duration, timeout)
+        if isinstance(timeline, TaskResult):
+            return timeline
+        with timeline[0]:
+            return extract_faces(record, config, max_duration, device, timeline, timeout)
     if isinstance(timeline, TaskResult):
         return timeline
-    info, tl = timeline
+    media, tl = timeline
+    info = media.info
     try:
-        frames = decode_frames(record.video_path, [*tl.frame_index.tolist(), tl.middle_index], info.width, info.height, timeout)
+        frames = media.frames([*tl.frame_index.tolist(), tl.middle_index])
     except DecodeError as err:
         return TaskResult("decode_error", str(err))
     track = track_faces(frames[:-1], frames[-1], config, device)
@@ -185,18 +209,20 @@ def mel_extractor(config: MelConfig) -> MelExtractor:
 
 def decode_clip_audio(record: ClipRecord, config: MelConfig, timeline, timeout: float = FFMPEG_TIMEOUT_S) -> tuple[np.ndarray, float] | TaskResult:
     """The clip's audio at config.sample_rate, on the video's clock, and the shift applied (seconds); or the
-    reason there is none. Decoded once per clip and shared by the mel and the ComParE LLDs.
+    reason there is none. Decoded once per clip, from the container already open (`timeline` is
+    probe_timeline's answer), and shared by the mel and the ComParE LLDs.
 
     An audio track of the video that starts late is padded with silence, one that starts early is cut
     (pipeline/clock.py). A separate audio file (CREMA-D's WAVs) is taken to start with the picture."""
     if isinstance(timeline, TaskResult):
         return timeline
-    info, _ = timeline
+    media, _ = timeline
+    info = media.info
     source = record.audio_path or record.video_path
     if record.audio_path is None and not info.has_audio:
         return TaskResult("no_audio", "the video has no audio stream and no WAV was found")
     try:
-        audio = decode_audio(source, config.sample_rate, timeout)
+        audio = media.audio(config.sample_rate) if record.audio_path is None else decode_audio(source, config.sample_rate, timeout)
     except DecodeError as err:
         return TaskResult("decode_error", str(err))
     offset = audio_offset(info.video_start, info.audio_start) if record.audio_path is None else 0.0
@@ -208,9 +234,14 @@ def decode_clip_audio(record: ClipRecord, config: MelConfig, timeline, timeout: 
 
 def extract_audio(record: ClipRecord, config: MelConfig, steps: int, size: int, timeline=None, timeout: float = FFMPEG_TIMEOUT_S,
                   decoded: tuple[np.ndarray, float] | TaskResult | None = None) -> TaskResult:
-    """`timeline` is probe_timeline's answer when the caller has it already (one probe per clip); `decoded`
+    """`timeline` is probe_timeline's answer when the caller has it already (one open per clip); `decoded`
     is decode_clip_audio's, when the caller decoded the audio already (for the LLDs too)."""
-    timeline = timeline or probe_timeline(record, steps, config.max_duration, timeout)
+    if timeline is None:  # called alone: open the video here, and close it after
+        timeline = probe_timeline(record, steps, config.max_duration, timeout)
+        if isinstance(timeline, TaskResult):
+            return timeline
+        with timeline[0]:
+            return extract_audio(record, config, steps, size, timeline, timeout, decoded)
     if isinstance(timeline, TaskResult):
         return timeline
     _, tl = timeline

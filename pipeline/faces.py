@@ -1,9 +1,11 @@
 """Face crops: MTCNN on a few downscaled key frames, one face followed through the clip, square crops.
 
 Why this shape: MTCNN is the cost that dominates preprocessing (about 25 full frames per second on a
-2-thread CPU process), and faces in acted clips barely move. So the detector sees only every
-`detect_every`-th of the T frames (plus the last and the middle one), downscaled to `detect_width`, in one
-batch; the box of every other frame is interpolated between key frames. The seed code fed BGR frames to
+2-thread CPU process), and faces in acted clips barely move. So the detector sees first only
+`first_keys` (3) of the T frames and the middle one, downscaled to `detect_width`, in one batch, looking only
+for faces of at least `min_face_fraction` of the frame (its pyramid starts there); only when those leave
+doubt (a miss, a detection below `sure_prob`, two faces, boxes that disagree) does it also see every
+`detect_every`-th frame. The box of every other frame is interpolated between key frames. The seed code fed BGR frames to
 MTCNN and neither clamped nor padded its boxes (SPEC defect 6): frames here are RGB from ffmpeg, and every
 crop is a square around the face with a margin, clamped to the image.
 """
@@ -29,6 +31,9 @@ class FaceConfig:
     detect_every: int = 4  # key frames: every 4th of the T frames, plus the last and the middle frame
     detect_width: int = 320  # frames are downscaled to this width for detection
     min_face: int = 40  # smallest face MTCNN looks for, in pixels of the original frame
+    min_face_fraction: float = 0.15  # ... and at least this fraction of the frame's shorter side (0: min_face alone)
+    first_keys: int = 3  # detect on this many evenly spaced steps first; all detect_every keys only when in doubt (0: always)
+    sure_prob: float = 0.98  # a first-pass detection below this probability is a doubt
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN's three stages (facenet-pytorch defaults)
     min_prob: float = 0.90  # a detection below this probability counts as no face
     min_coverage: float = 0.8  # below this fraction of the T crops holding the face, a clip is `face_lost`
@@ -61,7 +66,8 @@ def detect(frames: np.ndarray, config: FaceConfig, device: str = "cpu") -> tuple
     height, width = frames.shape[1:3]
     scale = min(1.0, config.detect_width / width)
     small = np.stack([cv2.resize(f, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) for f in frames]) if scale < 1 else frames
-    detector = load_detector(device, max(12, round(config.min_face * scale)), config.thresholds)
+    min_face = max(config.min_face, config.min_face_fraction * min(height, width))  # the expected face size sets the pyramid
+    detector = load_detector(device, max(12, round(min_face * scale)), config.thresholds)
     with single_threaded():  # entered after the detector imported torch, so torch's threads are pinned too
         boxes, probs = detector.detect(small)
     out_boxes, out_probs = [], []
@@ -155,8 +161,18 @@ def track_faces(steps: np.ndarray, middle: np.ndarray, config: FaceConfig, devic
     """Crops for the T step frames (T, H, W, 3) and the middle frame; None when no face is found at all."""
     n_steps = len(steps)
     keys = key_frames(n_steps, config.detect_every)
-    boxes, probs = detect(np.concatenate([steps[keys], middle[None]]), config, device)
+    first = first_keys(n_steps, config.first_keys) if config.first_keys else keys
+    boxes, probs = detect(np.concatenate([steps[first], middle[None]]), config, device)
     key_boxes, key_probs = follow_one_face(boxes, probs, config.min_prob)
+    if first != keys and in_doubt(key_boxes[:-1], key_probs[:-1], probs, config):  # all key frames, as without first_keys
+        rest = [k for k in keys if k not in first]
+        more_boxes, more_probs = detect(steps[rest], config, device)
+        found = dict(zip(first, zip(boxes, probs))) | dict(zip(rest, zip(more_boxes, more_probs)))
+        keys = sorted(found)
+        boxes, probs = [found[k][0] for k in keys] + [boxes[-1]], [found[k][1] for k in keys] + [probs[-1]]
+        key_boxes, key_probs = follow_one_face(boxes, probs, config.min_prob)
+    else:
+        keys = first
     step_key_boxes, middle_box = key_boxes[:-1], key_boxes[-1]
     if np.isnan(step_key_boxes[:, 0]).all():
         return None
@@ -175,6 +191,22 @@ def track_faces(steps: np.ndarray, middle: np.ndarray, config: FaceConfig, devic
         middle_box=middle_box.astype(np.float32),
         faces_seen=max(int((p >= config.min_prob).sum()) for p in probs),
     )
+
+
+def first_keys(n_steps: int, count: int) -> list[int]:
+    """`count` evenly spaced steps, the first and the last among them: where detection starts."""
+    return sorted({int(k) for k in np.linspace(0, n_steps - 1, max(2, count)).round()})
+
+
+def in_doubt(key_boxes: np.ndarray, key_probs: np.ndarray, probs: list[np.ndarray], config: FaceConfig) -> bool:
+    """Whether the first key frames leave the face's path uncertain: the followed face missed or unsure in
+    one of them, more than one confident face (which one to follow), or consecutive boxes that disagree
+    (IoU below 0.5: the face moved, and a straight line between far-apart key frames would miss it)."""
+    if np.isnan(key_boxes[:, 0]).any() or (key_probs < config.sure_prob).any():
+        return True
+    if any(int((p >= config.min_prob).sum()) > 1 for p in probs):
+        return True
+    return any(iou(a, b[None])[0] < 0.5 for a, b in zip(key_boxes[:-1], key_boxes[1:]))
 
 
 def confirmed_steps(keys: list[int], seen: np.ndarray, n_steps: int) -> np.ndarray:

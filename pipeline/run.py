@@ -2,8 +2,9 @@
 
 The orchestration holds no feature logic (that is extract.py): it finds the rows whose feature sets are not
 yet done, submits one task per clip to a cluster of processes (one MTCNN and one mel filterbank per worker,
-loaded once), and writes results from this process alone, a shard's worth at a time. Fusions are then derived
-from the stored crops and chunks, so a fusion asked for later costs no decoding and no detection.
+loaded once), and writes results from this process alone, a shard's worth at a time. Fused tensors are computed on
+the workers beside each clip; a fusion asked for later, or a row of which only one stage was redone, is derived
+from the stored crops and chunks, so it costs no decoding and no detection.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ExtractConfig:
     mel: MelConfig = MelConfig()
     fusions: tuple[str, ...] = ("concat",)
     fusion_seed: int = 0  # orders the rfas sequences
-    ffmpeg_timeout: float = FFMPEG_TIMEOUT_S  # seconds per ffmpeg call; not in any fingerprint (no number depends on it)
+    ffmpeg_timeout: float = FFMPEG_TIMEOUT_S  # seconds to decode one clip; not in any fingerprint (no number depends on it)
     lld: LldConfig | None = None  # ComParE LLD sequences (seed 002), from the audio decoded for the mel; None: not made
 
 
@@ -71,6 +72,7 @@ class ExtractSummary:
     usable: int = 0  # clips whose faces and audio are both ok
     files_hashed: int = 0  # by the checksum update: only the shards this run wrote, when the last list was current
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: first_clip (from the call), writing (writer thread), fusion (from the store)
 
     def verdict(self) -> tuple[int, str]:
         """Exit code and one line: 1 when our code failed on a clip or no clip at all is usable, else 0
@@ -92,32 +94,41 @@ class ExtractSummary:
 
 @pinned  # one thread for every kernel: the stored bytes must not depend on the worker's settings (numeric.py)
 def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str,
-                 want_lld: bool = False) -> tuple[TaskResult | None, TaskResult | None, TaskResult | None]:
-    """The Dask task: (faces, audio, lld) results, None for what was not asked. Broken media become statuses
-    inside the stages; an exception here is a bug, and the caller records it as status `error` (run.py's
-    compute), which fails the run. The audio is decoded once, for the mel and the LLDs alike."""
+                 want_lld: bool = False) -> tuple[TaskResult | None, TaskResult | None, TaskResult | None, dict[str, dict[str, np.ndarray]]]:
+    """The Dask task: faces, audio and LLD results (None for what was not asked), and the fused tensors of every
+    configured fusion when faces and audio both ran here and are ok (fusion name -> arrays), so the writer only
+    writes. The container is opened once and the audio decoded once, for the mel and the LLDs alike. Broken
+    media become statuses inside the stages; an exception here is a bug, and the caller records it as status
+    `error` (run.py's compute), which fails the run."""
     video_source = file_signature(record.video_path)
     audio_source = file_signature(record.audio_path) if record.audio_path else video_source
     timeout = config.ffmpeg_timeout
-    timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration, timeout)  # once, for both tasks
-    faces = extract_faces(record, config.faces, config.mel.max_duration, device, timeline, timeout) if want_faces else None
-    decoded = decode_clip_audio(record, config.mel, timeline, timeout) if want_audio or want_lld else None
-    audio = extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline, timeout, decoded) if want_audio else None
-    lld = extract_lld(decoded, timeline, config.lld, config.mel) if want_lld else None
+    timeline = probe_timeline(record, config.faces.frames, config.mel.max_duration, timeout)  # one open, for every stage
+    try:
+        faces = extract_faces(record, config.faces, config.mel.max_duration, device, timeline, timeout) if want_faces else None
+        decoded = decode_clip_audio(record, config.mel, timeline, timeout) if want_audio or want_lld else None
+        audio = extract_audio(record, config.mel, config.faces.frames, config.faces.size, timeline, timeout, decoded) if want_audio else None
+        lld = extract_lld(decoded, timeline, config.lld, config.mel) if want_lld else None
+    finally:
+        if not isinstance(timeline, TaskResult):
+            timeline[0].close()
+    fused = {}
+    if faces is not None and audio is not None and faces.status == audio.status == "ok":
+        fused = {name: fuse_clip(name, faces.arrays, audio.arrays, record.clip_id, config.fusion_seed) for name in config.fusions}
     # copies: a failed probe is one TaskResult shared by the stages, and each records its own source file
     return (None if faces is None else dataclasses.replace(faces, source=video_source),
             None if audio is None else dataclasses.replace(audio, source=audio_source),
-            None if lld is None else dataclasses.replace(lld, source=audio_source))
+            None if lld is None else dataclasses.replace(lld, source=audio_source), fused)
 
 
-def task_error(exception: BaseException, want_faces: bool, want_audio: bool, want_lld: bool = False) -> tuple[TaskResult | None, ...]:
+def task_error(exception: BaseException, want_faces: bool, want_audio: bool, want_lld: bool = False) -> tuple:
     """A task that raised: status `error` for what it was asked, with the exception and where it was raised."""
     import traceback
 
     where = traceback.extract_tb(exception.__traceback__)[-1:] if exception.__traceback__ else []
     at = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
     reason = f"{type(exception).__name__}: {exception}{at}"
-    return tuple(TaskResult("error", reason) if wanted else None for wanted in (want_faces, want_audio, want_lld))
+    return (*(TaskResult("error", reason) if wanted else None for wanted in (want_faces, want_audio, want_lld)), {})
 
 
 def open_writer(location: str, dataset: str, class_names: list[str], split_seed: int | None) -> FeatureStore:
@@ -176,21 +187,29 @@ def run_extract(
             retried=int((redo_faces | redo_audio | redo_lld).sum()),
         )
         summary.feature_sets = [faces.name, audio.name] + ([lld.name] if lld is not None else [])
+        fused_sets = {name: store.ensure_feature_set(
+            "fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, config.fusion_seed),
+            fusion_arrays(name, config.faces.frames, config.faces.size), who) for name in config.fusions}
         if len(todo):
             tasks = [(rows[i], records[i], bool(todo_faces[i]), bool(todo_audio[i]), bool(todo_lld[i])) for i in todo]
             environments: list[dict] = []
-            results = compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
-                              environments=environments)
-            errors = write_results(store, faces, audio, results, commit_every=commit_every, lld=lld)
+            results = timed_first(compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
+                                          environments=environments), started, summary.timings)
+            errors, summary.fusions_computed = write_results(store, faces, audio, results, commit_every=commit_every, fused=fused_sets,
+                                                             timings=summary.timings, lld=lld)
             clip_of_row = {int(row): record.clip_id for row, record in zip(rows, records)}
             summary.errors = {clip_of_row[row]: why for row, why in errors.items()}
-            for feature_set, computed in ((faces, summary.faces_computed), (audio, summary.audio_computed), (lld, summary.lld_computed)):
+            fused_on_workers = [(s, summary.fusions_computed) for s in fused_sets.values()]
+            for feature_set, computed in ((faces, summary.faces_computed), (audio, summary.audio_computed), (lld, summary.lld_computed),
+                                          *fused_on_workers):
                 if computed:
                     feature_set.add_numeric_environments(environments)
-        for name in config.fusions:
+        fusion_started = time.perf_counter()
+        for name in config.fusions:  # rows the workers could not fuse (one stage was already stored): from the store
             fused, n = materialise_fusion(store, name, faces, audio, seed=config.fusion_seed, progress=progress, who=who)
             summary.feature_sets.append(fused.name)
             summary.fusions_computed += n
+        summary.timings["fusion_from_store"] = time.perf_counter() - fusion_started
         summary.usable = int((faces.ok() & audio.ok())[rows].sum())
         for feature_set in (faces, audio, *([lld] if lld is not None else [])):
             status, reason = feature_set.status()[rows], feature_set["reason"][:][rows]
@@ -207,6 +226,15 @@ def run_extract(
     return summary
 
 
+def timed_first(results, started: float, timings: dict[str, float]):
+    """`results` unchanged; timings["first_clip"]: seconds from `started` until the first clip came back (the
+    start-up a user waits through: cluster, imports, MTCNN loaded)."""
+    for k, item in enumerate(results):
+        if k == 0:
+            timings["first_clip"] = time.perf_counter() - started
+        yield item
+
+
 def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None, device: str, progress: bool,
             environments: list[dict] | None = None):
     """Yield (row, faces_result, audio_result) as clips finish, from a Dask cluster (or in-process for workers=0).
@@ -217,7 +245,7 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
     bar = tqdm(total=len(tasks), desc="extract", unit="clip", disable=not progress, file=sys.stderr)
     if workers == 0 and scheduler is None:
         for row, record, want_faces, want_audio, want_lld in tasks:
-            yield (row, *process_clip(record, config, want_faces, want_audio, device, want_lld))
+            yield (row, *process_clip(record, config, want_faces, want_audio, device, want_lld))  # row, faces, audio, lld, fused
             bar.update()
         bar.close()
         environments.append(numeric_environment())
@@ -257,28 +285,74 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
             cluster.close()
 
 
+WRITE_QUEUE = 2
+"""Batches (of `commit_every` clips) waiting for the writer thread: with the one being written and the one
+filling, the writer holds at most four batches, a few shards, whatever the corpus."""
+
+
 def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int,
-                  lld: FeatureSet | None = None) -> dict[int, str]:
+                  fused: dict[str, FeatureSet] | None = None, timings: dict[str, float] | None = None,
+                  lld: FeatureSet | None = None) -> tuple[dict[int, str], int]:
     """Buffer finished clips and commit them `commit_every` at a time (by default a shard's worth, so a shard
-    is rewritten once rather than once per clip). Returns row -> reason of the rows that ended in `error`
-    (left uncommitted, so the next run redoes them)."""
-    sets = {"faces": faces, "audio": audio, "lld": lld}
+    is rewritten once rather than once per clip), in a writer thread fed through a bounded queue: clips keep
+    arriving from the workers while a batch is written, and a slow store makes the workers wait rather than
+    memory grow. Fused tensors computed on the workers are written beside their clip's faces and audio.
+    Returns row -> reason of the rows that ended in `error` (left uncommitted, so the next run redoes them)
+    and how many fused rows were written."""
+    import queue
+    import threading
+
+    fused = fused or {}
+    sets = {"faces": faces, "audio": audio, "lld": lld, **{"fusion-" + name: s for name, s in fused.items()}}
+    batches: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
+    failure: list[BaseException] = []
+
+    timings = {} if timings is None else timings
+    timings.setdefault("writing", 0.0)
+
+    def writer() -> None:
+        while (batch := batches.get()) is not None:
+            started = time.perf_counter()
+            try:
+                if not failure:
+                    for kind, items in batch.items():  # faces and audio before the fusions made from them
+                        if items:
+                            flush(store, sets[kind], items)
+            except BaseException as err:  # reported in the caller's thread
+                failure.append(err)
+            timings["writing"] += time.perf_counter() - started
+
+    thread = threading.Thread(target=writer, name="avstore-writer", daemon=True)
+    thread.start()
     pending: dict[str, list] = {kind: [] for kind in sets}
     errors: dict[int, str] = {}
-    for row, face_result, audio_result, lld_result in results:
-        for kind, result in (("faces", face_result), ("audio", audio_result), ("lld", lld_result)):
-            if result is not None and result.status != "error":
-                pending[kind].append((row, result))
-            elif result is not None:
-                log.error("clip row %d, %s: %s", row, kind, result.reason)
-                errors[int(row)] = result.reason
-        for kind, feature_set in sets.items():
-            if len(pending[kind]) >= commit_every:
-                flush(store, feature_set, pending[kind])
-                pending[kind] = []
-    for kind, feature_set in sets.items():
-        flush(store, feature_set, pending[kind])
-    return errors
+    n_fused = 0
+    try:
+        for row, face_result, audio_result, lld_result, fused_arrays in results:
+            if failure:
+                break
+            for kind, result in (("faces", face_result), ("audio", audio_result), ("lld", lld_result)):
+                if result is not None and result.status != "error":
+                    pending[kind].append((row, result))
+                elif result is not None:
+                    log.error("clip row %d, %s: %s", row, kind, result.reason)
+                    errors[int(row)] = result.reason
+            for name, arrays in fused_arrays.items():
+                if name in fused:
+                    pending["fusion-" + name].append((row, TaskResult("ok", "", arrays)))
+                    n_fused += 1
+            if any(len(pending[kind]) >= commit_every for kind in ("faces", "audio", "lld")):
+                batches.put(pending)
+                pending = {kind: [] for kind in sets}
+        if not failure:
+            batches.put(pending)
+    finally:
+        batches.put(None)
+        thread.join()
+        getattr(results, "close", lambda: None)()  # stops the cluster now if the writer failed
+    if failure:
+        raise failure[0]
+    return errors, n_fused
 
 
 def flush(store: FeatureStore, feature_set: FeatureSet, items: list) -> None:

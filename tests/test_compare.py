@@ -78,14 +78,14 @@ def test_one_decode_serves_the_mel_and_the_llds(corpus, monkeypatch):
     real = extract_mod.decode_audio
     monkeypatch.setattr(extract_mod, "decode_audio", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     config = ExtractConfig(faces=FACES, mel=MEL, fusions=(), lld=LldConfig())
-    faces, audio, lld = process_clip(corpus[0], config, False, True, "cpu", True)
+    faces, audio, lld, _ = process_clip(corpus[0], config, False, True, "cpu", True)
     assert faces is None and audio.status == "ok" and lld.status == "ok"
     assert len(calls) == 1  # the WAV was decoded once, for both
     n = int(lld.arrays["lld_frames"])
     assert n > 50 and lld.arrays["lld"][n:].sum() == 0 and lld.arrays["lld"][:n].any()
     assert np.array_equal(lld.arrays["spans"], audio.arrays["spans"])  # the same T spans as the mel chunks
     assert lld.arrays["pooled"].shape == (4, N_FEATURES) and lld.arrays["pooled_valid"].all()
-    _, _, alone = process_clip(corpus[0], config, False, False, "cpu", True)  # LLDs alone still decode (once)
+    _, _, alone, _ = process_clip(corpus[0], config, False, False, "cpu", True)  # LLDs alone still decode (once)
     assert alone.status == "ok" and len(calls) == 2
     assert alone.arrays["lld"].tobytes() == lld.arrays["lld"].tobytes()
 

@@ -115,7 +115,7 @@ def test_with_two_faces_one_is_followed_and_both_are_counted(clips):
 
 # ---- timeouts and exit codes -------------------------------------------------------------------------------
 def test_an_ffmpeg_call_past_its_timeout_is_a_decode_error_named_timeout(clips):
-    faces, audio, _ = process_clip(record(clips["orig"]), ExtractConfig(faces=FACES, ffmpeg_timeout=0.001), True, True, "cpu")
+    faces, audio, _, _ = process_clip(record(clips["orig"]), ExtractConfig(faces=FACES, ffmpeg_timeout=0.001), True, True, "cpu")
     assert faces.status == audio.status == "decode_error"
     assert faces.reason.startswith("timeout")
 
@@ -240,6 +240,6 @@ def test_each_stage_records_its_own_source_file_even_when_the_probe_fails(clips,
     ffmpeg("-i", str(clips["orig"]), "-frames:v", "5", "-c", "copy", str(short))
     wav = tmp_path / "voice.wav"
     ffmpeg("-i", str(clips["orig"]), "-vn", str(wav))
-    faces, audio, _ = process_clip(record(short, wav), ExtractConfig(faces=FACES), True, True, "cpu")
+    faces, audio, _, _ = process_clip(record(short, wav), ExtractConfig(faces=FACES), True, True, "cpu")
     assert faces.status == audio.status == "too_short"
     assert str(short.stat().st_size) in faces.source and str(wav.stat().st_size) in audio.source

@@ -1,0 +1,70 @@
+"""Fusion on the workers and a writer that overlaps with computing through a bounded queue (pipeline/run.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.audio import MelConfig
+from pipeline.corpora import load_corpus
+from pipeline.corpora.sample import write_sample_corpus
+from pipeline.extract import TaskResult, audio_arrays, audio_params, face_arrays, face_params, fusion_arrays, fusion_params
+from pipeline.faces import FaceConfig
+from pipeline.records import ClipRecord
+from pipeline.run import WRITE_QUEUE, ExtractConfig, materialise_fusion, process_clip, run_extract, write_results
+from pipeline.splits import assign_splits
+from stores.store import FeatureStore
+
+FACES, MEL = FaceConfig(frames=6, size=32, detect_every=3), MelConfig(n_mels=32)
+
+
+@pytest.mark.slow
+def test_fusions_made_on_the_workers_equal_fusions_derived_from_the_store(tmp_path):
+    write_sample_corpus(tmp_path / "corpus", actors=3, sentences=1, seed=0, with_broken=True)
+    records = assign_splits(load_corpus("sample", tmp_path / "corpus"), seed=0)
+    config = ExtractConfig(faces=FACES, mel=MEL, fusions=("concat", "stack"))
+    faces, audio, _, fused = process_clip(records[0], config, True, True, "cpu")
+    assert faces.status == audio.status == "ok" and set(fused) == {"concat", "stack"}
+    assert fused["concat"]["image"].shape == (32, 64, 3)
+    assert process_clip(records[0], config, True, False, "cpu")[3] == {}  # one stage alone: fused later, from the store
+    location = tmp_path / "s.zarr"
+    summary = run_extract(records, location, config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"],
+                          workers=0, progress=False)
+    store = FeatureStore.open(location, mode="r+")
+    faces_set, audio_set = store.feature_sets("faces")[0], store.feature_sets("audio")[0]
+    both_ok = faces_set.ok() & audio_set.ok()
+    assert 0 < both_ok.sum() < len(records)  # the broken clips are not fused
+    for name in config.fusions:
+        fused_set = store.feature_sets("fusion-" + name)[0]
+        assert (fused_set.ok() == both_ok).all() and fused_set.done().all()
+        made_on_workers = {key: fused_set[key][:] for key in fusion_arrays(name, FACES.frames, FACES.size)}
+        store.uncommit_rows(fused_set, np.arange(len(records)))
+        _, n = materialise_fusion(store, name, faces_set, audio_set, seed=0, progress=False, who={})
+        assert n == len(records)
+        for key, values in made_on_workers.items():
+            assert np.array_equal(fused_set[key][:], values), (name, key)
+    assert summary.fusions_computed == 2 * len(records)  # fused on the workers, plus the skipped rows marked after
+
+
+def test_the_writer_never_falls_more_than_a_few_batches_behind(tmp_path):
+    store = FeatureStore.create(tmp_path / "s.zarr", dataset="sample", class_names=["ANG"], split_seed=0)
+    n, batch = 64, 4
+    store.add_clips([ClipRecord(clip_id=f"c{i:04d}", video_path="v", label=0, emotion="ANG", speaker=str(i % 7)) for i in range(n)])
+    faces = store.ensure_feature_set("faces", face_params(FACES), face_arrays(FACES), {})
+    audio = store.ensure_feature_set("audio", audio_params(MEL, FACES.frames, FACES.size), audio_arrays(MEL, FACES.frames, FACES.size), {})
+    fused = store.ensure_feature_set("fusion-concat", fusion_params("concat", faces.fingerprint, audio.fingerprint, 0),
+                                     fusion_arrays("concat", FACES.frames, FACES.size), {})
+    lag = []
+
+    def results():
+        for row in range(n):
+            lag.append(row - int(fused.done().sum()))  # clips handed over but not yet written
+            image = np.full((FACES.size, 2 * FACES.size, 3), row % 251, np.uint8)
+            video = np.zeros((FACES.frames, FACES.size, 2 * FACES.size, 3), np.uint8)
+            yield row, TaskResult("ok", ""), TaskResult("ok", ""), None, {"concat": {"image": image, "video": video}}  # no LLDs asked
+
+    errors, n_fused = write_results(store, faces, audio, results(), commit_every=batch, fused={"concat": fused})
+    assert errors == {} and n_fused == n
+    assert faces.done().all() and audio.done().all() and fused.done().all()
+    assert (fused["image"][:, 0, 0, 0] == np.arange(n) % 251).all()
+    assert max(lag) <= (WRITE_QUEUE + 2) * batch, max(lag)  # queued + being written + filling
