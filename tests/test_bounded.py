@@ -43,12 +43,9 @@ def make_store(location, n: int, written: list[int]) -> FeatureStore:
     return store
 
 
-def test_fusing_scattered_rows_reads_only_those_rows_under_a_memory_cap(tmp_path):
-    n, scattered = 600, [3, 250, 598]
-    location = tmp_path / "s.zarr"
-    make_store(location, n, scattered)
-    # The covering range of rows 3..598 holds ~350 MB of crops and chunks; the cap allows 150 MB more than the
-    # process uses once everything is imported and warm.
+def fuse_under_cap(location, cap_mb: int) -> subprocess.CompletedProcess:
+    """materialise_fusion in a fresh process whose address space may grow only `cap_mb` past its warm size;
+    prints (fused count, done rows)."""
     script = textwrap.dedent(f"""
         import resource
         from pipeline.run import materialise_fusion
@@ -57,12 +54,21 @@ def test_fusing_scattered_rows_reads_only_those_rows_under_a_memory_cap(tmp_path
         faces, audio = store.feature_sets("faces")[0], store.feature_sets("audio")[0]
         faces["crops"][0]; audio["chunks"][0]  # warm: zarr's threads and codecs exist before the cap
         vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (vm + 150 * 2**20, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_AS, (vm + {cap_mb} * 2**20, resource.RLIM_INFINITY))
         fused, count = materialise_fusion(store, "concat", faces, audio, seed=0, progress=False, who={{}})
         print(count, int(fused.done().sum()))
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_fusing_scattered_rows_reads_only_those_rows_under_a_memory_cap(tmp_path):
+    n, scattered = 600, [3, 250, 598]
+    location = tmp_path / "s.zarr"
+    make_store(location, n, scattered)
+    # The covering range of rows 3..598 holds ~350 MB of crops and chunks; the cap allows 150 MB more than the
+    # process uses once everything is imported and warm.
+    result = fuse_under_cap(location, cap_mb=150)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["3", str(n)]
     store = FeatureStore.open(location)
@@ -120,21 +126,8 @@ def test_fusing_whole_shards_stays_within_a_shards_memory(tmp_path):
     n = 2 * SHARD_ROWS
     location = tmp_path / "s.zarr"
     make_store(location, n, list(range(n)))
-    script = textwrap.dedent(f"""
-        import resource
-        from pipeline.run import materialise_fusion
-        from stores.store import FeatureStore
-        store = FeatureStore.open({str(location)!r}, mode="r+")
-        faces, audio = store.feature_sets("faces")[0], store.feature_sets("audio")[0]
-        fused = store.feature_sets("fusion-concat")[0]
-        fused["done"][:] = 0  # every row still to fuse
-        faces["crops"][0]; audio["chunks"][0]
-        vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (vm + 200 * 2**20, resource.RLIM_INFINITY))
-        fused, count = materialise_fusion(store, "concat", faces, audio, seed=0, progress=False, who={{}})
-        print(count, int(fused.done().sum()))
-    """)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    fused = FeatureStore.open(location, mode="r+").feature_sets("fusion-concat")[0]
+    fused["done"][:] = 0  # every row still to fuse
+    result = fuse_under_cap(location, cap_mb=200)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [str(n), str(n)]
