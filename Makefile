@@ -13,7 +13,7 @@ export PIP_CONFIG_FILE := /dev/null
 unexport PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast bench lock clean-venv
+.PHONY: setup demo test test-all test-fast bench lock clean-venv
 
 setup: $(STAMP)
 
@@ -28,11 +28,15 @@ $(STAMP): requirements.lock
 demo: setup
 	$(PY) cli.py demo --out demo
 
+# The default run keeps under ~15 minutes on 2 cores; the `heavy` end-to-end tests run with test-all.
 test: setup
+	$(PY) -m pytest -m "not heavy"
+
+test-all: setup
 	$(PY) -m pytest
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not heavy"
 
 bench: setup
 	$(PY) bench/extract.py

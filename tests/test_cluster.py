@@ -85,7 +85,7 @@ def _wait_for(check, what: str, logs: Path, timeout: float = 120):
     raise AssertionError(f"{what} did not start within {timeout} s\n{details}")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_extract_through_an_external_cluster_equals_a_local_run(cluster, tmp_path_factory, tmp_path):
     corpus, reference = sample_corpus(tmp_path_factory), reference_store(tmp_path_factory)
     store = tmp_path / "cluster.zarr"

@@ -78,7 +78,7 @@ def _faces_done(url: str) -> int:
         return 0
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_killed_and_resumed_bucket_extraction_equals_a_local_run(bucket_store, reference):
     assert_same_arrays(arrays_of(reference), arrays_of(bucket_store))
     assert verify(bucket_store) == []  # the checksums were written through fsspec at the end of the resumed run

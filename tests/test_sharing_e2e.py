@@ -12,7 +12,7 @@ from tests.remote_helpers import cli, extract_args, moto_s3, reference_store, sa
 from tests.test_cluster import cluster  # noqa: F401 - the fixture: a real scheduler and two workers
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_cluster_to_bucket_publish_verify_train_as_reader_and_diff(cluster, tmp_path_factory, tmp_path):  # noqa: F811
     corpus, reference = sample_corpus(tmp_path_factory), reference_store(tmp_path_factory)
     with moto_s3(buckets=("lab",)) as s3:

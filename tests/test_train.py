@@ -172,7 +172,7 @@ def test_a_fusion_missing_from_the_store_is_derived_and_cached_but_never_in_a_re
     assert len(FeatureStore.open(copy).feature_sets("fusion-stack")) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_sweep_runs_the_matrix_and_ends_with_the_report(store, tmp_path):
     out = tmp_path / "sweep"
     result = run_cli("sweep", "--store", store, "--encoders", "simple3d,resnet18", "--modalities", "audio,vision,av", "--seeds", "0,1",
@@ -185,12 +185,20 @@ def test_sweep_runs_the_matrix_and_ends_with_the_report(store, tmp_path):
     assert (out / "report" / "comparison.csv").read_text().count("\n") > 6
 
 
+HEAVY_ON_CPU = {"vgg16", "videomae", "vit-b16"}
+"""Encoders whose one CPU step takes many seconds; their cases run with `make test-all` (marker `heavy`)."""
+
+
 def encoder_recipes():
+    """Every (encoder, modality, fusion) the store serves; the ladder reads sequences, not these inputs, and has
+    its own tests (tests/test_ladder.py)."""
     for name in list_models():
         kind = get_spec(name).input_kind
+        if kind == "sequences":
+            continue
         for modality in ("audio", "vision", "av"):
             for fusion in valid_fusions(kind, modality, square_only=get_spec(name).square_input):
-                yield name, modality, fusion
+                yield pytest.param(name, modality, fusion, marks=pytest.mark.heavy) if name in HEAVY_ON_CPU else (name, modality, fusion)
 
 
 @pytest.mark.slow

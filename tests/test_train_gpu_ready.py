@@ -51,7 +51,8 @@ def store(tmp_path_factory) -> str:
 HEAVY = {"vgg16", "videomae", "vit-b16"}  # 80M+ parameters: building and one Adam step take tens of seconds on 2 cores
 
 
-@pytest.mark.parametrize("encoder", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()])
+@pytest.mark.parametrize("encoder", [pytest.param(n, marks=pytest.mark.heavy) if n in HEAVY else n
+                                     for n in list_models() if get_spec(n).input_kind != "sequences"])  # ladder: tests/test_ladder.py
 def test_the_gpu_device_plan_trains_every_encoder_one_step_on_cpu_in_bf16(store, encoder):
     kind = get_spec(encoder).input_kind
     config = TrainConfig(encoder=encoder, modality="av" if kind.startswith("pair") else "vision", fusion="none")
