@@ -12,6 +12,9 @@ Crops are normalised to [-1, 1] (the paper's visual preparation) and resized to 
 feature set is named by the fingerprint of the backbone, the layer, the weights' sha256 (or the random seed),
 the input size and the faces feature set it was computed from. It is written per shard like every other set,
 resumably (committed rows are not redone), and each row takes the faces row's status when that is not ok.
+The weights file is read and checked (every parameter up to the layer; a classifier head past it is ignored)
+before the feature set exists, so a bad file leaves the store untouched. CPU kernels run pinned to one thread
+(`stores.numeric`), so the stored bytes do not depend on the thread count.
 """
 
 from __future__ import annotations
