@@ -12,12 +12,18 @@ Crops are normalised to [-1, 1] (the paper's visual preparation) and resized to 
 feature set is named by the fingerprint of the backbone, the layer, the weights' sha256 (or the random seed),
 the input size and the faces feature set it was computed from. It is written per shard like every other set,
 resumably (committed rows are not redone), and each row takes the faces row's status when that is not ok.
+The weights file is read and checked (every parameter up to the layer; a classifier head past it is ignored)
+before the feature set exists, so a bad file leaves the store untouched. CPU kernels run pinned to one thread
+(`stores.numeric`), so the stored bytes do not depend on the thread count.
 """
 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import sys
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,7 @@ from tqdm import tqdm
 from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
 from stores.location import locate
 from stores.lock import WriterLock
+from stores.numeric import numeric_environment, pinned
 from stores.provenance import provenance
 from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError
 
@@ -44,6 +51,7 @@ class Backbone:
     dim: int
     input_size: int  # its native input side
     build: Callable[[], nn.Module]  # randomly initialised, returning the `layer` output
+    head: str  # key prefix of the classifier after `layer`: a weights file may hold it, it is not loaded
 
 
 def _vgg16_fc7() -> nn.Module:
@@ -61,8 +69,8 @@ def _facenet() -> nn.Module:
 
 
 BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone("vgg16", "fc7", 4096, 224, _vgg16_fc7),
-    "facenet": Backbone("facenet", "last_bn (L2-normalised)", 512, 160, _facenet),
+    "vgg16": Backbone("vgg16", "fc7", 4096, 224, _vgg16_fc7, head="classifier.6."),  # fc8, 1000 ImageNet classes
+    "facenet": Backbone("facenet", "last_bn (L2-normalised)", 512, 160, _facenet, head="logits."),  # VGGFace2's identities
 }
 
 
@@ -108,21 +116,52 @@ def build_backbone(config: EmbedConfig, weights: Path | None) -> nn.Module:
         torch.manual_seed(RANDOM_SEED)
         model = config.spec.build()
     if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        try:
-            model.load_state_dict(state, strict=False) if config.backbone == "vgg16" else model.load_state_dict(state)
-        except RuntimeError as err:
-            raise StoreError(f"--weights '{weights}' does not fit backbone {config.backbone}: {str(err).splitlines()[0]}") from None
+        model.load_state_dict(read_weights(weights, config.spec, model))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
+def read_weights(weights: Path, spec: Backbone, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The file's state dict for `model`, less the classifier head past `spec.layer`; anything else refused.
+
+    Every parameter up to the layer must come from the file: a file for another network would otherwise
+    load nothing (or half) while its hash names the feature set, and the embeddings would be random.
+    """
+    fix = "give a state dict of that backbone saved with torch.save, or leave --weights out for random init"
+    try:
+        with warnings.catch_warnings():  # torch warns on some pickles before refusing them: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as err:
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise StoreError(f"--weights '{weights}' is not a readable torch state dict ({why}); {fix}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise StoreError(f"--weights '{weights}' holds a {type(state).__name__}, not a state dict of tensors; {fix}")
+    state = {k: v for k, v in state.items() if not k.startswith(spec.head)}
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        first = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else
+                 f"{len(wrong)} of the wrong shape (e.g. {wrong[0]})")
+        raise StoreError(f"--weights '{weights}' does not fit backbone {spec.name}: {first} parameters; {fix}")
+    return state
+
+
+@pinned
 @torch.no_grad()
 def embed_crops(model: nn.Module, crops: np.ndarray, size: int, device: str, batch_size: int) -> np.ndarray:
-    """(N, T, S, S, 3) uint8 crops -> (N, T, D) float32 embeddings, `batch_size` frames per pass."""
+    """(N, T, S, S, 3) uint8 crops -> (N, T, D) float32 embeddings, `batch_size` frames per pass.
+
+    Pinned to one CPU thread like every other float kernel of the feature path: torch's convolutions round
+    differently with 1 and 2 intra-op threads (facenet's embeddings moved in most elements), and a stored
+    feature must not depend on the machine's thread count.
+    """
     n, t = crops.shape[:2]
     frames = torch.from_numpy(crops.reshape(n * t, *crops.shape[2:]))
     out = []
@@ -164,9 +203,9 @@ def run_embed(location: str, config: EmbedConfig, *, weights: Path | None = None
         faces = select_faces(store, faces_fingerprint)
         t = int(faces.params["frames"])
         arrays = {"embedding": ((t, config.spec.dim), "float16"), "found": ((t,), "bool")}
+        model = build_backbone(config, weights).to(device)  # a bad weights file is refused before anything is written
         embed = store.ensure_feature_set("embed", embed_params(config, weights, faces), arrays, provenance(device=device))
         todo = np.flatnonzero(faces.done() & ~embed.done())
-        model = build_backbone(config, weights).to(device)
         bar = tqdm(total=len(todo), desc=f"embed {config.backbone}", unit="clip", disable=not progress or not len(todo), file=sys.stderr)
         status_all, reason_all = faces.status(), faces["reason"][:]
         for start in range(0, len(todo), SHARD_ROWS):
@@ -184,5 +223,7 @@ def run_embed(location: str, config: EmbedConfig, *, weights: Path | None = None
             bar.update(len(rows))
         bar.close()
         if len(todo):
+            where_run = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+            embed.add_numeric_environments([{**numeric_environment(), "device": where_run}])  # what can still move the last bits
             refresh_checksums(where, store.touched) if incremental else write_checksums(where)
     return embed, len(todo)

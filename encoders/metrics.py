@@ -4,16 +4,20 @@ Conventions (they matter when comparing with published numbers):
 
 * ``accuracy`` is the weighted average recall (WAR): correct / total.
 * ``uar`` (unweighted average recall) is the mean per-class recall over the
-  data set's classes *that have at least one true sample* in ``y_true``.
-  A class with no true samples has an undefined recall (0/0); counting it as
-  0 would punish the model for the split, counting it as 1 would reward it, so
-  it is left out of the mean and named in ``classes_absent``. With every class
-  present (the normal CREMA-D test split) this is exactly MultiMAE-DER's UAR.
-* ``macro_recall`` equals ``uar`` (same classes, same mean).
-* ``macro_precision`` and ``macro_f1`` average over the classes that occur in
-  ``y_true`` *or* ``y_pred``: a class the model predicts but that never occurs
-  has precision 0 and F1 0, which is a real error and stays in the mean.
-  A class absent from both is left out.
+  data set's class list (``class_names``, e.g. CREMA-D's 6), never over the
+  classes that happen to occur in a batch or split. The denominator is fixed,
+  so UAR means the same thing on every split and every run. A class with no
+  true samples has an undefined recall (0/0); it counts as 0 and is named in
+  ``classes_absent``, so a split that lacks a class is visibly penalised
+  (a perfect classifier scores (K - absent) / K) instead of being silently
+  graded on an easier, smaller problem. This is scikit-learn's
+  ``recall_score(labels=range(K), average="macro", zero_division=0)``. With
+  every class present (the normal CREMA-D test split) it is exactly
+  MultiMAE-DER's UAR.
+* ``macro_recall`` equals ``uar``; ``macro_precision`` and ``macro_f1``
+  average over the same full class list. A class the model never predicts
+  has precision 0 (0/0), and a class it predicts but that never occurs has
+  precision 0 and F1 0; both stay in the mean.
 * ``micro_f1``, ``micro_precision`` and ``micro_recall`` pool true/false positives
   over classes; for single-label classification each equals ``accuracy``. They are
   reported because seed 002's table lists them (and as a cross-check).
@@ -73,11 +77,6 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def _mean_over(values: np.ndarray, mask: np.ndarray) -> float:
-    """Mean of ``values`` where ``mask`` holds; 0.0 if nothing is selected."""
-    return float(values[mask].mean()) if mask.any() else 0.0
-
-
 def _per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
     """Precision, recall, F1, support and predicted counts for every class."""
     true_positives = np.diag(confusion).astype(np.float64)
@@ -109,8 +108,11 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """All the headline metrics for one evaluation, as a JSON-serialisable dict.
 
-    See the module docstring for how absent classes and zero divisions are
-    handled; the returned ``classes_absent`` lists classes left out of UAR.
+    ``class_names`` must be the data set's whole class list (the store's
+    ``class_names``): every macro score averages over it. See the module
+    docstring for how absent classes and zero divisions are handled; the
+    returned ``classes_absent`` lists the classes with no true sample, whose
+    recall counted as 0.
     """
     names = [str(name) for name in class_names]
     if len(set(names)) != len(names):
@@ -118,10 +120,9 @@ def classification_metrics(
     confusion = confusion_matrix(y_true, y_pred, len(names))
     scores = _per_class_scores(confusion)
     present_in_truth = scores["support"] > 0
-    observed = present_in_truth | (scores["predicted"] > 0)
     total = int(confusion.sum())
     micro_precision, micro_recall, micro_f1 = _micro_scores(scores)
-    uar = _mean_over(scores["recall"], present_in_truth)
+    uar = float(scores["recall"].mean())  # over the whole class list, absent classes included
     per_class = {
         name: {
             "precision": float(scores["precision"][index]),
@@ -134,11 +135,11 @@ def classification_metrics(
     return {
         "accuracy": float(_safe_divide(scores["true_positives"].sum(), total)),
         "uar": uar,
-        "macro_f1": _mean_over(scores["f1"], observed),
+        "macro_f1": float(scores["f1"].mean()),
         "micro_f1": micro_f1,
         "micro_precision": micro_precision,
         "micro_recall": micro_recall,
-        "macro_precision": _mean_over(scores["precision"], observed),
+        "macro_precision": float(scores["precision"].mean()),
         "macro_recall": uar,
         "per_class": per_class,
         "confusion": confusion.tolist(),

@@ -15,6 +15,7 @@ from pipeline.corpora.sample import write_sample_corpus
 from pipeline.faces import FaceConfig
 from pipeline.run import ExtractConfig, process_clip, run_extract
 from pipeline.splits import assign_splits
+from stores.sequences import MissingSequencesError, sequence_sets
 from stores.store import FeatureStore
 
 SR = 22050
@@ -104,6 +105,10 @@ def test_lld_feature_set_is_fingerprinted_and_added_to_an_existing_store(corpus,
     assert lld.ok().all() and lld.params["step"] == 0.016 and lld.params["window"] == 0.032
     assert lld.params["opensmile"] == opensmile.__version__ and lld.params["decoded_rate"] == MEL.sample_rate
     assert lld["lld_times"][0][1, 0] == pytest.approx(0.016)
+    # the LLDs alone do not feed the ladder: the store is refused in one line naming the command that makes the rest
+    with pytest.raises(MissingSequencesError, match=r"`python cli\.py embed --store ") as refused:
+        sequence_sets(store, store.feature_sets("faces")[0])
+    assert "\n" not in str(refused.value)
     third = run_extract(corpus, location, ExtractConfig(faces=FACES, mel=MEL, fusions=(), lld=LldConfig(step=0.010)),
                         dataset="sample", class_names=CLASSES, workers=0, progress=False)
     assert third.lld_computed == len(corpus) and len(store.feature_sets("lld")) == 2  # another framing, another set

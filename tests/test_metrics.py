@@ -83,19 +83,40 @@ def test_perfect_classifier_scores_one_everywhere() -> None:
     assert all(scores["f1"] == pytest.approx(1.0) for scores in result["per_class"].values())
 
 
-def test_always_one_class_gives_uar_one_over_present_classes() -> None:
+def test_always_one_class_gives_uar_one_over_the_whole_class_list() -> None:
     # CREMA-D names, but only ANG, FEA, HAP, SAD occur in y_true; DIS and NEU are absent.
     y_true = np.array([0, 0, 0, 2, 2, 3, 5, 5, 5, 5])
     y_pred = np.full_like(y_true, 5)
     result = classification_metrics(y_true, y_pred, CREMA_D)
-    assert result["uar"] == pytest.approx(1 / 4)
+    assert result["uar"] == pytest.approx(1 / 6)  # the data set's 6 classes, not the 4 present
     assert result["accuracy"] == pytest.approx(4 / 10)
     assert result["classes_absent"] == ["DIS", "NEU"]
-    # precision/F1 averaged over the 4 classes seen in y_true or y_pred: only SAD scores.
-    assert result["macro_precision"] == pytest.approx((4 / 10) / 4)
+    # precision/F1 also average over all 6 classes: only SAD scores.
+    assert result["macro_precision"] == pytest.approx((4 / 10) / 6)
     sad_f1 = 2 * 0.4 * 1.0 / 1.4
-    assert result["macro_f1"] == pytest.approx(sad_f1 / 4)
+    assert result["macro_f1"] == pytest.approx(sad_f1 / 6)
     assert result["per_class"]["DIS"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_split_missing_a_class_is_averaged_over_the_class_list_not_the_classes_present() -> None:
+    """A perfect classifier on a test split without NEU scores UAR 5/6, not 1.0.
+
+    Averaging over the classes present would grade a split that lacks a class on an easier,
+    smaller problem, and UARs of splits with different class coverage would not be comparable.
+    """
+    y_true = np.array([0, 1, 2, 3, 5, 0, 1, 2, 3, 5])  # every CREMA-D class but NEU (4)
+    result = classification_metrics(y_true, y_true.copy(), CREMA_D)
+    assert result["accuracy"] == pytest.approx(1.0)
+    assert result["uar"] == pytest.approx(5 / 6)
+    assert result["macro_recall"] == pytest.approx(5 / 6)
+    assert result["macro_precision"] == pytest.approx(5 / 6)
+    assert result["macro_f1"] == pytest.approx(5 / 6)
+    assert result["classes_absent"] == ["NEU"]
+    # The same predictions scored with a 5-class list give 1.0: the class list, not the split, sets the mean.
+    five = [name for name in CREMA_D if name != "NEU"]
+    remap = {0: 0, 1: 1, 2: 2, 3: 3, 5: 4}
+    relabelled = np.array([remap[int(v)] for v in y_true])
+    assert classification_metrics(relabelled, relabelled, five)["uar"] == pytest.approx(1.0)
 
 
 def test_predicting_only_an_absent_class_scores_zero_and_counts_it_in_macro_f1() -> None:
