@@ -40,7 +40,17 @@ class ShapedDelta(Delta):
 
 
 register_codec("numcodecs.delta", ShapedDelta)
-zarr.config.set({"codecs.numcodecs.delta": f"{ShapedDelta.__module__}.{ShapedDelta.__qualname__}"})
+SHAPED_DELTA = f"{ShapedDelta.__module__}.{ShapedDelta.__qualname__}"
+
+
+def use_shaped_delta() -> None:
+    """Make zarr build `numcodecs.delta` as ShapedDelta; again before each write, as zarr's config can be refreshed."""
+    codecs = zarr.config.get("codecs", {})
+    if codecs.get("numcodecs.delta") != SHAPED_DELTA:  # the key holds a dot: set the whole mapping, not a dotted path
+        zarr.config.set({"codecs": {**codecs, "numcodecs.delta": SHAPED_DELTA}})
+
+
+use_shaped_delta()
 
 
 def chunk_filters(clip_shape: tuple[int, ...], dtype: str) -> list:

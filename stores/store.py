@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 import zarr
 
-from stores.codecs import chunk_compressors, chunk_filters
+from stores.codecs import chunk_compressors, chunk_filters, use_shaped_delta
 from stores.fingerprint import fingerprint
 from stores.location import locate
 from stores.splits import SPLIT_RULE
@@ -237,6 +237,7 @@ class FeatureStore:
     # ---- writing rows ------------------------------------------------------------------------------------
     def write_rows(self, feature_set: FeatureSet, rows: np.ndarray, arrays: dict[str, np.ndarray], status: list[str], reason: list[str]) -> None:
         """Write rows' arrays, then their status, then mark them done: the order readers rely on."""
+        use_shaped_delta()  # before the arrays are opened: their codecs are built now
         order = np.argsort(rows)
         rows = np.asarray(rows)[order]
         self.touched.setdefault(feature_set.name, set()).update(int(r) for r in rows)

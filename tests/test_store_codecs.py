@@ -107,3 +107,14 @@ def test_channel_images_get_the_colour_vertical_horizontal_chain_and_floats_none
     assert [c.to_dict()["name"] for c in filters] == ["numcodecs.delta", "transpose", "numcodecs.delta", "transpose", "numcodecs.delta"]
     assert [tuple(c.order) for c in filters if isinstance(c, TransposeCodec)] == [(0, 4, 1, 3, 2), (0, 1, 2, 4, 3)]
     assert chunk_filters((512, 431), "float16") == [] and len(chunk_filters((16, 224, 224), "uint8")) == 1
+
+
+def test_a_store_reopened_for_writing_encodes_with_the_new_chain(tmp_path):
+    """Resume and new clips write through arrays zarr rebuilds from the metadata: its own numcodecs Delta
+    flattens the chunk and the transpose after it fails, unless ShapedDelta is what zarr builds."""
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    _create_array(group, "crops", 4, (2, 48, 48, 3), "uint8")
+    reopened = zarr.open_group(tmp_path / "s.zarr", mode="r+")["crops"]  # a fresh parse, as the next run's
+    values = np.arange(2 * 2 * 48 * 48 * 3, dtype=np.uint8).reshape(2, 2, 48, 48, 3)
+    reopened[1:3] = values
+    assert np.array_equal(zarr.open_group(tmp_path / "s.zarr", mode="r")["crops"][1:3], values)
