@@ -13,7 +13,7 @@ Layout::
 Why so: rows are written data first and `done` last, so a reader that selects `done == 1` never sees a half
 written clip, and a killed run resumes by redoing rows whose `done` is 0. Large arrays hold one clip per
 inner chunk inside shards of SHARD_ROWS clips (few files on NFS or object storage, one chunk read per
-sample). Exactly one process writes (the extract's client; see WriterLock).
+sample), each chunk encoded by the lossless chain stores/codecs.py picks for its shape and dtype. Exactly one process writes (the extract's client; see WriterLock).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 import zarr
 
+from stores.codecs import chunk_compressors, chunk_filters, use_shaped_delta
 from stores.fingerprint import fingerprint
 from stores.location import locate
 from stores.splits import SPLIT_RULE
@@ -101,7 +102,7 @@ def _create_array(group: zarr.Group, name: str, n_rows: int, clip_shape: tuple[i
     if _is_big(clip_shape):
         return group.create_array(
             name, shape=shape, dtype=dtype, chunks=(1, *clip_shape), shards=(SHARD_ROWS, *clip_shape), fill_value=0,
-            config={"write_empty_chunks": False},
+            filters=chunk_filters(clip_shape, dtype), compressors=chunk_compressors(), config={"write_empty_chunks": False},
         )
     return group.create_array(name, shape=shape, dtype=dtype, chunks=(META_CHUNK_ROWS, *clip_shape), fill_value=0)
 
@@ -236,6 +237,7 @@ class FeatureStore:
     # ---- writing rows ------------------------------------------------------------------------------------
     def write_rows(self, feature_set: FeatureSet, rows: np.ndarray, arrays: dict[str, np.ndarray], status: list[str], reason: list[str]) -> None:
         """Write rows' arrays, then their status, then mark them done: the order readers rely on."""
+        use_shaped_delta()  # before the arrays are opened: their codecs are built now
         order = np.argsort(rows)
         rows = np.asarray(rows)[order]
         self.touched.setdefault(feature_set.name, set()).update(int(r) for r in rows)

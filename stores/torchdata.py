@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stores.codecs import undo_filters
 from stores.store import FeatureSet, FeatureStore, StoreError
 
 MODALITIES = ("audio", "vision", "av")
@@ -144,32 +145,40 @@ def read_rows(array, rows: np.ndarray, *, rows_per_call: int = 256, out: np.ndar
 class ShardReader:
     """This store's large arrays on a local disk read without zarr's per-chunk machinery: the codec limit.
 
-    They are written as shards of rows, one zstd-compressed chunk per row, the shard's index at its end
-    (stores/store.py). zarr 3 spends ~1.7 ms per chunk around a ~1-10 ms decode; here a row is one `pread`
-    and one zstd decode straight into the output. Anything else (a remote store, another codec chain, a
-    dtype wider than a byte) goes through zarr; tests check both give the same arrays.
+    They are written as shards of rows, one compressed chunk per row, the shard's index at its end
+    (stores/store.py): bytes + zstd, after the deltas and transposes of stores/codecs.py in stores made since
+    issue 12 (before it, bytes + zstd alone). zarr 3 spends ~1.7 ms per chunk around the decode; here a row is
+    one `pread`, one zstd decode and the filters undone in numpy straight into the output. Anything else (a
+    remote store, another codec chain, a dtype wider than a byte) goes through zarr; tests check both give the
+    same arrays.
     """
 
     EMPTY = 2**64 - 1
 
-    def __init__(self, folder: Path, shard_rows: int, suffix: str, fill: int) -> None:
+    def __init__(self, folder: Path, shard_rows: int, suffix: str, fill: int, filters: list | None = None) -> None:
         from numcodecs import Zstd
 
         self.folder, self.shard_rows, self.suffix, self.fill, self.codec = folder, shard_rows, suffix, fill, Zstd()
+        self.filters = list(filters or [])
 
     @classmethod
     def for_array(cls, array) -> "ShardReader | None":
         from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
         from zarr.storage import LocalStore
 
+        from stores.codecs import is_fast
+
         codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
         if not isinstance(array.store, LocalStore) or len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or array.dtype != np.uint8:
             return None
         shard = codecs[0]
-        if (tuple(shard.chunk_shape) != (1, *array.shape[1:]) or [type(c) for c in shard.codecs] != [BytesCodec, ZstdCodec]
+        kinds = [type(c) for c in shard.codecs]
+        if (tuple(shard.chunk_shape) != (1, *array.shape[1:]) or len(kinds) < 2 or kinds[-2:] != [BytesCodec, ZstdCodec]
+                or not all(is_fast(c) for c in shard.codecs[:-2])
                 or shard.index_location.value != "end" or getattr(array.metadata.chunk_key_encoding, "separator", None) != "/"):
             return None
-        return cls(Path(array.store.root) / array.path / "c", int(array.metadata.chunk_grid.chunk_shape[0]), "/".join(["0"] * (array.ndim - 1)), int(array.metadata.fill_value))
+        return cls(Path(array.store.root) / array.path / "c", int(array.metadata.chunk_grid.chunk_shape[0]), "/".join(["0"] * (array.ndim - 1)),
+                   int(array.metadata.fill_value), shard.codecs[:-2])
 
     def read(self, rows: np.ndarray, out: np.ndarray) -> None:
         """out[k] = row rows[k], decoded in place."""
@@ -190,10 +199,19 @@ class ShardReader:
                     offset, nbytes = index[rows[k] % self.shard_rows]
                     if offset == self.EMPTY:
                         out[k] = self.fill
+                    elif self.filters:
+                        scratch = np.empty(out[k].size, np.uint8)  # writable, for torch
+                        self.codec.decode(os.pread(fd, int(nbytes), int(offset)), out=scratch)
+                        undo_filters(scratch, self.filters, out[k][None], _torch_cumsum)
                     else:
                         self.codec.decode(os.pread(fd, int(nbytes), int(offset)), out=out[k])
             finally:
                 os.close(fd)
+
+
+def _torch_cumsum(values: np.ndarray, out: np.ndarray) -> None:
+    """uint8 running sum (wrapping, as numcodecs' Delta decodes) with torch's kernel: ~4x numpy's."""
+    torch.cumsum(torch.from_numpy(values), 0, dtype=torch.uint8, out=torch.from_numpy(out))
 
 
 class StoreSplit(torch.utils.data.Dataset):

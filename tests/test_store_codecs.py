@@ -1,0 +1,120 @@
+"""The store's codec chains (issue 12, a smaller store): lossless, readable by plain zarr, read fast by the loader."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
+
+from pipeline.audio import MelConfig
+from pipeline.corpora import load_corpus
+from pipeline.corpora.sample import write_sample_corpus
+from pipeline.faces import FaceConfig
+from pipeline.run import ExtractConfig, run_extract
+from pipeline.splits import assign_splits
+from stores.codecs import chunk_filters
+from stores.store import SHARD_ROWS, FeatureStore, _create_array, _is_big
+from stores.torchdata import ShardReader, read_rows
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """18 sample clips, T=4, 48 px, with the concat fusion: every kind of large array the defaults make."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    write_sample_corpus(corpus, actors=3, sentences=1, seed=2)
+    records = assign_splits(load_corpus("sample", corpus), seed=0)
+    location = str(tmp_path_factory.mktemp("store") / "codecs.zarr")
+    config = ExtractConfig(faces=FaceConfig(frames=4, size=48, detect_every=2), mel=MelConfig(n_mels=48), fusions=("concat",))
+    run_extract(records, location, config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=0, progress=False)
+    return location
+
+
+def _large_arrays(root: zarr.Group) -> dict[str, zarr.Array]:
+    return {f"features/{g}/{n}": a for g in sorted(root["features"].group_keys()) for n, a in sorted(root[f"features/{g}"].arrays())
+            if _is_big(a.shape[1:])}
+
+
+def _old_chain(location, values: np.ndarray) -> zarr.Array:
+    """The array as stores were written before issue 12: bytes + zstd level 0, nothing else."""
+    clip = values.shape[1:]
+    array = zarr.create_array(location, shape=values.shape, dtype=values.dtype, chunks=(1, *clip), shards=(SHARD_ROWS, *clip),
+                              compressors=[ZstdCodec(level=0)], fill_value=0)
+    array[:] = values
+    return zarr.open_array(location, mode="r")
+
+
+def test_new_chains_hold_exactly_the_values_of_the_old_chain_and_old_stores_still_read_fast(store, tmp_path):
+    arrays = _large_arrays(FeatureStore.open(store).root)
+    names = {path.rsplit("/", 1)[1] for path in arrays}
+    assert {"crops", "middle", "chunks", "mel", "image", "video"} <= names  # spec is small at 48 px
+    rows = np.array([17, 0, 5, 5, 11, 1, 2])
+    for path, array in arrays.items():
+        inner = array.metadata.codecs[0].codecs
+        if array.dtype == np.uint8:  # the new chain is really in the store, filters first
+            assert any(type(c).__name__ == "ShapedDelta" or c.to_dict()["name"] == "numcodecs.delta" for c in inner), path
+        values = array[:]
+        old = _old_chain(tmp_path / path.replace("/", "_"), values)
+        assert [type(c) for c in old.metadata.codecs[0].codecs] == [BytesCodec, ZstdCodec]
+        assert np.array_equal(old[:], values), path  # same clips, same values, whichever chain wrote them
+        for a in (array, old):
+            if a.dtype == np.uint8:
+                assert ShardReader.for_array(a) is not None, path  # the loader's direct path takes both chains
+            assert np.array_equal(read_rows(a, rows), values[rows]), path
+
+
+def test_plain_zarr_reads_the_store_without_avstore(store, tmp_path):
+    arrays = _large_arrays(FeatureStore.open(store).root)
+    expected = {path: hashlib.sha256(np.ascontiguousarray(a[:]).tobytes()).hexdigest() for path, a in arrays.items()}
+    script = f"""
+import hashlib, json, sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np, zarr
+root = zarr.open_group({store!r}, mode="r")
+paths = {sorted(expected)!r}
+out = {{p: hashlib.sha256(np.ascontiguousarray(root[p][:]).tobytes()).hexdigest() for p in paths}}
+assert not [m for m in sys.modules if m.split(".")[0] in ("stores", "pipeline", "encoders")]
+print(json.dumps(out))
+"""
+    result = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == expected
+
+
+@pytest.mark.parametrize("clip_shape", [(4, 48, 48, 3), (1, 48, 48, 3), (48, 48, 3), (32, 64, 3), (2, 1, 48, 48, 3), (4, 32, 32, 6), (4, 48, 48), (64, 64)])
+def test_every_chain_round_trips_through_zarr_and_the_direct_reader(tmp_path, clip_shape):
+    """Shapes the options can make (--frames 1, --size, the stack fusion). With T=1 the planar transposed view
+    is Fortran-contiguous and numcodecs' Delta would difference it in memory order: that chain is not used."""
+    rng = np.random.default_rng(0)
+    values = np.cumsum(rng.integers(0, 4, (5, *clip_shape), dtype=np.uint8), axis=-2, dtype=np.uint8)  # smooth-ish
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    _create_array(group, "a", 5, clip_shape, "uint8")[:] = values
+    array = zarr.open_group(tmp_path / "s.zarr", mode="r")["a"]
+    assert [c.to_dict()["name"] for c in array.metadata.codecs[0].codecs][-2:] == ["bytes", "zstd"]
+    assert np.array_equal(array[:], values)
+    out = np.empty_like(values)
+    ShardReader.for_array(array).read(np.array([4, 0, 2, 1, 3]), out)
+    assert np.array_equal(out, values[[4, 0, 2, 1, 3]])
+
+
+def test_channel_images_get_the_colour_vertical_horizontal_chain_and_floats_none():
+    filters = chunk_filters((16, 224, 448, 3), "uint8")
+    assert [c.to_dict()["name"] for c in filters] == ["numcodecs.delta", "transpose", "numcodecs.delta", "transpose", "numcodecs.delta"]
+    assert [tuple(c.order) for c in filters if isinstance(c, TransposeCodec)] == [(0, 4, 1, 3, 2), (0, 1, 2, 4, 3)]
+    assert chunk_filters((512, 431), "float16") == [] and len(chunk_filters((16, 224, 224), "uint8")) == 1
+
+
+def test_a_store_reopened_for_writing_encodes_with_the_new_chain(tmp_path):
+    """Resume and new clips write through arrays zarr rebuilds from the metadata: its own numcodecs Delta
+    flattens the chunk and the transpose after it fails, unless ShapedDelta is what zarr builds."""
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    _create_array(group, "crops", 4, (2, 48, 48, 3), "uint8")
+    reopened = zarr.open_group(tmp_path / "s.zarr", mode="r+")["crops"]  # a fresh parse, as the next run's
+    values = np.arange(2 * 2 * 48 * 48 * 3, dtype=np.uint8).reshape(2, 2, 48, 48, 3)
+    reopened[1:3] = values
+    assert np.array_equal(zarr.open_group(tmp_path / "s.zarr", mode="r")["crops"][1:3], values)
