@@ -1,6 +1,6 @@
 """What the trainer's loader delivers, against what the codec allows: samples/s per recipe, in memory and streamed.
 
-    nice .venv/bin/python bench/train.py [--quick] [--workers N]
+    .venv/bin/python bench/train.py [--quick] [--workers N] [--seconds S] [--store DIR] [--skip-decode]
 
 Writes bench/results/train.json and train.md. On a store built on the spot from the sample corpus (48 clips,
 T=16, 224 px, 512 mels; a few minutes on 2 cores), for the 2D and 3D recipes (audio, vision, concat, and
@@ -11,7 +11,9 @@ T=16, 224 px, 512 mels; a few minutes on 2 cores), for the 2D and 3D recipes (au
   float           - their conversion to the model's float layout (`to_model_inputs`), timed separately:
                     on a GPU it runs on the device
   codec limit     - one process decompressing the same stored chunks (zstd) in a tight loop, times the
-                    worker count: no loader can stream faster from this store on this machine
+                    worker count: no loader can stream faster from this store on this machine (measured
+                    right before and after the streamed run, as the load of a shared machine drifts)
+  memcpy ceiling  - a numpy copy of 400 MB: no in-memory loader copies rows faster
   decode          - what a notebook without a store does per sample: decode + MTCNN + mel + fuse (avstore's
                     own fast per-clip functions, so a lower bound on that cost)
 
@@ -94,14 +96,14 @@ def time_delivery(loader: Loader, data, name: str, min_seconds: float) -> dict:
     started = time.perf_counter()
     first = next(loader.batches(name, BATCH, generator=generator))  # spawns the workers when streamed
     warmup = time.perf_counter() - started
-    for _ in loader.batches(name, BATCH, generator=generator):  # one full pass more: shards cached, workers warm
-        pass
-    seen, passes, kept, started = 0, 0, [], time.perf_counter()
+    kept = []
+    for raw, _, _ in loader.batches(name, BATCH, generator=generator):  # one full pass more: shards cached, workers warm
+        if len(kept) < 4:
+            kept.append([r.clone() for r in raw])  # batches live in reused buffers; cloned outside the timing
+    seen, passes, started = 0, 0, time.perf_counter()
     while passes < 2 or time.perf_counter() - started < min_seconds:
-        for raw, labels, _ in loader.batches(name, BATCH, generator=generator):
+        for _, labels, _ in loader.batches(name, BATCH, generator=generator):
             seen += len(labels)
-            if len(kept) < 4:
-                kept.append([r.clone() for r in raw])  # in-memory batches live in reused buffers
         passes += 1
     delivery = time.perf_counter() - started
     converted, started = 0, time.perf_counter()
@@ -112,6 +114,22 @@ def time_delivery(loader: Loader, data, name: str, min_seconds: float) -> dict:
     del first
     return {"samples": seen, "seconds": delivery, "samples_per_second": seen / delivery, "first_batch_seconds": warmup,
             "float_samples_per_second": converted / convert}
+
+
+def memcpy_ceiling(megabytes: int = 400) -> dict:
+    """This machine's plain copy bandwidth (numpy, one thread, warm pages): the in-memory loader's ceiling."""
+    source = np.ones(megabytes << 20, np.uint8)
+    target = source.copy()
+    best = 0.0
+    for _ in range(5):
+        started = time.perf_counter()
+        np.copyto(target, source)
+        best = max(best, source.nbytes / (time.perf_counter() - started))
+    return {"bytes_per_second": best, "megabytes": megabytes}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def time_decode_loader(records, faces: FaceConfig, mel: MelConfig, n: int) -> dict:
@@ -164,16 +182,21 @@ def measure(location: str, workers: int, min_seconds: float) -> list[dict]:
         config = TrainConfig(encoder=encoder, modality=modality, fusion=fusion, fuse_on_device=on_device, batch_size=BATCH)
         memory = load_data(location, config)
         streamed = load_data(location, TrainConfig(**{**config.__dict__, "max_memory_gb": 0.0}))
-        limit = codec_limit(stored_chunks(location, streamed, streamed.splits["train"].rows))
+        chunks = stored_chunks(location, streamed, streamed.splits["train"].rows)
         in_memory = time_delivery(Loader(memory.splits, LoaderConfig(workers=0), "cpu"), memory, "train", min_seconds)
+        before = codec_limit(chunks)
         loader = Loader(streamed.splits, LoaderConfig(workers=workers), "cpu")
         try:
             stream = time_delivery(loader, streamed, "train", min_seconds)
         finally:
             loader.close()
+        after = codec_limit(chunks)  # right before and after: on a shared machine the load drifts
+        limit = {"rows_per_second": (before["rows_per_second"] + after["rows_per_second"]) / 2, "bytes_per_row": before["bytes_per_row"],
+                 "before": before["rows_per_second"], "after": after["rows_per_second"]}
         rows.append({"recipe": label, "in_memory": in_memory, "streamed": stream, "codec_limit_one_process": limit,
                      "codec_limit": limit["rows_per_second"] * workers, "workers": workers,
-                     "streamed_fraction_of_limit": stream["samples_per_second"] / (limit["rows_per_second"] * workers)})
+                     "streamed_fraction_of_limit": stream["samples_per_second"] / (limit["rows_per_second"] * workers),
+                     "row_bytes": memory.splits["train"].row_nbytes()})
         print(f"{label}: in memory {in_memory['samples_per_second']:.0f}/s, streamed {stream['samples_per_second']:.1f}/s "
               f"= {rows[-1]['streamed_fraction_of_limit']:.2f} of the codec limit", flush=True)
     return rows
@@ -181,17 +204,23 @@ def measure(location: str, workers: int, min_seconds: float) -> list[dict]:
 
 def render(results: dict) -> str:
     p, m = results["params"], results["machine"]
+    ceiling = results["memcpy"]["bytes_per_second"]
     lines = [f"Loader delivery at {p['size']} px, T={p['frames']}, batch {BATCH}, {results['clips']} clips, on {m['cpus']} CPU cores "
-             f"({m['processor'] or 'CPU'}); streamed with {results['workers']} persistent workers, after their start-up:", "",
-             "| recipe | in memory, uint8 /s | streamed, uint8 /s | codec limit /s (1 process x workers) | streamed / limit | float conversion /s (CPU) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"({m['processor'] or 'CPU'}); streamed with {results['workers']} persistent workers, after their start-up. "
+             f"Load average (1, 5, 15 min) {results['load_before']} before, {results['load_after']} after; memcpy ceiling "
+             f"(numpy copy of {results['memcpy']['megabytes']} MB) {ceiling / 1e9:.1f} GB/s.", "",
+             "| recipe | in memory, uint8 /s | in memory / memcpy ceiling | streamed, uint8 /s | codec limit /s (1 process x workers) | streamed / limit | float conversion /s (CPU) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results["loaders"]:
-        lines.append(f"| {r['recipe']} | {r['in_memory']['samples_per_second']:.0f} | {r['streamed']['samples_per_second']:.1f} | "
+        copied = r["in_memory"]["samples_per_second"] * r["row_bytes"] / ceiling
+        lines.append(f"| {r['recipe']} | {r['in_memory']['samples_per_second']:.0f} | {copied:.2f} | {r['streamed']['samples_per_second']:.1f} | "
                      f"{r['codec_limit']:.1f} ({r['codec_limit_one_process']['rows_per_second']:.1f} x {r['workers']}) | "
                      f"{r['streamed_fraction_of_limit']:.2f} | {r['in_memory']['float_samples_per_second']:.0f} |")
     start = max(r["streamed"]["first_batch_seconds"] for r in results["loaders"])
-    lines += ["", f"Streamed workers start once per run (at most {start:.1f} s to the first batch here). Decode + MTCNN + mel per sample "
-              f"without a store: {results['decode_per_sample']['samples_per_second']:.1f} samples/s."]
+    lines += ["", "The codec limit is the mean of one process's rate right before and right after the streamed measurement. "
+              f"Streamed workers start once per run (at most {start:.1f} s to the first batch here)."]
+    if "decode_per_sample" in results:
+        lines[-1] += f" Decode + MTCNN + mel per sample without a store: {results['decode_per_sample']['samples_per_second']:.1f} samples/s."
     if "gpu" in results:
         lines += ["", "| GPU training (bf16, device plan) | samples/s | device |", "|---|---|---|"]
         lines += [f"| {g['encoder']} {g['fusion']} | {g['samples_per_second']:.0f} | {g['device']} |" for g in results["gpu"]]
@@ -204,28 +233,37 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=default_workers(), help="streaming loader workers (default: from the CPU count)")
     parser.add_argument("--seconds", type=float, default=4.0, help="minimum measuring time per loader")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--store", type=Path, help="keep the store here and reuse it on later runs (same options)")
+    parser.add_argument("--skip-decode", action="store_true", help="leave out the decode-per-sample baseline")
     args = parser.parse_args()
     size, n_mels = (112, 128) if args.quick else (224, 512)
     faces, mel = FaceConfig(size=size), MelConfig(n_mels=n_mels)
     with tempfile.TemporaryDirectory() as tmp:
-        corpus, store = Path(tmp) / "corpus", str(Path(tmp) / "store.zarr")
-        write_sample_corpus(corpus, actors=4, sentences=1 if args.quick else 2, seed=0)
+        folder = args.store or Path(tmp)
+        corpus, store = folder / "corpus", str(folder / "store.zarr")
+        if not corpus.exists():
+            write_sample_corpus(corpus, actors=4, sentences=1 if args.quick else 2, seed=0)
         records = assign_splits(load_corpus("sample", corpus))
-        started = time.perf_counter()
-        run_extract(records, store, ExtractConfig(faces=faces, mel=mel, fusions=("concat",)), dataset="sample",
-                    class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=2, progress=False)
-        print(f"store of {len(records)} clips built in {time.perf_counter() - started:.0f} s", flush=True)
+        if not (folder / "store.zarr").exists():
+            started = time.perf_counter()
+            run_extract(records, store, ExtractConfig(faces=faces, mel=mel, fusions=("concat",)), dataset="sample",
+                        class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=2, progress=False)
+            print(f"store of {len(records)} clips built in {time.perf_counter() - started:.0f} s", flush=True)
         results = {
             "machine": {"cpus": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version()},
             "versions": library_versions(),
             "params": {"size": size, "n_mels": n_mels, "frames": faces.frames, "batch_size": BATCH},
             "clips": len(records),
             "workers": args.workers,
+            "load_before": load_average(),
+            "memcpy": memcpy_ceiling(),
             "loaders": measure(store, args.workers, args.seconds),
-            "decode_per_sample": time_decode_loader(records, faces, mel, n=6 if args.quick else 12),
         }
+        if not args.skip_decode:
+            results["decode_per_sample"] = time_decode_loader(records, faces, mel, n=6 if args.quick else 12)
         if torch.cuda.is_available():
             results["gpu"] = [time_gpu_training(store, "vgg16", "concat", 40), time_gpu_training(store, "i3d", "concat", 40)]
+        results["load_after"] = load_average()
     text = render(results)
     name = "train-quick" if args.quick else "train"
     args.out.mkdir(parents=True, exist_ok=True)

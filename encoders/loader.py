@@ -10,13 +10,15 @@ Why it is built this way (each point a defect of the first loader, issue 9):
   all ranks take the same number of steps. Evaluation splits every clip once over the ranks (shares may
   differ by one) and the trainer gathers the results.
 - Streaming: one DataLoader for the whole run, with persistent "spawn" workers (zarr 3's event loop does not
-  survive a fork) that serve every epoch and every evaluation pass. A task is a group of batches; a worker
-  reads all their rows (about one window: one Zarr slice per run of neighbouring rows) and returns the
-  batches ready, as uint8: the conversion
-  to float happens on the device.
-- In memory: rows are copied one by one straight into the batch: on a GPU from pinned memory into a device
-  tensor (DMA, no CPU copy), on a CPU into one of two reused buffers (a fresh 77 MB batch of 3D concat costs
-  more in page faults than in copying). So a CPU batch's tensors are valid until the next-but-one batch.
+  survive a fork) that serve every epoch and every evaluation pass. A task is a range of a pass's rows (up
+  to `task_rows` and `task_bytes`: a 3D concat batch is split over several tasks, a short pass over every
+  worker); a worker decodes them with one read per run of neighbours straight into a ring of shared batch
+  buffers allocated once, so nothing is pickled, stacked or collated and no fresh page is touched. Batches
+  stay uint8: the conversion to float happens on the device.
+- In memory: rows are copied one by one straight into the batch (one memcpy each, no stacking, no float):
+  on a GPU from pinned memory into a device tensor (DMA, no CPU copy), on a CPU by numpy into one of two
+  reused buffers (a fresh 77 MB batch of 3D concat costs more in page faults than in copying); a batch of
+  neighbouring rows in order is a view. So a CPU batch's tensors are valid until the next-but-one batch.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class LoaderConfig:
     workers: int = 2  # streaming DataLoader processes; 0 reads in the trainer's process
     block_rows: int = 16  # neighbouring rows shuffled as one block
     mix_blocks: int = 4  # blocks whose clips are shuffled together
-    task_rows: int = 32  # rows one worker reads per task (a whole number of batches, at least one)
+    task_rows: int = 32  # rows one worker reads per task at most
+    task_bytes: int = 32 << 20  # and bytes at most (at least one row): a 3D concat row is 4.8 MB
     prefetch: int = 2  # tasks queued ahead per worker
 
 
@@ -81,35 +84,73 @@ def rank_share(order: np.ndarray, rank: int, world: int, *, equal: bool) -> np.n
 
 
 class _Tasks:
-    """The DataLoader's sampler: the current pass's tasks, swapped in before each pass (workers persist)."""
+    """The DataLoader's sampler: the current pass's tasks, made as the DataLoader dispatches them.
+
+    Ring mode (`cuts` set): a task is a range of the pass's rows, decoded into the slots of the batches it
+    covers; a batch gets the ring's next slot when its first task is dispatched. When the trainer gets batch
+    j, the task that completed it ended less than a task's rows past it, the DataLoader has at most
+    workers x prefetch tasks outstanding beyond that, and the trainer still holds batch j - 1; so a ring of
+    ceil((workers x prefetch + 1) x rows per task / batch size) + 2 slots never overwrites a batch in use
+    (the count runs over the whole run, so that holds across an abandoned pass too).
+    Otherwise a task is one batch, read into fresh shared memory.
+    """
 
     def __init__(self) -> None:
-        self.tasks: list = []
+        self.name, self.mine, self.cuts, self.ranges = "", np.zeros(0, np.int64), None, []
+        self.slots = 0  # slots in the ring (0: no ring yet)
+        self.batch_rows = 0  # the batch size the ring is for
+        self.dispatched = 0  # batches given a slot, over the whole run
+        self.slot_of: list[int] = []  # this pass's batch -> its slot
 
     def __iter__(self):
-        return iter(self.tasks)
+        if self.cuts is None:
+            for a, b in self.ranges:
+                yield self.name, [(self.mine[a:b], None, 0)]
+            return
+        self.slot_of = []
+        for lo, hi in self.ranges:
+            segments = []
+            for k in range(lo // self.batch_rows, (hi - 1) // self.batch_rows + 1):
+                if k == len(self.slot_of):
+                    self.slot_of.append(self.dispatched % self.slots)
+                    self.dispatched += 1
+                a, b = max(lo, self.cuts[k][0]), min(hi, self.cuts[k][1])
+                segments.append((self.mine[a:b], self.slot_of[k], a - self.cuts[k][0]))
+            yield self.name, segments
 
     def __len__(self) -> int:
-        return len(self.tasks)
+        return len(self.ranges)
 
 
 class _ReadTasks(torch.utils.data.Dataset):
-    """Runs in a worker: a task (split name, positions, batch bounds) -> the batches' stored tensors."""
+    """Runs in a worker: a task (split name, [(positions, slot, first row in the slot), ...]) -> its rows.
+
+    Into a slot, the rows are decoded in place in the ring's shared memory (allocated once by the trainer's
+    process, its pages mapped once per worker) and nothing travels back but the acknowledgement. Without a
+    slot, they are decoded into fresh shared memory, whose tensors travel back as handles.
+    """
 
     def __init__(self, splits: dict[str, StoreSplit]) -> None:
         self.splits = splits
+        self.slots: list[list[torch.Tensor]] = []  # per slot, one shared tensor per part
 
-    def __getitem__(self, task) -> list[list[torch.Tensor]]:
-        name, positions, bounds = task
-        parts = self.splits[name].read(positions)
-        return [[p[a:b] for p in parts] for a, b in bounds]
+    def __getitem__(self, task) -> list[torch.Tensor] | None:
+        name, segments = task
+        for positions, slot, first in segments:
+            if slot is None:
+                return self.splits[name].read(positions)
+            self.splits[name].read(positions, out=[t[first : first + len(positions)] for t in self.slots[slot]])
+        return None
 
     def __len__(self) -> int:  # never asked: the sampler decides
         return 0
 
 
 class Loader:
-    """Batches of one run's splits; `batches` yields (uint8 tensors on `device`, labels, split positions)."""
+    """Batches of one run's splits; `batches` yields (uint8 tensors on `device`, labels, split positions).
+
+    A batch's tensors stay valid until the batch after the next one is asked for (buffers are reused).
+    """
 
     def __init__(self, splits: dict[str, StoreSplit], config: LoaderConfig, device: str) -> None:
         self.splits, self.config, self.device = splits, config, device
@@ -135,51 +176,80 @@ class Loader:
         order = epoch_order(len(split), generator, block_rows=self.config.block_rows, mix_blocks=self.config.mix_blocks)
         mine = rank_share(order, rank, world, equal=generator is not None)
         cuts = [(s, min(s + batch_size, len(mine))) for s in range(0, len(mine), batch_size)]
-        per_task = max(1, self.config.task_rows // batch_size)
-        groups = [cuts[i : i + per_task] for i in range(0, len(cuts), per_task)]
-        for group, parts in zip(groups, self._read(name, mine, groups)):
-            for (a, b), raw in zip(group, parts):
-                positions = mine[a:b]
-                if self.pin and raw[0].device.type == "cpu" and not raw[0].is_pinned():
-                    raw = [r.pin_memory() for r in raw]
-                labels = split.labels[torch.as_tensor(positions)]
-                yield [r.to(self.device, non_blocking=True) for r in raw], labels.to(self.device, non_blocking=True), positions
-
-    def _read(self, name: str, mine: np.ndarray, groups: list) -> Iterator[list[list[torch.Tensor]]]:
-        tasks = []
-        for group in groups:
-            lo, hi = group[0][0], group[-1][1]
-            tasks.append((name, mine[lo:hi], [(a - lo, b - lo) for a, b in group]))
-        if name not in self.streamed:  # in memory: gather batch by batch, nothing to prefetch
-            for _, positions, bounds in tasks:
-                yield (self._gather(name, positions[a:b]) for a, b in bounds)  # lazily: buffers are reused
+        if name not in self.streamed:
+            raws = (self._gather(name, mine[a:b]) for a, b in cuts)  # lazily: buffers are reused
         elif self.loader is None:
-            for task in tasks:
-                yield self.reader[task]
+            raws = (split.read(mine[a:b]) for a, b in cuts)  # in this process
         else:
-            self.tasks.tasks = tasks
+            raws = self._stream(name, mine, cuts, batch_size)
+        for (a, b), raw in zip(cuts, raws):
+            positions = mine[a:b]
+            if self.pin and raw[0].device.type == "cpu" and not raw[0].is_pinned():
+                raw = [r.pin_memory() for r in raw]
+            labels = split.labels[torch.as_tensor(positions)]
+            yield [r.to(self.device, non_blocking=True) for r in raw], labels.to(self.device, non_blocking=True), positions
+
+    def task_rows(self, split: StoreSplit) -> int:
+        """Rows per worker task: `task_rows` at most, and `task_bytes` (at least one row)."""
+        return max(1, min(self.config.task_rows, self.config.task_bytes // max(1, split.row_nbytes())))
+
+    def _stream(self, name: str, mine: np.ndarray, cuts: list, batch_size: int) -> Iterator[list[torch.Tensor]]:
+        """The pass's batches from the workers: in the ring when it is for this batch size."""
+        split = self.splits[name]
+        if self.loader._iterator is None and not self.reader.slots:  # before the workers start: they map the ring once
+            self._allocate_ring(split, batch_size)
+        tasks = self.tasks
+        tasks.name, tasks.mine = name, mine
+        if batch_size != tasks.batch_rows:  # another batch size than the ring's: a task per batch, fresh memory
+            tasks.cuts, tasks.ranges = None, cuts
             yield from self.loader
+            return
+        rows = max(1, min(self.task_rows(split), -(-len(mine) // self.config.workers)))  # a short pass still busies every worker
+        tasks.cuts, tasks.ranges = cuts, [(lo, min(lo + rows, len(mine))) for lo in range(0, len(mine), rows)]
+        done = 0
+        for (_, hi), _ in zip(tasks.ranges, self.loader, strict=True):
+            while done < len(cuts) and cuts[done][1] <= hi:  # tasks come back in order: every batch up to hi is whole
+                a, b = cuts[done]
+                yield [t[: b - a] for t in self.reader.slots[tasks.slot_of[done]]]
+                done += 1
+
+    def _allocate_ring(self, split: StoreSplit, batch_size: int) -> None:
+        """The shared batch buffers the workers decode into, for `batch_size` (see `_Tasks`)."""
+        count = -(-(self.config.workers * self.config.prefetch + 1) * self.task_rows(split) // batch_size) + 2
+        self.reader.slots = [[torch.empty((batch_size, *shape), dtype=dtype).share_memory_() for shape, dtype in split.row_layout()]
+                             for _ in range(count)]
+        self.tasks.slots, self.tasks.batch_rows = count, batch_size
 
     def _gather(self, name: str, positions: np.ndarray) -> list[torch.Tensor]:
-        """An in-memory batch: its rows copied into a device tensor (GPU) or a reused buffer (CPU)."""
+        """An in-memory batch: at most one memcpy per row, into a device tensor (GPU) or a reused buffer (CPU).
+
+        A batch of neighbouring rows in order (every evaluation batch) is a view on CPU and one copy on a GPU.
+        On CPU the rows are copied by numpy: torch's `copy_` splits each row over its thread pool, which on a
+        busy machine made it ~5x slower than a plain memcpy (issue 9: 80 samples/s for 3D concat).
+        """
+        run = len(positions) > 0 and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions)))
         out = []
         for k, m in enumerate(self.memory[name]):
             shape = (len(positions), *m.shape[1:])
-            if self.pin:
+            if self.pin:  # DMA from pinned memory straight into the device tensor, no CPU copy
+                if run:
+                    out.append(m[positions[0] : positions[0] + len(positions)].to(self.device, non_blocking=True))
+                    continue
                 batch = torch.empty(shape, dtype=m.dtype, device=self.device)
-            else:
-                buffer = self.buffers.get((k, self.flip))
-                if buffer is None or len(buffer) < len(positions) or buffer.shape[1:] != m.shape[1:]:
-                    buffer = self.buffers[(k, self.flip)] = torch.empty(shape, dtype=m.dtype)
-                batch = buffer[: len(positions)]
-            if self.pin or m[0].nbytes >= 1 << 20:  # DMA to the GPU, or big rows: torch's (threaded) copy
                 for j, i in enumerate(positions.tolist()):
                     batch[j].copy_(m[i], non_blocking=True)
-            else:  # small rows: a plain memcpy each, without torch's per-call threading overhead
-                source, target = m.numpy(), batch.numpy()
-                for j, i in enumerate(positions.tolist()):
-                    target[j] = source[i]
-            out.append(batch)
+                out.append(batch)
+                continue
+            if run:
+                out.append(m[positions[0] : positions[0] + len(positions)])
+                continue
+            buffer = self.buffers.get((k, self.flip))
+            if buffer is None or len(buffer) < len(positions) or buffer.shape[1:] != m.shape[1:] or buffer.dtype != m.dtype:
+                buffer = self.buffers[(k, self.flip)] = torch.empty(shape, dtype=m.dtype)
+            source, target = m.numpy(), buffer.numpy()
+            for j, i in enumerate(positions.tolist()):
+                target[j] = source[i]
+            out.append(buffer[: len(positions)])
         self.flip ^= 1
         return out
 
@@ -188,3 +258,4 @@ class Loader:
         if self.loader is not None and getattr(self.loader, "_iterator", None) is not None:
             self.loader._iterator._shutdown_workers()
             self.loader._iterator = None
+        self.reader.slots, self.tasks.slots, self.tasks.batch_rows = [], 0, 0  # the ring goes with its workers

@@ -240,25 +240,42 @@ class StoreSplit(torch.utils.data.Dataset):
         row = int(self.rows[i])
         return (*[torch.from_numpy(np.asarray(self._array(p)[row])) for p in self.recipe.parts], self.labels[i])
 
-    def read(self, positions: np.ndarray) -> list[torch.Tensor]:
-        """The stored uint8 (or float16) tensors of split positions `positions`: a Zarr slice per run of neighbours."""
+    def row_layout(self) -> list[tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of one row of each part, as `read` returns them."""
+        if self.memory is not None:
+            return [(tuple(m.shape[1:]), m.dtype) for m in self.memory]
+        return [(tuple(a.shape[1:]), torch.from_numpy(np.empty(0, a.dtype)).dtype) for a in map(self._array, self.recipe.parts)]
+
+    def row_nbytes(self) -> int:
+        """Bytes of one row, all parts together."""
+        return sum(int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size() for shape, dtype in self.row_layout())
+
+    def read(self, positions: np.ndarray, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """The stored uint8 (or float16) tensors of split positions `positions`: a Zarr slice per run of neighbours.
+
+        For a streamed split, `out` (one contiguous tensor per part, `len(positions)` rows) is filled instead of
+        new tensors: a loader's reused shared buffers, whose pages are already mapped (fresh pages cost about
+        half as much again as decoding into them, for 3D concat).
+        """
         if self.memory is not None:
             index = torch.as_tensor(positions)
             return [m.index_select(0, index) for m in self.memory]
         rows = self.rows[np.asarray(positions)]
         in_worker = torch.utils.data.get_worker_info() is not None
         parts = []
-        for p in self.recipe.parts:
+        for k, p in enumerate(self.recipe.parts):
             array = self._array(p)
             shape = (len(rows), *array.shape[1:])
-            if in_worker:  # decoded straight into shared memory: handing the batch to the trainer copies nothing
+            if out is not None:
+                target = out[k]
+            elif in_worker:  # decoded straight into shared memory: handing the batch to the trainer copies nothing
                 dtype = torch.from_numpy(np.empty(0, array.dtype)).dtype
                 storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * array.dtype.itemsize)
-                out = torch.empty(0, dtype=dtype).set_(storage).view(shape)
+                target = torch.empty(0, dtype=dtype).set_(storage).view(shape)
             else:
-                out = torch.from_numpy(np.empty(shape, array.dtype))
-            read_rows(array, rows, rows_per_call=max(1, len(rows)), out=out.numpy())
-            parts.append(out)
+                target = torch.from_numpy(np.empty(shape, array.dtype))
+            read_rows(array, rows, rows_per_call=max(1, len(rows)), out=target.numpy())
+            parts.append(target)
         return parts
 
     def __getstate__(self) -> dict:

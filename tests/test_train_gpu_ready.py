@@ -134,22 +134,28 @@ def test_streamed_batches_equal_in_memory_ones_and_workers_persist_across_passes
     streamed = load_data(store, dataclasses.replace(config, max_memory_gb=0.0)).splits
     assert memory["train"].memory is not None and streamed["train"].memory is None
     ref = Loader(memory, LoaderConfig(workers=0), "cpu")
-    loader = Loader(streamed, LoaderConfig(workers=2, task_rows=8), "cpu")
+    # tasks of 6 rows with batches of 4: a task ends inside a batch, or completes two at once (ring of shared buffers)
+    loader = Loader(streamed, LoaderConfig(workers=2, task_rows=6), "cpu")
     try:
         pids = None
         for epoch in range(2):
-            for name, generator in (("train", torch.Generator().manual_seed(epoch)), ("val", None)):
+            # batch size 5 is not the ring's: whole batches in fresh shared memory
+            for name, generator, size in (("train", torch.Generator().manual_seed(epoch), 4), ("val", None, 4), ("train", None, 5)):
                 again = None if generator is None else torch.Generator().manual_seed(epoch)
-                steps = 0
-                for (raw, labels, where), (raw0, labels0, where0) in zip(loader.batches(name, 4, generator=generator), ref.batches(name, 4, generator=again), strict=True):
+                steps, before = 0, None
+                for (raw, labels, where), (raw0, labels0, where0) in zip(loader.batches(name, size, generator=generator), ref.batches(name, size, generator=again), strict=True):
                     assert np.array_equal(where, where0) and torch.equal(labels, labels0)
                     assert all(r.dtype == torch.uint8 and torch.equal(r, r0) for r, r0 in zip(raw, raw0))  # uint8: float on the device
                     assert torch.equal(raw0[0], memory[name].memory[0][torch.as_tensor(where0)])
+                    if before is not None:  # the batch before is still intact: the workers write ahead, not over it
+                        assert torch.equal(before[0][0], memory[name].memory[0][torch.as_tensor(before[1])])
+                    before = (raw, where)
                     steps += 1
-                assert steps == -(-len(memory[name]) // 4)
+                assert steps == -(-len(memory[name]) // size)
                 workers = [w.pid for w in loader.loader._iterator._workers]
                 assert pids is None or workers == pids  # the same processes serve every epoch and evaluation
                 pids = workers
+        assert loader.tasks.dispatched > 0  # the ring served the batches of size 4
     finally:
         loader.close()
 
