@@ -107,7 +107,14 @@ def print_summary(records, as_json: bool = False) -> None:
 
 
 
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/kfd")  # NVIDIA's driver, AMD's ROCm
+
+
 def default_device(device: str) -> str:
+    """`auto` is cuda when torch sees a GPU. Without any GPU driver the answer is cpu without importing torch:
+    that import costs seconds, and a run with nothing left to compute (a no-op re-run) should not pay it."""
+    if device == "auto" and not any(Path(p).exists() for p in GPU_DRIVER_FILES):
+        return "cpu"
     import torch
 
     if device == "auto":

@@ -170,14 +170,19 @@ def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, d
 
 @functools.lru_cache(maxsize=1)
 def detector_weights_hash() -> str:
-    """MTCNN's weights are part of what makes the numbers: hash the files shipped in facenet-pytorch."""
+    """MTCNN's weights are part of what makes the numbers: hash the files shipped in facenet-pytorch.
+
+    The package is located, not imported: importing it loads torch and torchvision (seconds), which a run
+    with nothing left to compute (a no-op re-run, a resume that only writes checksums) never needs."""
     import hashlib
+    import importlib.util
     from pathlib import Path
 
-    import facenet_pytorch
-
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("facenet-pytorch is not installed: run `make setup` (it ships MTCNN's weights)")
     digest = hashlib.sha256()
-    for path in sorted((Path(facenet_pytorch.__file__).parent / "data").glob("*.pt")):
+    for path in sorted((Path(next(iter(spec.submodule_search_locations))) / "data").glob("*.pt")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
