@@ -10,7 +10,8 @@ T=16, 224 px, 512 mels; a few minutes on 2 cores), for the 2D and 3D recipes (au
                     streamed = persistent spawn workers, measured after their start-up (reported apart)
   float           - their conversion to the model's float layout (`to_model_inputs`), timed separately:
                     on a GPU it runs on the device
-  codec limit     - one process decompressing the same stored chunks (zstd) in a tight loop, times the
+  codec limit     - one process reading and decoding the same stored rows (zstd and the store's delta
+                    filters, through ShardReader's direct path) in a tight loop, times the
                     worker count: no loader can stream faster from this store on this machine (measured
                     right before and after the streamed run, as the load of a shared machine drifts)
   memcpy ceiling  - a numpy copy of 400 MB: no in-memory loader copies rows faster
@@ -36,7 +37,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from numcodecs import Zstd  # noqa: E402
+import zarr  # noqa: E402
+from zarr.storage import LocalStore  # noqa: E402
 
 from encoders.device import plan_for, prepare_model  # noqa: E402
 from encoders.loader import Loader, LoaderConfig, default_workers  # noqa: E402
@@ -49,8 +51,7 @@ from pipeline.faces import FaceConfig  # noqa: E402
 from pipeline.run import ExtractConfig, run_extract  # noqa: E402
 from pipeline.splits import assign_splits  # noqa: E402
 from stores.provenance import library_versions  # noqa: E402
-from stores.store import SHARD_ROWS  # noqa: E402
-from stores.torchdata import to_model_inputs  # noqa: E402
+from stores.torchdata import ShardReader, to_model_inputs  # noqa: E402
 
 BATCH = 16
 RECIPES = [  # (label, encoder standing for the input kind, modality, fusion, fuse on device)
@@ -64,30 +65,27 @@ RECIPES = [  # (label, encoder standing for the input kind, modality, fusion, fu
 ]
 
 
-def stored_chunks(location: str, data, rows: np.ndarray) -> list[list[bytes]]:
-    """The compressed inner chunks (one per clip) of every array the recipe reads, for `rows`, from the shards."""
-    per_part = []
+def stored_readers(location: str, data, rows: np.ndarray) -> list[tuple[ShardReader, np.ndarray]]:
+    """A direct shard reader and an output row buffer for every array the recipe reads (`rows` of the train split)."""
+    readers = []
     for part in data.recipe.parts:
-        folder = Path(location) / "features" / data.splits["train"].sets[part.source] / part.array / "c"
-        chunks = []
-        for row in rows.tolist():
-            shard = next(p for p in (folder / str(row // SHARD_ROWS)).rglob("*") if p.is_file()).read_bytes()
-            index = np.frombuffer(shard[-(SHARD_ROWS * 16 + 4) : -4], dtype="<u8").reshape(SHARD_ROWS, 2)
-            offset, size = index[row % SHARD_ROWS]
-            chunks.append(shard[offset : offset + size])
-        per_part.append(chunks)
-    return per_part
+        array = zarr.open_array(LocalStore(location, read_only=True), path=f"features/{data.splits['train'].sets[part.source]}/{part.array}", mode="r")
+        reader = ShardReader.for_array(array)
+        assert reader is not None, f"{part.array}: not readable by the direct path"
+        readers.append((reader, np.empty((1, *array.shape[1:]), np.uint8)))
+    return readers
 
 
-def codec_limit(chunks: list[list[bytes]], seconds: float = 2.0) -> dict:
-    """Rows per second one process decompresses (every part of a row), in a tight loop over the same chunks."""
-    codec, rows, started = Zstd(), 0, time.perf_counter()
+def codec_limit(readers: list[tuple[ShardReader, np.ndarray]], rows: np.ndarray, seconds: float = 2.0) -> dict:
+    """Rows per second one process reads and fully decodes (zstd and the store's delta filters, every part of a
+    row), in a tight loop over the same rows: the direct path of stores.torchdata.ShardReader, page-cached."""
+    done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        for k in range(len(chunks[0])):
-            for part in chunks:
-                codec.decode(part[k])
-            rows += 1
-    return {"rows_per_second": rows / (time.perf_counter() - started), "bytes_per_row": sum(len(part[0]) for part in chunks)}
+        for row in rows.tolist():
+            for reader, out in readers:
+                reader.read(np.asarray([row]), out)
+            done += 1
+    return {"rows_per_second": done / (time.perf_counter() - started), "bytes_per_row": sum(out.nbytes for _, out in readers)}
 
 
 def time_delivery(loader: Loader, data, name: str, min_seconds: float) -> dict:
@@ -182,15 +180,16 @@ def measure(location: str, workers: int, min_seconds: float) -> list[dict]:
         config = TrainConfig(encoder=encoder, modality=modality, fusion=fusion, fuse_on_device=on_device, batch_size=BATCH)
         memory = load_data(location, config)
         streamed = load_data(location, TrainConfig(**{**config.__dict__, "max_memory_gb": 0.0}))
-        chunks = stored_chunks(location, streamed, streamed.splits["train"].rows)
+        train_rows = streamed.splits["train"].rows
+        readers = stored_readers(location, streamed, train_rows)
         in_memory = time_delivery(Loader(memory.splits, LoaderConfig(workers=0), "cpu"), memory, "train", min_seconds)
-        before = codec_limit(chunks)
+        before = codec_limit(readers, train_rows)
         loader = Loader(streamed.splits, LoaderConfig(workers=workers), "cpu")
         try:
             stream = time_delivery(loader, streamed, "train", min_seconds)
         finally:
             loader.close()
-        after = codec_limit(chunks)  # right before and after: on a shared machine the load drifts
+        after = codec_limit(readers, train_rows)  # right before and after: on a shared machine the load drifts
         limit = {"rows_per_second": (before["rows_per_second"] + after["rows_per_second"]) / 2, "bytes_per_row": before["bytes_per_row"],
                  "before": before["rows_per_second"], "after": after["rows_per_second"]}
         rows.append({"recipe": label, "in_memory": in_memory, "streamed": stream, "codec_limit_one_process": limit,
