@@ -97,6 +97,7 @@ def test_extract_through_an_external_cluster_equals_a_local_run(cluster, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 45 s: `make test` stays under 15 min; `make test-all` runs it
 def test_a_worker_lost_mid_run_has_its_clips_redone_and_nothing_written_twice_or_half(cluster, tmp_path_factory, tmp_path):
     """A third worker joins, takes clips, and is killed (SIGKILL, nanny and all) while the extract runs."""
     corpus, reference = sample_corpus(tmp_path_factory), reference_store(tmp_path_factory)
