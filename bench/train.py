@@ -65,8 +65,8 @@ RECIPES = [  # (label, encoder standing for the input kind, modality, fusion, fu
 ]
 
 
-def stored_readers(location: str, data, rows: np.ndarray) -> list[tuple[ShardReader, np.ndarray]]:
-    """A direct shard reader and an output row buffer for every array the recipe reads (`rows` of the train split)."""
+def stored_readers(location: str, data) -> list[tuple[ShardReader, np.ndarray]]:
+    """A direct shard reader and a one-row output buffer for every array the recipe reads."""
     readers = []
     for part in data.recipe.parts:
         array = zarr.open_array(LocalStore(location, read_only=True), path=f"features/{data.splits['train'].sets[part.source]}/{part.array}", mode="r")
@@ -181,7 +181,7 @@ def measure(location: str, workers: int, min_seconds: float) -> list[dict]:
         memory = load_data(location, config)
         streamed = load_data(location, TrainConfig(**{**config.__dict__, "max_memory_gb": 0.0}))
         train_rows = streamed.splits["train"].rows
-        readers = stored_readers(location, streamed, train_rows)
+        readers = stored_readers(location, streamed)
         in_memory = time_delivery(Loader(memory.splits, LoaderConfig(workers=0), "cpu"), memory, "train", min_seconds)
         before = codec_limit(readers, train_rows)
         loader = Loader(streamed.splits, LoaderConfig(workers=workers), "cpu")

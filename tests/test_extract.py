@@ -18,6 +18,7 @@ import zarr
 from pipeline.corpora.sample import write_sample_corpus
 from stores.lock import WriterLock
 from stores.store import FeatureStore
+from cli import GPU_DRIVER_FILES
 from tests.conftest import REPO, run_cli
 
 SMALL = ["--size", "48", "--n-mels", "32", "--frames", "10", "--detect-every", "3", "--no-progress"]
@@ -102,7 +103,7 @@ def test_second_run_reprocesses_nothing(extracted, corpus):
     assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
 
 
-NO_GPU_DRIVER = not any(Path(p).exists() for p in ("/proc/driver/nvidia/version", "/dev/kfd"))
+NO_GPU_DRIVER = not any(Path(p).exists() for p in GPU_DRIVER_FILES)
 
 
 @pytest.mark.slow
