@@ -50,7 +50,26 @@ def load_detector(device: str, min_face: int, thresholds: tuple[float, float, fl
     import torch
     from facenet_pytorch import MTCNN
 
-    return MTCNN(keep_all=True, min_face_size=min_face, thresholds=list(thresholds), device=torch.device(device), post_process=False)
+    detector = MTCNN(keep_all=True, min_face_size=min_face, thresholds=list(thresholds), device=torch.device(device), post_process=False)
+    for net in (detector.pnet, detector.rnet, detector.onet):
+        net.to(memory_format=torch.channels_last)  # see DETECTOR_LAYOUT
+    return detector
+
+
+DETECTOR_LAYOUT = "nets channels-last, frames NCHW"
+"""How MTCNN's tensors lie in memory; part of the faces fingerprint, since it moves boxes in the 5th decimal.
+On CPU, PyTorch's max-pooling of a contiguous (NCHW) tensor is ~4x slower than of a channels-last one (60 vs
+14 ms for ONet's 32x32x46x46 on one thread), and facenet-pytorch feeds its nets NCHW; its pyramid resize,
+in turn, is 2x faster on NCHW frames than on the NHWC ones it permutes. With the nets channels-last and the
+frames handed over NCHW in memory, detection takes ~120 instead of ~180 ms per clip (`frames_for_mtcnn`)."""
+
+
+def frames_for_mtcnn(frames: np.ndarray):
+    """(N, H, W, 3) uint8 frames as the NHWC view of an NCHW tensor: facenet-pytorch permutes its input to
+    NCHW, which then needs no copy and resizes at the contiguous speed."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
 
 def key_frames(n_steps: int, detect_every: int) -> list[int]:
@@ -69,7 +88,7 @@ def detect(frames: np.ndarray, config: FaceConfig, device: str = "cpu") -> tuple
     min_face = max(config.min_face, config.min_face_fraction * min(height, width))  # the expected face size sets the pyramid
     detector = load_detector(device, max(12, round(min_face * scale)), config.thresholds)
     with single_threaded():  # entered after the detector imported torch, so torch's threads are pinned too
-        boxes, probs = detector.detect(small)
+        boxes, probs = detector.detect(frames_for_mtcnn(small))
     out_boxes, out_probs = [], []
     for b, p in zip(boxes, probs):
         if b is None:
