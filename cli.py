@@ -543,7 +543,7 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<encoder>-<modality>-<fusion>-seed<seed>); must not exist."),
     faces: Optional[str] = typer.Option(None, help="Faces feature-set fingerprint, when the store holds several."),
     audio: Optional[str] = typer.Option(None, help="Audio feature-set fingerprint, when the store holds several."),
-    max_memory_gb: Optional[float] = typer.Option(None, help="Load the splits into memory up to this size; stream from the store beyond it (default: half the available RAM per rank)."),
+    max_memory_gb: Optional[float] = typer.Option(None, help="Load the splits into memory up to this size; stream from the store beyond it (default: half the available RAM per rank; on CPU at most 0.5 GB)."),
     loader_workers: Optional[int] = typer.Option(None, help="Processes reading a streamed split (0: in the training process; default: from the CPU count)."),
     amp: str = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16 or off."),
     compile: str = typer.Option("auto", help="torch.compile: auto (CUDA, models of 5M+ parameters), on or off."),

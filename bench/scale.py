@@ -171,8 +171,9 @@ def main() -> None:
 def markdown(r: dict) -> str:
     e, n = r["extract"], r["clips"]
     add = r["added_actor"]
+    t = r["train_resnet18_2d_one_epoch"]
     peak_all = max([e["writer_peak_rss_gb"], *e["worker_peak_rss_gb"], add["writer_peak_rss_gb"], *add["worker_peak_rss_gb"],
-                    r["train_resnet18_2d_one_epoch"]["writer_peak_rss_gb"]])
+                    t["writer_peak_rss_gb"], *t["worker_peak_rss_gb"]])
     rows = [
         ("clips extracted (actors)", f"{n} ({r['actors']}), then actor {ADDED_ACTOR}'s {r['added_actor_clips']}"),
         ("extract: wall per clip", f"{e['wall_s'] / n:.3f} s ({e['wall_s']:.0f} s in all)"),
@@ -183,7 +184,8 @@ def markdown(r: dict) -> str:
         ("no-op re-run", f"{r['noop_rerun']['wall_s']:.1f} s"),
         ("run after adding one actor", f"{add['wall_s']:.1f} s; processed {add['processed']} clips; hashed {add['files_hashed']} of {add['files_in_store']} files"),
         ("verify after the addition", f"{r['verify_after_add']['wall_s']:.1f} s"),
-        ("resnet18, 2D concat, 1 epoch", f"{r['train_resnet18_2d_one_epoch']['wall_s']:.0f} s, peak RSS {r['train_resnet18_2d_one_epoch']['writer_peak_rss_gb']:.2f} GB"),
+        ("resnet18, 2D concat, 1 epoch", f"{t['wall_s']:.0f} s, peak RSS {t['writer_peak_rss_gb']:.2f} GB"
+         f" / loader workers {', '.join(f'{w:.2f} GB' for w in t['worker_peak_rss_gb']) or 'none'}"),
         ("largest peak RSS of any process", f"{peak_all:.2f} GB (target < 3 GB)"),
     ]
     return "| measure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"

@@ -178,7 +178,7 @@ def measure(location: str, workers: int, min_seconds: float) -> list[dict]:
     rows = []
     for label, encoder, modality, fusion, on_device in RECIPES:
         config = TrainConfig(encoder=encoder, modality=modality, fusion=fusion, fuse_on_device=on_device, batch_size=BATCH)
-        memory = load_data(location, config)
+        memory = load_data(location, TrainConfig(**{**config.__dict__, "max_memory_gb": 1e3}))  # in memory whatever the device's default
         streamed = load_data(location, TrainConfig(**{**config.__dict__, "max_memory_gb": 0.0}))
         train_rows = streamed.splits["train"].rows
         readers = stored_readers(location, streamed)

@@ -79,7 +79,7 @@ class TrainConfig:
     folds: int = 5
     device: str = "auto"
     pretrained: bool = False
-    max_memory_gb: float | None = None  # splits larger than this are streamed; None: half the available RAM per rank
+    max_memory_gb: float | None = None  # splits larger than this are streamed; None: half the available RAM per rank (CPU: <= 0.5 GB)
     loader_workers: int | None = None  # streaming worker processes; None: from the CPU count (default_workers)
     amp: str = "auto"  # auto (bf16 on CUDA, float32 on CPU) | bf16 | off
     compile: str = "auto"  # auto (CUDA, models of 5M parameters or more) | on | off
@@ -120,8 +120,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def memory_limit_bytes(max_memory_gb: float | None) -> float:
-    """Bytes of splits to hold in memory: as asked, else half the RAM available now, shared by the node's ranks."""
+CPU_IN_MEMORY_CAP_GB = 0.5
+"""The most a CPU run holds in memory by default. On CPU the training step itself takes ~2.2 GB (resnet18, 2D
+concat, 224 px, batch 32: its activations), and a step is far slower than streaming the rows it needs, so holding
+the splits buys no speed there; uncapped, the process grew with the corpus (4.5 GB at CREMA-D size, issue 11).
+On a GPU the activations live on the device and the loader can be the bottleneck: half the available RAM."""
+
+
+def memory_limit_bytes(max_memory_gb: float | None, device: str) -> float:
+    """Bytes of splits to hold in memory: as asked, else half the RAM available now, shared by the node's ranks,
+    and on CPU at most CPU_IN_MEMORY_CAP_GB."""
     if max_memory_gb is not None:
         return max_memory_gb * 1e9
     available = None
@@ -130,7 +138,8 @@ def memory_limit_bytes(max_memory_gb: float | None) -> float:
             available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return available / 2 / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    limit = available / 2 / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return limit if device.startswith("cuda") else min(limit, CPU_IN_MEMORY_CAP_GB * 1e9)
 
 
 def seed_everything(seed: int) -> None:
@@ -152,6 +161,15 @@ class Data:
     excluded_broken: int = 0  # ok clips left out because the corpus flags them broken
     partition: dict = dataclasses.field(default_factory=dict)  # the exact speakers and clips of each split
     notes: list[str] = dataclasses.field(default_factory=list)  # what changed in the store since a recorded partition
+    split_bytes: int = 0  # the three splits' rows, decoded
+    memory_limit: float = 0.0  # bytes the run would hold in memory (memory_limit_bytes)
+
+    def holding(self) -> str:
+        """Where the rows come from, and why: for the log."""
+        size = f"splits {self.split_bytes / 1e9:.2f} GB"
+        if self.splits["train"].memory is not None:
+            return f"in memory ({size})"
+        return f"streamed ({size} > in-memory limit {self.memory_limit / 1e9:.2f} GB; --max-memory-gb raises it)"
 
 
 def load_data(location: str, config: TrainConfig, recorded: dict | None = None) -> Data:
@@ -180,7 +198,8 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None) 
             raise StoreError(f"the {name} split of '{location}' has no usable clips; extract more clips or use another --split-seed")
     arrays = [store.root[f"features/{sets[p.source]}/{p.array}"] for p in recipe.parts]
     per_row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in arrays)
-    in_memory = per_row * sum(len(r) for r in rows.values()) <= memory_limit_bytes(config.max_memory_gb)
+    split_bytes, memory_limit = per_row * sum(len(r) for r in rows.values()), memory_limit_bytes(config.max_memory_gb, resolve_device(config.device))
+    in_memory = split_bytes <= memory_limit
     splits = {name: StoreSplit(location, sets, recipe, r, table["label"][r], in_memory=in_memory) for name, r in rows.items()}
     first = to_model_inputs(recipe, [torch.from_numpy(read_rows(a, rows["train"][:1])) for a in arrays])[0]
     return Data(
@@ -194,6 +213,8 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None) 
         excluded_broken=excluded_broken,
         partition=run_partition.record(table, rows),
         notes=notes,
+        split_bytes=split_bytes,
+        memory_limit=memory_limit,
     )
 
 
@@ -283,7 +304,7 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
              config.encoder, f"{n_params:,}", config.modality, config.fusion, " (fused on the device)" if data.recipe.fuse_on_device else "",
              device, world, "channels-last" if plan.memory_format is torch.channels_last else "contiguous", plan.amp_dtype, plan.compile,
              data.image_size, [len(s) for s in data.splits.values()], list(data.speakers.values()),
-             "in memory" if data.splits["train"].memory is not None else "streamed", config.loader_workers)
+             data.holding(), config.loader_workers)
     if config.include_broken:
         log.info("clips the corpus flags as broken (clips/broken) are included (--include-broken)")
     else:
@@ -365,7 +386,8 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
         "store": {"location": location, "fingerprints": data.fingerprints},
         "config": dataclasses.asdict(config),
         "inputs": {"image_size": list(data.image_size), "frames": data.frames, "in_channels": data.recipe.channels,
-                   "in_memory": data.splits["train"].memory is not None, "fused_on_device": data.recipe.fuse_on_device},
+                   "in_memory": data.splits["train"].memory is not None, "split_bytes": data.split_bytes,
+                   "in_memory_limit_bytes": data.memory_limit, "fused_on_device": data.recipe.fuse_on_device},
         "device_plan": {"memory_format": str(plan.memory_format).removeprefix("torch."), "amp": str(plan.amp_dtype).removeprefix("torch."), "compiled": plan.compile},
         "code_commit": code_commit(),
         "versions": library_versions(),
