@@ -194,6 +194,7 @@ def extract(
         f"{f', lld {result.lld_computed}' if lld else ''}), "
         f"{result.retried} of them redone (source changed or --retry-failed), {result.skipped} already done; "
         f"{result.fusions_computed} fused entries computed; {result.seconds:.1f} s, {result.clips_per_second:.2f} clips/s"
+        + (f" (first clip after {result.timings['first_clip']:.1f} s: start-up)" if "first_clip" in result.timings else "")
     )
     typer.echo("status: " + ", ".join(f"{k} {v}" for k, v in sorted(result.status.items())))
     for clip_id, why in sorted(result.failures.items()):

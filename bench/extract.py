@@ -185,7 +185,7 @@ def markdown(r: dict) -> str:
     lines += ["", f"Speed-up with 2 workers (warm) against the seed's way: sample **{s['speedup_w2']['sample']}x**, GRID **{s['speedup_w2']['grid']}x**. "
               f"CPU-seconds per clip (warm, 2 workers, all processes): sample {s['cpu_s_per_clip']}. Store: {s['mb_per_clip']} MB per clip.",
               f"Projected for all {CREMA_D_CLIPS:,} CREMA-D clips from the sample corpus (not measured on CREMA-D): **{s['crema_d_2_cores_min']} min** on 2 cores "
-              f"(start-up + clips / warm 2-worker rate); **{s['crema_d_16_cores_min']} min** on 16 cores assuming perfect scaling (clips x CPU-s per clip / 16); "
+              f"(start-up + clips / warm 2-worker rate); **{s['crema_d_16_cores_min']} min** on 16 cores assuming perfect scaling (clips x CPU-s per clip / 16; `bench/cores.py` measures how far from it the writer keeps a many-core node); "
               f"the seed's way {s['crema_d_seed_h']} h in one process.", "",
               f"Where a clip's time goes (cProfile over process_clip in process, {r['profile']['clips']} sample clips, {r['profile']['seconds']} s wall):", "",
               "| stage | ms per clip (cumulative, cProfile) | calls per clip |", "|---|---:|---:|"]

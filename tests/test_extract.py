@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -66,6 +67,7 @@ def test_every_good_clip_ok_and_each_broken_clip_recorded_with_its_reason(extrac
             assert clip_id in result.stdout  # the summary names it
         else:
             assert statuses == {"ok"}, (clip_id, statuses, faces["reason"][row], audio["reason"][row])
+    assert re.search(r"clips/s \(first clip after \d+\.\d s: start-up\)", result.stdout)  # what a user waits through
     ok = faces.ok()
     assert faces["found"][:][ok].all() and (faces["crops"][:][ok].reshape(ok.sum(), -1).std(axis=1) > 5).all()
 
