@@ -102,7 +102,7 @@ def _create_array(group: zarr.Group, name: str, n_rows: int, clip_shape: tuple[i
     if _is_big(clip_shape):
         return group.create_array(
             name, shape=shape, dtype=dtype, chunks=(1, *clip_shape), shards=(SHARD_ROWS, *clip_shape), fill_value=0,
-            filters=chunk_filters(clip_shape, dtype), compressors=chunk_compressors(), config={"write_empty_chunks": False},
+            filters=chunk_filters(clip_shape, dtype), compressors=chunk_compressors(),
         )
     return group.create_array(name, shape=shape, dtype=dtype, chunks=(META_CHUNK_ROWS, *clip_shape), fill_value=0)
 
@@ -256,7 +256,14 @@ class FeatureStore:
 
 
 def _write_rows(array: zarr.Array, rows: np.ndarray, values: np.ndarray) -> None:
-    """Runs of consecutive rows go in one slice assignment each, so a shard is rewritten once per run."""
+    """Runs of consecutive rows go in one slice assignment each, so a shard is rewritten once per run.
+
+    A sharded array (one row per chunk) writes every row's chunk, even one equal to the fill value: zarr would
+    otherwise compare each chunk with the fill value before encoding it, to leave empty ones out, which took a
+    quarter of the writer's CPU (125 -> 95 CPU-ms per clip, bench in the commit) for what is only a failed
+    clip's rows. Readers see the same values either way."""
+    if array.shards is not None:
+        array = array.with_config({"write_empty_chunks": True})
     start = 0
     for end in range(1, len(rows) + 1):
         if end == len(rows) or rows[end] != rows[end - 1] + 1:
