@@ -30,6 +30,9 @@ class DecodeError(RuntimeError):
 
 
 FFMPEG_TIMEOUT_S = 120.0
+DECODER_THREADS = 1
+"""FFmpeg's decoders otherwise start a thread per core (PyAV's thread_count 0) in every worker process: on a
+16-core node, 14 workers x 16 threads. The workers are the parallelism; one decoding thread each."""
 """Default limit for decoding one clip; a CREMA-D clip takes well under a second."""
 
 
@@ -122,6 +125,8 @@ class Media:
         self.video = self.container.streams.video[0]
         self.audio_stream = self.container.streams.audio[0] if self.container.streams.audio else None
         streams = [s for s in (self.video, self.audio_stream) if s is not None]
+        for stream in streams:
+            stream.codec_context.thread_count = DECODER_THREADS
         self.video_packets: list = []
         self.audio_packets: list = []
         self.demux_error = ""
@@ -269,6 +274,7 @@ def decode_audio(path: str, sample_rate: int, timeout: float = FFMPEG_TIMEOUT_S)
         if not container.streams.audio:
             return np.zeros(0, np.float32)
         stream = container.streams.audio[0]
+        stream.codec_context.thread_count = DECODER_THREADS
         packets = []
         try:
             for k, packet in enumerate(container.demux(stream)):

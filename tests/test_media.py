@@ -165,3 +165,16 @@ def test_a_phone_style_clip_of_a_face_finds_the_face(tmp_path):
     result = extract_faces(record, FaceConfig(frames=6, size=48, detect_every=3), max_duration=10)
     assert result.status == "ok", result.reason
     assert result.arrays["crops"].shape == (6, 48, 48, 3)
+
+
+def test_decoders_run_on_one_thread_and_give_the_frames_a_threaded_decode_gives(grid_dir, monkeypatch):
+    """Workers are the parallelism: FFmpeg's own threads (one per core in every worker) would oversubscribe a node."""
+    import pipeline.media as media
+
+    video = str(sorted(grid_dir.glob("*.mpg"))[0])
+    info = probe(video)
+    with open_media(video) as m:
+        assert m.video.codec_context.thread_count == 1 and m.audio_stream.codec_context.thread_count == 1
+    single = media.decode_frames(video, [0, 30, 60], info.width, info.height)
+    monkeypatch.setattr(media, "DECODER_THREADS", 0)  # FFmpeg's default: a thread per core
+    assert np.array_equal(single, media.decode_frames(video, [0, 30, 60], info.width, info.height))
