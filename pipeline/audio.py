@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
-import librosa
 import numpy as np
 
 from pipeline.numeric import pinned
@@ -66,22 +65,68 @@ class MelExtractor:
 
     def _mel_power(self, audio: np.ndarray) -> np.ndarray:
         """Mel-band energies (n_mels, n_frames) of the centred STFT raised to config.power."""
-        stft = librosa.stft(
-            audio,
-            n_fft=self.config.n_fft,
-            hop_length=self.config.hop_length,
-            window="hann",
-            center=True,
-            pad_mode="constant",
-        )
-        magnitude = np.abs(stft).astype(np.float32) ** self.config.power
+        magnitude = np.abs(stft(audio, self.config.n_fft, self.config.hop_length)).astype(np.float32) ** self.config.power
         return self.mel_basis @ magnitude
+
+
+# librosa's STFT and mel filterbank, rewritten in numpy with the same operations in the same order, so the
+# numbers are bit-identical (tests/test_audio.py compares them with librosa's). Why not call librosa: its
+# first use in a worker imports scipy.signal and numba, 6 of the ~12 s a cold `extract` waited for its
+# first clip; these need numpy alone.
+
+def hann_window(n: int) -> np.ndarray:
+    """The periodic Hann window, as scipy.signal.get_window("hann", n) computes it (float64)."""
+    fac = np.linspace(-np.pi, np.pi, n + 1)
+    window = np.zeros(n + 1)
+    for k, a in enumerate((0.5, 0.5)):
+        window += a * np.cos(k * fac)
+    return window[:-1]
+
+
+def stft(audio: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """librosa.stft(audio, n_fft, hop_length, window="hann", center=True, pad_mode="constant"): complex64
+    (1 + n_fft // 2, n_frames) of float32 audio."""
+    padded = np.pad(audio, n_fft // 2, mode="constant")
+    n_frames = 1 + (len(padded) - n_fft) // hop_length
+    frames = np.lib.stride_tricks.as_strided(
+        padded, shape=(n_fft, n_frames), strides=(padded.strides[0], hop_length * padded.strides[0]), writeable=False)
+    spectrum = np.fft.rfft(hann_window(n_fft)[:, None] * frames, axis=0)
+    return spectrum.astype(np.complex64)
+
+
+def _hz_to_slaney_mel(hz: float) -> float:
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    if hz >= min_log_hz:
+        return (min_log_hz - 0.0) / f_sp + np.log(hz / min_log_hz) / (np.log(6.4) / 27.0)
+    return (hz - 0.0) / f_sp
+
+
+def _slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = (min_log_hz - 0.0) / f_sp, np.log(6.4) / 27.0
+    hz = 0.0 + f_sp * mels
+    log_t = mels >= min_log_mel
+    hz[log_t] = min_log_hz * np.exp(logstep * (mels[log_t] - min_log_mel))
+    return hz
+
+
+def mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """librosa.filters.mel(sr, n_fft, n_mels): Slaney mel scale, area ("slaney") normalisation, 0 Hz to Nyquist;
+    float32 (n_mels, 1 + n_fft // 2). Empty bands (many mels, few FFT bins) stay zero, as in librosa."""
+    fft_freqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
+    mel_f = _slaney_mel_to_hz(np.linspace(_hz_to_slaney_mel(0.0), _hz_to_slaney_mel(float(sample_rate) / 2), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
+    for i in range(n_mels):
+        weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, np.newaxis]
+    return weights
 
 
 def _build_mel_basis(config: MelConfig) -> np.ndarray:
     """The (n_mels, 1 + n_fft // 2) float32 filterbank; float32 so the per-clip product stays float32."""
-    basis = librosa.filters.mel(sr=config.sample_rate, n_fft=config.n_fft, n_mels=config.n_mels)
-    return basis.astype(np.float32)
+    return mel_basis(config.sample_rate, config.n_fft, config.n_mels)
 
 
 def _as_mono_float32(audio: np.ndarray) -> np.ndarray:

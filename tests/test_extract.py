@@ -126,6 +126,23 @@ def test_a_no_op_re_run_imports_neither_torch_nor_the_detector(extracted, corpus
     assert "LOADED []" in result.stdout, result.stdout[-500:]
 
 
+def test_a_clip_on_a_worker_imports_neither_librosa_nor_scipy(corpus):
+    """A cold `extract` waits for its workers' imports: librosa's STFT and mel filterbank pulled in scipy.signal
+    and numba, 6 s of a 12 s start-up; pipeline/audio.py computes both in numpy (bit-identical, tests/test_audio.py)."""
+    probe = (
+        "import sys; sys.path.insert(0, '.'); "
+        "from pipeline.corpora import load_corpus; from pipeline.run import ExtractConfig, process_clip; "
+        f"broken = {sorted(b['id'] for b in json.loads((corpus / 'SAMPLE.json').read_text())['broken'])!r}; "
+        f"record = next(r for r in load_corpus('sample', {str(corpus)!r}) if r.clip_id not in broken); "
+        "faces, audio, _, fused = process_clip(record, ExtractConfig(fusions=('concat',)), True, True, 'cpu', False); "
+        "assert faces.status == 'ok' and audio.status == 'ok' and fused, (faces.status, audio.status); "
+        "print('LOADED', sorted(m for m in ('librosa', 'scipy', 'numba') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED []" in result.stdout, result.stdout[-500:]
+
+
 @pytest.mark.slow
 def test_info_and_verify_catch_a_flipped_byte(extracted, tmp_path):
     store, _ = extracted
