@@ -162,7 +162,7 @@ def test_half_labelled_uses_the_other_half_unlabelled(store, tmp_path):
 PRESET = ("sweep", "--preset", "ladder-crema-d", "--folds", "3", "--seeds", "0", "--epochs", "2", "--batch-size", "8", "--device", "cpu", "--no-progress")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_ladder_preset_reduced_writes_seed_002s_table_with_p_values(store, tmp_path, capsys):
     out = tmp_path / "preset"
     result = run_cli(*PRESET, "--store", store, "--out", str(out))

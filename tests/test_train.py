@@ -38,7 +38,8 @@ def store(tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("modality, fusion", [("audio", "none"), ("vision", "none"), ("av", "concat")])
+@pytest.mark.parametrize("modality, fusion", [  # audio and vision alone run with make test-all; av reads both
+    pytest.param("audio", "none", marks=pytest.mark.heavy), pytest.param("vision", "none", marks=pytest.mark.heavy), ("av", "concat")])
 def test_training_beats_chance_clearly_on_held_out_actors(store, tmp_path, modality, fusion):
     metrics = train(store, TrainConfig(encoder="resnet18", modality=modality, fusion=fusion, **FAST), tmp_path / "run", progress=False)
     assert metrics["test"]["accuracy"] >= 0.5, metrics["test"]  # chance is 1/6
@@ -259,7 +260,7 @@ def test_k_fold_by_actor_tests_each_fold_once_and_never_leaks_speakers(store):
         load_data(store, TrainConfig(encoder="resnet18", modality="vision", fusion="none", fold=3, folds=3))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_sweep_runs_every_fold_and_seed_and_resumes_without_redoing(store, tmp_path):
     out = tmp_path / "sweep"
     args = ("sweep", "--store", store, "--encoders", "resnet18", "--modalities", "audio", "--folds", "3", "--seeds", "0,1",

@@ -246,8 +246,11 @@ def test_torchrun_ranks_train_on_full_batches_stay_identical_and_evaluate_like_o
 # ---- 6. bad input under torchrun -------------------------------------------------------------------------
 @pytest.mark.slow
 def test_torchrun_with_a_fusion_missing_from_the_store_fails_in_one_line_on_every_rank(store, tmp_path):
+    # torchrun ends the other ranks as soon as it sees one fail; it looks every --monitor-interval seconds
+    # (0.1 by default), so a rank a second slower to import was killed before it could say why. 5 s lets
+    # each rank reach its own check, which is what is tested here.
     result = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", str(REPO / "cli.py"), "train", "--encoder", "resnet18", "--fusion", "sum",
+        [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "--monitor-interval", "5", str(REPO / "cli.py"), "train", "--encoder", "resnet18", "--fusion", "sum",
          "--store", store, "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"],
         capture_output=True, text=True, cwd=REPO, timeout=180,
     )
