@@ -30,10 +30,11 @@ class DecodeError(RuntimeError):
 
 
 FFMPEG_TIMEOUT_S = 120.0
+"""Default limit for decoding one clip; a CREMA-D clip takes well under a second."""
+
 DECODER_THREADS = 1
 """FFmpeg's decoders otherwise start a thread per core (PyAV's thread_count 0) in every worker process: on a
 16-core node, 14 workers x 16 threads. The workers are the parallelism; one decoding thread each."""
-"""Default limit for decoding one clip; a CREMA-D clip takes well under a second."""
 
 
 @functools.lru_cache(maxsize=1)

@@ -71,7 +71,7 @@ def test_the_writer_never_falls_more_than_a_few_batches_behind(tmp_path):
 
 
 def test_a_row_equal_to_the_fill_value_is_written_without_zarr_scanning_for_it(tmp_path):
-    """The writer skips zarr's empty-chunk check (a quarter of its CPU): a failed clip's all-zero row is stored
+    """The writer skips zarr's empty-chunk check (a fifth of its CPU): a failed clip's all-zero row is stored
     like any other, and reads back the same."""
     import zarr
 
