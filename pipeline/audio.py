@@ -94,19 +94,23 @@ def stft(audio: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     return spectrum.astype(np.complex64)
 
 
+# The Slaney mel scale: linear below 1 kHz, logarithmic above (librosa's htk=False).
+_MEL_HZ_STEP = 200.0 / 3  # Hz per mel in the linear part
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _MEL_HZ_STEP
+_LOG_STEP = np.log(6.4) / 27.0
+
+
 def _hz_to_slaney_mel(hz: float) -> float:
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    if hz >= min_log_hz:
-        return (min_log_hz - 0.0) / f_sp + np.log(hz / min_log_hz) / (np.log(6.4) / 27.0)
-    return (hz - 0.0) / f_sp
+    if hz >= _MIN_LOG_HZ:
+        return _MIN_LOG_MEL + np.log(hz / _MIN_LOG_HZ) / _LOG_STEP
+    return hz / _MEL_HZ_STEP
 
 
 def _slaney_mel_to_hz(mels: np.ndarray) -> np.ndarray:
-    f_sp, min_log_hz = 200.0 / 3, 1000.0
-    min_log_mel, logstep = (min_log_hz - 0.0) / f_sp, np.log(6.4) / 27.0
-    hz = 0.0 + f_sp * mels
-    log_t = mels >= min_log_mel
-    hz[log_t] = min_log_hz * np.exp(logstep * (mels[log_t] - min_log_mel))
+    hz = _MEL_HZ_STEP * mels
+    log_t = mels >= _MIN_LOG_MEL
+    hz[log_t] = _MIN_LOG_HZ * np.exp(_LOG_STEP * (mels[log_t] - _MIN_LOG_MEL))
     return hz
 
 
