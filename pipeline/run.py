@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,8 @@ def run_extract(
     own splits when every record has one. `split_seed=None`: the store's seed.
     """
     started = time.perf_counter()
+    if workers > 0 and scheduler is None:
+        start_worker_server()
     location = str(location)
     where = locate(location)  # a local folder or a URL (s3://...): same code below
     where.prepare_for_writing()
@@ -250,13 +253,13 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
         bar.close()
         environments.append(numeric_environment())
         return
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
     repo = str(Path(__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = local_cluster(workers)
     client = Client(cluster or scheduler)
     try:
         waiting = iter(tasks)  # a bounded number in flight: finished results never pile up on the workers
@@ -283,6 +286,51 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+WORKER_IMPORTS = "pipeline.worker_imports"
+
+
+@contextmanager
+def forked_workers():
+    """Dask worker processes started within this block are forks of one server that imported torch and
+    MTCNN's libraries once (pipeline/worker_imports.py), instead of fresh interpreters that import them each.
+
+    Dask's `forkserver` method preloads its own list (distributed and its dependencies), set on its first use;
+    ours replaces it, with `distributed` kept. A server already running in this process keeps its list.
+    Workers a nanny restarts after this block are spawned as usual (the same code, slower to start).
+    """
+    import multiprocessing
+
+    import dask
+    from distributed.utils import get_mp_context
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: spawned workers, as Dask's default
+        yield
+        return
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context()  # distributed's list first, so that ours is the one the server starts with
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", WORKER_IMPORTS])
+        yield
+
+
+def local_cluster(workers: int):
+    """`workers` single-threaded worker processes on this machine, forked from the import server."""
+    from dask.distributed import LocalCluster
+
+    with forked_workers():
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+
+
+def start_worker_server() -> None:
+    """Start forked_workers' server now: its imports (~6 CPU-s) then run beside this process's planning
+    (store, splits, what is stale) instead of after it."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        with forked_workers():
+            forkserver.ensure_running()
 
 
 WRITE_QUEUE = 2

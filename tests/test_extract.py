@@ -143,6 +143,37 @@ def test_a_clip_on_a_worker_imports_neither_librosa_nor_scipy(corpus):
     assert "LOADED []" in result.stdout, result.stdout[-500:]
 
 
+def test_local_workers_start_with_their_imports_done_and_one_thread():
+    """run.local_cluster: a worker is a fork of a server that imported torch and MTCNN once
+    (a spawned worker has imported neither before its first clip: ~6 CPU-s each, all at once on a laptop),
+    with the thread variables at 1 as Dask's nanny sets them for a spawned one."""
+    from dask.distributed import Client
+
+    from pipeline.run import local_cluster
+
+    def facts() -> dict:
+        import os
+        import sys
+
+        preloaded = sorted(m for m in ("av", "cv2", "facenet_pytorch", "torch") if m in sys.modules)  # before importing any here
+        import torch
+
+        return {"preloaded": preloaded, "omp": os.environ.get("OMP_NUM_THREADS"), "torch threads": torch.get_num_threads()}
+
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        (worker,) = client.run(facts).values()
+    assert worker == {"preloaded": ["av", "cv2", "facenet_pytorch", "torch"], "omp": "1", "torch threads": 1}
+
+
+def test_the_worker_import_server_holds_one_thread_so_forking_it_is_safe():
+    """A fork copies only the forking thread: a server with a thread pool or an event loop running would hand its
+    workers locks held by threads that do not exist in them."""
+    probe = "import os, pipeline.worker_imports; print('THREADS', len(os.listdir('/proc/self/task')))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "THREADS 1" in result.stdout, result.stdout
+
+
 @pytest.mark.slow
 def test_info_and_verify_catch_a_flipped_byte(extracted, tmp_path):
     store, _ = extracted

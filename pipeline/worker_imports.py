@@ -1,0 +1,23 @@
+"""The libraries every extraction worker needs, imported once by the process the workers are forked from.
+
+Why: before its first clip a worker spends ~6 CPU-seconds importing torch and facenet-pytorch (whose
+torchvision import loads torch._dynamo). Workers spawned together on a laptop's few cores pay that once each,
+at the same time. Started with Dask's `forkserver` method (run.forked_workers), every worker is instead a fork
+of one server that imported these once, and shares their pages copy-on-write.
+
+Importing only: no thread pool, event loop or CUDA context exists in the server (checked by a test), so
+forking it is safe. Dask's nanny sets the thread variables below in a worker's environment before spawning it
+(`distributed.nanny.pre-spawn-environ`); a fork cannot receive them that way, so they are set here, before the
+libraries read them. Every feature kernel is pinned inside its task anyway (numeric.py).
+"""
+
+import os
+
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_name] = "1"
+
+import av  # noqa: E402,F401
+import cv2  # noqa: E402,F401
+import numpy  # noqa: E402,F401
+import torch  # noqa: E402,F401
+from facenet_pytorch import MTCNN  # noqa: E402,F401
