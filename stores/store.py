@@ -30,6 +30,7 @@ import zarr
 from stores.codecs import chunk_compressors, chunk_filters, use_shaped_delta
 from stores.fingerprint import fingerprint
 from stores.location import locate
+from stores.shards import EncodedRow, decode_row, takes_encoded_rows, write_encoded_rows
 from stores.splits import SPLIT_RULE
 
 FORMAT_VERSION = 1
@@ -235,14 +236,23 @@ class FeatureStore:
         return FeatureSet(f"{kind}-{fp}", group)
 
     # ---- writing rows ------------------------------------------------------------------------------------
-    def write_rows(self, feature_set: FeatureSet, rows: np.ndarray, arrays: dict[str, np.ndarray], status: list[str], reason: list[str]) -> None:
-        """Write rows' arrays, then their status, then mark them done: the order readers rely on."""
+    def write_rows(self, feature_set: FeatureSet, rows: np.ndarray, arrays: dict[str, np.ndarray | list[EncodedRow | None]],
+                   status: list[str], reason: list[str]) -> None:
+        """Write rows' arrays, then their status, then mark them done: the order readers rely on. An array given as a
+        list holds each row's EncodedRow (None: a row without data, read as the fill value)."""
         use_shaped_delta()  # before the arrays are opened: their codecs are built now
         order = np.argsort(rows)
         rows = np.asarray(rows)[order]
         self.touched.setdefault(feature_set.name, set()).update(int(r) for r in rows)
         for name, values in arrays.items():
-            _write_rows(feature_set[name], rows, np.asarray(values)[order])
+            array = feature_set[name]
+            if not isinstance(values, list):
+                _write_rows(array, rows, np.asarray(values)[order])
+            elif takes_encoded_rows(array):  # rows encoded where they were computed (stores/shards.py)
+                write_encoded_rows(array, rows, [values[k] for k in order])
+            else:  # a store made with another chain: decoded here, then written through zarr
+                decoded = [np.zeros(array.shape[1:], array.dtype) if row is None else decode_row(row) for row in values]
+                _write_rows(array, rows, np.stack(decoded)[order])
         _write_rows(feature_set["status"], rows, np.asarray(status, dtype=object)[order])
         _write_rows(feature_set["reason"], rows, np.asarray(reason, dtype=object)[order])
         _write_rows(feature_set["done"], rows, np.ones(len(rows), np.uint8))

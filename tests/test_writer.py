@@ -11,8 +11,9 @@ from pipeline.corpora.sample import write_sample_corpus
 from pipeline.extract import TaskResult, audio_arrays, audio_params, face_arrays, face_params, fusion_arrays, fusion_params
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
-from pipeline.run import WRITE_QUEUE, ExtractConfig, materialise_fusion, process_clip, run_extract, write_results
+from pipeline.run import WRITE_QUEUE, ExtractConfig, clip_task, materialise_fusion, process_clip, run_extract, write_results
 from pipeline.splits import assign_splits
+from stores.shards import EncodedRow, decode_row
 from stores.store import FeatureStore
 
 FACES, MEL = FaceConfig(frames=6, size=32, detect_every=3), MelConfig(n_mels=32)
@@ -27,6 +28,9 @@ def test_fusions_made_on_the_workers_equal_fusions_derived_from_the_store(tmp_pa
     assert faces.status == audio.status == "ok" and set(fused) == {"concat", "stack"}
     assert fused["concat"]["image"].shape == (32, 64, 3)
     assert process_clip(records[0], config, True, False, "cpu")[3] == {}  # one stage alone: fused later, from the store
+    *encoded, encoded_fused = clip_task(records[0], config, True, True, "cpu")  # what the cluster runs: large arrays as chunk bytes
+    assert isinstance(encoded[0].arrays["crops"], EncodedRow) and np.array_equal(decode_row(encoded[0].arrays["crops"]), faces.arrays["crops"])
+    assert np.array_equal(decode_row(encoded_fused["concat"]["video"]), fused["concat"]["video"])
     location = tmp_path / "s.zarr"
     summary = run_extract(records, location, config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"],
                           workers=0, progress=False)

@@ -1,0 +1,134 @@
+"""Rows encoded where they are computed, and placed into shards by the writer.
+
+Why: the writer is one process for the whole cluster. Handed a clip's arrays (~9 MB at the defaults), it
+received, copied and compressed every byte (the deltas and zstd of stores/codecs.py, through zarr's per-chunk
+machinery): ~160 CPU-ms per clip, which capped a many-core node (bench/results/cores-16.md) and took a third of
+the CPU on 2 cores. Now a worker encodes each large array of its clip into the bytes of that row's chunk
+(`encode_row`), and the writer only assembles shards as the Zarr v3 sharding codec lays them out: the chunks'
+bytes end to end, then the index of (offset, length) pairs, then the index's crc32c.
+
+The bytes are the ones zarr writes for the same values and chain (tests/test_shards.py compares them chunk by
+chunk), so any Zarr reader reads the result. An array whose chain differs from encode_row's (a store made by
+an older avstore) gets its rows decoded and written through zarr instead: slower, never different.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import google_crc32c
+import numpy as np
+import zarr
+from numcodecs import Zstd
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from stores.codecs import ZSTD_LEVEL, chunk_compressors, chunk_filters, undo_filters
+
+EMPTY = 2**64 - 1
+"""Offset and length of a chunk a shard does not hold (it reads as the fill value)."""
+
+
+@dataclass(frozen=True)
+class EncodedRow:
+    """One row of a large array as the bytes of its chunk: `shape` and `dtype` are the row's."""
+
+    data: bytes
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def encode_row(values: np.ndarray) -> EncodedRow:
+    """The chunk bytes zarr writes for `values` as one row of an array made by stores/store.py: the filters of
+    chunk_filters (wrapping uint8 differences of the C-order flattening, and transposes), the bytes in C order,
+    little-endian, then zstd at ZSTD_LEVEL."""
+    x = np.asarray(values)[None]  # the chunk holds one row
+    for codec in chunk_filters(values.shape, str(values.dtype)):
+        if isinstance(codec, TransposeCodec):
+            x = x.transpose(codec.order)
+            continue
+        flat = np.ascontiguousarray(x).reshape(-1)
+        delta = np.empty_like(flat)
+        delta[0] = flat[0]
+        np.subtract(flat[1:], flat[:-1], out=delta[1:])  # uint8: wraps, as numcodecs' Delta does
+        x = delta.reshape(x.shape)
+    data = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
+    return EncodedRow(Zstd(level=ZSTD_LEVEL).encode(data), tuple(values.shape), str(values.dtype))
+
+
+def decode_row(row: EncodedRow) -> np.ndarray:
+    out = np.empty((1, *row.shape), row.dtype)
+    raw = np.frombuffer(Zstd().decode(row.data), np.dtype(row.dtype).newbyteorder("<"))
+    filters = chunk_filters(row.shape, row.dtype)
+    if filters:
+        undo_filters(raw.view(np.uint8), filters, out)
+    else:
+        out[...] = raw.reshape(out.shape)
+    return out[0]
+
+
+def encode_large_arrays(arrays: dict[str, np.ndarray] | None) -> dict | None:
+    """`arrays` with every array the store shards (stores/store.py) replaced by its EncodedRow."""
+    from stores.store import _is_big
+
+    if arrays is None:
+        return None
+    return {name: encode_row(v) if isinstance(v, np.ndarray) and _is_big(v.shape) else v for name, v in arrays.items()}
+
+
+def takes_encoded_rows(array: zarr.Array) -> bool:
+    """Whether `array` is sharded by rows with exactly encode_row's chain, its index at the end with a crc32c."""
+    codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return False
+    shard, clip_shape = codecs[0], tuple(array.shape[1:])
+    bytes_codec, compressor = shard.codecs[-2:] if len(shard.codecs) >= 2 else (None, None)
+    expected = chunk_compressors()[0]
+    return (tuple(shard.chunk_shape) == (1, *clip_shape) and shard.index_location.value == "end"
+            and [c.to_dict() for c in shard.codecs[:-2]] == [c.to_dict() for c in chunk_filters(clip_shape, str(array.dtype))]
+            and isinstance(bytes_codec, BytesCodec) and getattr(bytes_codec.endian, "value", "little") == "little"
+            and isinstance(compressor, ZstdCodec) and compressor.level == expected.level and compressor.checksum == expected.checksum
+            and [type(c) for c in shard.index_codecs] == [BytesCodec, Crc32cCodec]
+            and getattr(array.metadata.chunk_key_encoding, "separator", None) == "/")
+
+
+def write_encoded_rows(array: zarr.Array, rows: np.ndarray, encoded: list[EncodedRow | None]) -> None:
+    """Place each row's chunk into its shard (None: no chunk, the row reads as the fill value). A shard that
+    exists keeps its other rows' bytes as they are; each shard is written once, whole (an atomic replace on a
+    local disk, one PUT on an object store)."""
+    shard_rows = int(array.shards[0])
+    store, zeros = array.store_path.store, "/".join(["0"] * (array.ndim - 1))
+    by_shard: dict[int, dict[int, EncodedRow | None]] = {}
+    for row, item in zip(np.asarray(rows).tolist(), encoded):
+        by_shard.setdefault(row // shard_rows, {})[row % shard_rows] = item
+    prototype = default_buffer_prototype()
+    for shard, items in by_shard.items():
+        key = f"{array.path}/c/{shard}/{zeros}"
+        chunks = read_shard(sync(store.get(key, prototype=prototype)), shard_rows, key)
+        for k, item in items.items():
+            chunks[k] = None if item is None else item.data
+        sync(store.set(key, prototype.buffer.from_bytes(shard_bytes(chunks))))
+
+
+def shard_bytes(chunks: list[bytes | None]) -> bytes:
+    index = np.full((len(chunks), 2), EMPTY, dtype="<u8")
+    offset = 0
+    for k, chunk in enumerate(chunks):
+        if chunk is not None:
+            index[k] = (offset, len(chunk))
+            offset += len(chunk)
+    raw = index.tobytes()
+    return b"".join(c for c in chunks if c is not None) + raw + np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
+
+
+def read_shard(stored, shard_rows: int, key: str) -> list[bytes | None]:
+    """The chunks of a stored shard (a zarr Buffer, or None when there is none yet), by row within it."""
+    if stored is None:
+        return [None] * shard_rows
+    data = stored.to_bytes()
+    raw = data[-(shard_rows * 16 + 4) : -4]
+    if len(raw) != shard_rows * 16 or np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes() != data[-4:]:
+        raise ValueError(f"shard '{key}' has a damaged index (crc32c mismatch); run `python cli.py verify` on the store")
+    index = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+    return [None if offset == EMPTY else data[int(offset) : int(offset + nbytes)] for offset, nbytes in index.tolist()]

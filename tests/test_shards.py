@@ -1,0 +1,93 @@
+"""Rows encoded on the workers and placed into shards by the writer (stores/shards.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from stores.codecs import use_shaped_delta
+from stores.shards import EncodedRow, decode_row, encode_large_arrays, encode_row, read_shard, takes_encoded_rows, write_encoded_rows
+from stores.store import SHARD_ROWS, _create_array
+
+# every kind of large array a store holds: RGB videos and images, grey chunks and images, float16 mels
+SHAPES = [((4, 32, 32, 3), "uint8"), ((4, 32, 64, 3), "uint8"), ((48, 48, 3), "uint8"), ((4, 32, 32), "uint8"), ((64, 64), "uint8"),
+          ((64, 80), "float16"), ((2, 3, 32, 32), "uint8")]
+
+
+def smooth(shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
+    """A picture-like row (neighbours close), so the deltas matter, plus noise so no two rows are equal."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).sum(axis=0) * 3 + rng.integers(0, 20, shape)
+    return (grid % 256).astype(dtype) if dtype == "uint8" else (np.sin(grid / 10) * 40).astype(dtype)
+
+
+def stored_chunk(array: zarr.Array, row: int) -> bytes | None:
+    key = f"{array.path}/c/{row // SHARD_ROWS}/" + "/".join(["0"] * (array.ndim - 1))
+    return read_shard(sync(array.store_path.store.get(key, prototype=default_buffer_prototype())), SHARD_ROWS, key)[row % SHARD_ROWS]
+
+
+@pytest.mark.parametrize("clip_shape,dtype", SHAPES)
+def test_a_row_encoded_on_a_worker_is_byte_for_byte_the_chunk_zarr_writes(tmp_path, clip_shape, dtype):
+    use_shaped_delta()
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    values = smooth(clip_shape, dtype, 0)
+    by_zarr = _create_array(group, "by_zarr", 40, clip_shape, dtype)
+    by_zarr[3] = values
+    encoded = encode_row(values)
+    assert encoded.data == stored_chunk(by_zarr, 3)
+    assert np.array_equal(decode_row(encoded), values)
+    placed = _create_array(group, "placed", 40, clip_shape, dtype)
+    assert takes_encoded_rows(placed)
+    write_encoded_rows(placed, np.asarray([3, 33]), [encoded, encoded])
+    assert np.array_equal(placed[3], values) and np.array_equal(placed[33], values)  # zarr reads what the writer placed
+    assert not placed[4].any()
+
+
+def test_placing_rows_keeps_the_other_rows_of_a_shard_and_an_empty_row_reads_as_fill(tmp_path):
+    use_shaped_delta()
+    shape, dtype = (4, 32, 32, 3), "uint8"
+    array = _create_array(zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3), "crops", 2 * SHARD_ROWS, shape, dtype)
+    rows = {row: smooth(shape, dtype, row) for row in (0, 5, SHARD_ROWS + 1)}
+    array[0] = rows[0]  # written by zarr before
+    write_encoded_rows(array, np.asarray([5, SHARD_ROWS + 1]), [encode_row(rows[5]), encode_row(rows[SHARD_ROWS + 1])])
+    write_encoded_rows(array, np.asarray([7]), [None])  # a failed clip's row: no chunk
+    for row, values in rows.items():
+        assert np.array_equal(array[row], values), row
+    assert not array[7].any() and stored_chunk(array, 7) is None
+
+
+def test_a_store_made_with_another_chain_gets_the_rows_decoded_and_written_through_zarr(tmp_path):
+    """A store from before issue 12 (zstd alone): the workers' delta-filtered bytes would decode to other values."""
+    from stores.store import FeatureStore
+
+    store = FeatureStore.create(tmp_path / "s.zarr", dataset="sample", class_names=["ANG"], split_seed=0)
+    feature_set = store.ensure_feature_set("faces", {"p": 1}, {"crops": ((4, 32, 32, 3), "uint8")}, {})
+    old = feature_set.group.create_array("old", shape=(SHARD_ROWS, 4, 32, 32, 3), dtype="uint8", chunks=(1, 4, 32, 32, 3),
+                                         shards=(SHARD_ROWS, 4, 32, 32, 3), fill_value=0, compressors=[ZstdCodec(level=0)])
+    assert takes_encoded_rows(feature_set["crops"]) and not takes_encoded_rows(old)
+    values = [smooth((4, 32, 32, 3), "uint8", k) for k in range(2)]
+    store.write_rows(feature_set, np.asarray([9, 2]), {"old": [encode_row(values[0]), encode_row(values[1])]}, ["ok", "ok"], ["", ""])
+    assert np.array_equal(old[9], values[0]) and np.array_equal(old[2], values[1])
+
+
+def test_a_damaged_shard_index_is_refused_with_what_to_do(tmp_path):
+    use_shaped_delta()
+    array = _create_array(zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3), "crops", SHARD_ROWS, (4, 32, 32, 3), "uint8")
+    array[0] = smooth((4, 32, 32, 3), "uint8", 0)
+    shard = next((tmp_path / "s.zarr" / "crops" / "c").rglob("0/0/0/0/0"))
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged index.*cli.py verify"):
+        write_encoded_rows(array, np.asarray([1]), [encode_row(smooth((4, 32, 32, 3), "uint8", 1))])
+
+
+def test_the_task_hands_the_writer_encoded_large_arrays_and_small_ones_as_they_are():
+    arrays = {"crops": smooth((4, 32, 32, 3), "uint8", 0), "boxes": np.zeros((4, 4), np.float32), "fps": np.float32(25)}
+    encoded = encode_large_arrays(arrays)
+    assert isinstance(encoded["crops"], EncodedRow) and len(encoded["crops"].data) < arrays["crops"].nbytes
+    assert encoded["boxes"] is arrays["boxes"] and encoded["fps"] is arrays["fps"]
