@@ -18,7 +18,7 @@ from pipeline.audio import MelConfig, MelExtractor, chunk_images, max_mel_frames
 from pipeline.compare import N_FEATURES, LldConfig, compare_llds, max_lld_frames, pool_to_spans
 from pipeline.compare import config_hash as compare_config_hash
 from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
-from pipeline.faces import DETECTOR_LAYOUT, FaceConfig, track_faces
+from pipeline.faces import DETECTOR_LAYOUT, KEY_SCHEDULE, FaceConfig, track_faces
 from pipeline.fuse import fuse, fusion_arrays
 from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, Media, MediaInfo, decode_audio, open_media
 from pipeline.records import ClipRecord
@@ -119,7 +119,7 @@ def face_arrays(config: FaceConfig) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def face_params(config: FaceConfig) -> dict:
-    return {"stage": "faces", "algorithm": ALGORITHM_VERSION, "detector": detector_weights_hash(), "detector_layout": DETECTOR_LAYOUT,
+    return {"stage": "faces", "algorithm": ALGORITHM_VERSION, "detector": detector_weights_hash(), "detector_layout": DETECTOR_LAYOUT, "key_schedule": KEY_SCHEDULE,
             **dataclasses.asdict(config)}
 
 

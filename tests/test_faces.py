@@ -1,4 +1,5 @@
-"""The detector's fast memory layout (pipeline/faces.py DETECTOR_LAYOUT) finds the faces facenet-pytorch finds."""
+"""The detector's fast memory layout (pipeline/faces.py DETECTOR_LAYOUT) finds the faces facenet-pytorch finds, and the
+middle frame is a key frame in its place among the steps (KEY_SCHEDULE)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import torch
 
 from pipeline.extract import face_params
-from pipeline.faces import FaceConfig, detect, load_detector
+from pipeline.extract import clip_timeline
+from pipeline.faces import FaceConfig, confirmed_steps, detect, load_detector, track_faces
 from pipeline.media import decode_frames, probe
 
 
@@ -33,5 +35,28 @@ def test_the_channels_last_detector_finds_the_boxes_of_facenets_own_layout(grid_
         assert np.abs(p - q).max() < 1e-4
 
 
-def test_the_layout_is_part_of_the_faces_fingerprint():
-    assert face_params(FaceConfig())["detector_layout"].startswith("nets channels-last")
+def test_the_layout_and_the_key_schedule_are_part_of_the_faces_fingerprint():
+    params = face_params(FaceConfig())
+    assert params["detector_layout"].startswith("nets channels-last") and params["key_schedule"].startswith("middle frame")
+
+
+def test_the_middle_frame_is_a_key_between_the_two_steps_beside_it(grid_dir):
+    """The first pass detects on the first and last steps and the middle frame (3 frames, not 4), and the middle
+    frame's box is a key halfway between steps 7 and 8 (T=16): step 7's box lies on the line from the key before
+    it to the middle frame's. Before, the middle frame was a fourth detection whose box only the middle crop used."""
+    video = str(sorted(grid_dir.glob("*.mpg"))[0])
+    info = probe(video)
+    timeline = clip_timeline(info, 16)
+    frames = decode_frames(video, [*timeline.frame_index.tolist(), timeline.middle_index], info.width, info.height)
+    track = track_faces(frames[:-1], frames[-1], FaceConfig(size=64))
+    assert track is not None and track.found.all()
+    assert {0, 7.5, 15} <= set(track.keys) and set(track.keys) <= {0, 4, 7.5, 8, 12, 15}  # in doubt: every 4th step too
+    before = max(k for k in track.keys if k <= 7)
+    on_the_line = track.boxes[before] + (7 - before) / (7.5 - before) * (track.middle_box - track.boxes[before])
+    assert np.abs(track.boxes[7] - on_the_line).max() < 1e-3
+
+
+def test_steps_between_two_sightings_are_confirmed_across_a_key_that_lies_between_steps():
+    assert confirmed_steps([0, 7.5, 15], np.array([True, True, True]), 16).all()
+    assert confirmed_steps([0, 7.5, 15], np.array([True, True, False]), 16).tolist() == [True] * 8 + [False] * 8
+    assert confirmed_steps([0, 7.5, 15], np.array([True, False, True]), 16).tolist() == [True] + [False] * 14 + [True]
