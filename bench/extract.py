@@ -5,13 +5,13 @@ per-stage profile of avstore's task, on the sample corpus and the real GRID clip
     nice -n 10 .venv/bin/python bench/extract.py           # bench/results/extract.{json,md}
     .venv/bin/python bench/extract.py --quick               # 18 sample clips, 3-clip baseline: extract-quick.*
 
-* cold: `run_extract(workers=w)`, exactly what `cli.py extract` does (a local Dask cluster started inside);
-  the pipeline reports when the first clip came back (`ExtractSummary.timings`), i.e. the start-up.
+* cold: `cli.py extract --workers w` in a fresh process (its worker import server, pipeline/worker_imports.py,
+  lives as long as the process); the start-up is the "first clip after N s" it prints.
 * warm: a cluster started and warmed (MTCNN loaded in every worker) beforehand, then `run_extract` against
   it: the steady rate, store writes and fusion included. The speed-ups and projections use this rate.
 * baseline (the seed's way), one process, torch 1 thread: ffmpeg rawvideo of every frame, MTCNN on every
   full-resolution frame, ffmpeg audio pipe, librosa mel with the same parameters, 16 chunks resized.
-* profile: cProfile over avstore's task (process_clip, in process) on a few clips; cumulative time of the
+* profile: cProfile over avstore's task (clip_task, in process) on a few clips; cumulative time of the
   stages (no monkeypatching; cProfile adds its own overhead, so the stages are shares, the total is wall).
 
 CPU-seconds count this process and all its descendants (workers, ffmpeg). The machine may be shared: the
@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import pstats
+import re
 import resource
 import subprocess
 import sys
@@ -44,14 +45,15 @@ from pipeline.corpora import load_corpus  # noqa: E402
 from pipeline.corpora.sample import write_sample_corpus  # noqa: E402
 from pipeline.media import ffmpeg_exe, probe  # noqa: E402
 from pipeline.records import CREMA_D_EMOTIONS  # noqa: E402
-from pipeline.run import ExtractConfig, process_clip, run_extract  # noqa: E402
+from pipeline.run import ExtractConfig, clip_task, process_clip, run_extract  # noqa: E402
 from pipeline.splits import assign_splits  # noqa: E402
 
 GRID_DIR = Path(os.environ.get("AVSTORE_SHARED_DATA", REPO.parent / "shared" / "data")) / "grid"
 CREMA_D_CLIPS = 7442
 TICK = os.sysconf("SC_CLK_TCK")
 STAGES = {  # profile label: (file, functions) as cProfile names them
-    "process_clip (whole task)": ("run.py", ("process_clip",)),
+    "clip_task (whole task)": ("run.py", ("clip_task",)),
+    "process_clip (features)": ("run.py", ("process_clip",)),
     "open + demux (probe facts)": ("media.py", ("_open", "_demux")),
     "decode + RGB of the kept frames": ("media.py", ("frames",)),
     "decode + resample audio": ("media.py", ("audio", "decode_audio")),
@@ -61,23 +63,29 @@ STAGES = {  # profile label: (file, functions) as cProfile names them
     "log_mel": ("audio.py", ("log_mel",)),
     "chunk_images": ("audio.py", ("chunk_images",)),
     "fusion (on the worker)": ("extract.py", ("fuse_clip",)),
+    "encode large arrays (on the worker)": ("shards.py", ("encode_large_arrays",)),
 }
 
 
-def cpu_s() -> float:
-    """CPU-seconds of this process and every descendant, live or reaped."""
-    total = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
-    parents, times = {}, {}
+def processes() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU-seconds of it and its reaped children), for every process on the machine."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parents[int(stat.parent.name)], times[int(stat.parent.name)] = int(fields[1]), sum(int(x) for x in fields[11:15]) / TICK
-    for pid, t in times.items():
-        up = parents.get(pid)
+        found[int(stat.parent.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / TICK)
+    return found
+
+
+def cpu_s() -> float:
+    """CPU-seconds of this process and every descendant, live or reaped."""
+    total = sum(sum(resource.getrusage(w)[:2]) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))  # user + system
+    table = processes()
+    for pid, (up, t) in table.items():
         while up and up != os.getpid():
-            up = parents.get(up)
+            up = table.get(up, (0, 0))[0]
         total += t if up == os.getpid() else 0.0
     return total
 
@@ -89,29 +97,53 @@ def busy_s() -> float:
 
 def measured(fn, clips: int) -> dict:
     """Run fn(); wall and CPU seconds, and what the rest of the machine did meanwhile."""
-    load, wall, busy, own = os.getloadavg()[0], time.perf_counter(), busy_s(), cpu_s()
+    load, wall, busy, own, main = os.getloadavg()[0], time.perf_counter(), busy_s(), cpu_s(), sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     extra = fn() or {}
-    wall, own, busy = time.perf_counter() - wall, cpu_s() - own, busy_s() - busy
+    wall, own, busy, main = time.perf_counter() - wall, cpu_s() - own, busy_s() - busy, sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - main
     return {"clips": clips, "seconds": round(wall, 2), "clips_per_s": round(clips / wall, 3), "cpu_s_per_clip": round(own / clips, 3),
+            "main_cpu_s_per_clip": round(main / clips, 3),  # the one process every clip goes through: writer, scheduler, client
             "other_cores": round(max(0.0, busy - own) / wall, 2), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), **extra}
 
 
-def extract(records, store: Path, config: ExtractConfig, **kwargs) -> dict:
-    summary = run_extract(records, store, config, dataset="bench", class_names=list(CREMA_D_EMOTIONS), split_seed=0, progress=False, **kwargs)
-    size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
-    bad = {k: v for k, v in summary.status.items() if not k.endswith(":ok")}
-    return {"timings_s": {k: round(v, 2) for k, v in summary.timings.items()}, "mb_per_clip": round(size / 1e6 / len(records), 2), "not_ok": bad}
+def mb_per_clip(store: Path, clips: int) -> float:
+    return round(sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6 / clips, 2)
+
+
+def cold(dataset: str, root: Path, store: Path, workers: int, clips: int) -> dict:
+    """`cli.py extract` in a fresh process. Its workers fork from an import server that outlives it for a moment:
+    as a subreaper this process inherits and reaps them, so their CPU-seconds are counted."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    children = lambda: {pid for pid, (up, _) in processes().items() if up == os.getpid()}  # noqa: E731
+    before = children()
+
+    def run() -> dict:
+        out = subprocess.run([sys.executable, str(REPO / "cli.py"), "extract", "--dataset", dataset, "--root", str(root), "--store", str(store),
+                              "--workers", str(workers)], capture_output=True, text=True, check=True, cwd=REPO)
+        deadline = time.monotonic() + 30
+        while (orphans := children() - before) and time.monotonic() < deadline:  # the import server and its workers
+            [os.waitpid(pid, 0) for pid in orphans]
+        first = re.search(r"first clip after ([\d.]+) s", out.stdout + out.stderr)
+        return {"timings_s": {"first_clip": float(first.group(1)) if first else None}, "mb_per_clip": mb_per_clip(store, clips),
+                "verdict": out.stdout.strip().splitlines()[-1]}
+    return {k: v for k, v in measured(run, clips).items() if k != "main_cpu_s_per_clip"}  # the CLI's main process is a child here
 
 
 def warm(records, store: Path, config: ExtractConfig, workers: int) -> dict:
     from dask.distributed import Client, LocalCluster
+
+    def run() -> dict:
+        summary = run_extract(records, store, config, dataset="bench", class_names=list(CREMA_D_EMOTIONS), split_seed=0, progress=False,
+                              scheduler=cluster.scheduler_address)
+        return {"mb_per_clip": mb_per_clip(store, len(records)), "not_ok": {k: v for k, v in summary.status.items() if not k.endswith(":ok")}}
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR) as cluster:
         with Client(cluster) as client:
             client.wait_for_workers(workers)
             client.run(process_clip, records[0], config, True, True, "cpu")  # every worker: imports, MTCNN, filterbank
-        return measured(lambda: extract(records, store, config, scheduler=cluster.scheduler_address), len(records))
+        return measured(run, len(records))
 
 
 def baseline_clip(path: str, audio_path: str, mtcnn, config: ExtractConfig) -> None:
@@ -144,9 +176,9 @@ def baseline(records, config: ExtractConfig) -> dict:
 
 
 def profile(records, config: ExtractConfig) -> dict:
-    process_clip(records[0], config, True, True, "cpu")  # warm-up: MTCNN, filterbank
+    clip_task(records[0], config, True, True, "cpu")  # warm-up: MTCNN, filterbank
     profiler = cProfile.Profile()
-    result = measured(lambda: profiler.runcall(lambda: [process_clip(r, config, True, True, "cpu") for r in records]) and None, len(records))
+    result = measured(lambda: profiler.runcall(lambda: [clip_task(r, config, True, True, "cpu") for r in records]) and None, len(records))
     stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, primitive, tottime, cumtime, callers)
     stages = {}
     for label, (file, functions) in STAGES.items():
@@ -173,7 +205,8 @@ def markdown(r: dict) -> str:
              f"{r['machine']}. T={p['faces']['frames']}, {p['faces']['size']} px, {p['mel']['n_mels']} mels, fusion {', '.join(p['fusions'])}. "
              f"**Shared machine**: load average {r['load'][0]} at the start, {r['load'][1]} at the end; the last column is how many cores other "
              "jobs used meanwhile (of 2). Run once, under `nice -n 10`.", "",
-             "| corpus | method | workers | clips | s | clips/s | vs seed | CPU-s/clip | start-up s | other cores |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| corpus | method | workers | clips | s | clips/s | vs seed | CPU-s/clip | main process CPU-s/clip | start-up s | other cores |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for corpus, block in r["corpora"].items():
         base = block["baseline"]["clips_per_s"]
         for key, row in block.items():
@@ -181,13 +214,15 @@ def markdown(r: dict) -> str:
             workers = key[-1] if key[-1].isdigit() else "1"
             start = row.get("timings_s", {}).get("first_clip", "") if key.startswith("cold") else ""
             lines.append(f"| {corpus} | {method.split(', workers')[0]} | {workers} | {row['clips']} | {row['seconds']} | {row['clips_per_s']:.2f} | "
-                         f"{row['clips_per_s'] / base:.1f}x | {row['cpu_s_per_clip']} | {start} | {row['other_cores']} |")
+                         f"{row['clips_per_s'] / base:.1f}x | {row['cpu_s_per_clip']} | {row.get('main_cpu_s_per_clip', '')} | {start} | {row['other_cores']} |")
     lines += ["", f"Speed-up with 2 workers (warm) against the seed's way: sample **{s['speedup_w2']['sample']}x**, GRID **{s['speedup_w2']['grid']}x**. "
-              f"CPU-seconds per clip (warm, 2 workers, all processes): sample {s['cpu_s_per_clip']}. Store: {s['mb_per_clip']} MB per clip.",
+              f"CPU-seconds per clip (warm, 2 workers, all processes): sample {s['cpu_s_per_clip']}, of which the main process (writer, scheduler, "
+              f"client: one per run, whatever the cores) {s['main_cpu_s_per_clip']}, so it alone caps a run at ~{s['main_cap_clips_per_s']} clips/s. "
+              f"Store: {s['mb_per_clip']} MB per clip.",
               f"Projected for all {CREMA_D_CLIPS:,} CREMA-D clips from the sample corpus (not measured on CREMA-D): **{s['crema_d_2_cores_min']} min** on 2 cores "
               f"(start-up + clips / warm 2-worker rate); **{s['crema_d_16_cores_min']} min** on 16 cores assuming perfect scaling (clips x CPU-s per clip / 16; `bench/cores.py` measures how far from it the writer keeps a many-core node); "
               f"the seed's way {s['crema_d_seed_h']} h in one process.", "",
-              f"Where a clip's time goes (cProfile over process_clip in process, {r['profile']['clips']} sample clips, {r['profile']['seconds']} s wall):", "",
+              f"Where a clip's time goes (cProfile over clip_task in process, {r['profile']['clips']} sample clips, {r['profile']['seconds']} s wall):", "",
               "| stage | ms per clip (cumulative, cProfile) | calls per clip |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['ms_per_clip']} | {v['calls_per_clip']} |" for k, v in r["profile"]["stages"].items()]
     return "\n".join(lines + ["", "Written by `bench/extract.py`; every number in `bench/results/extract.json`.", ""])
@@ -207,10 +242,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="avstore-bench-") as tmp:
         sets = corpora(Path(tmp), args.quick)
         for name, records in sets.items():
-            block = r["corpora"][name] = {}
+            block, source = r["corpora"].setdefault(name, {}), {"sample": ("sample", Path(tmp) / "sample"), "grid": ("manifest", Path(tmp) / "grid.csv")}[name]
             for w in (1, 2):
                 print(f"{name}: cold, {w} worker(s)", flush=True)
-                block[f"cold_w{w}"] = measured(lambda: extract(records, Path(tmp) / f"{name}-c{w}.zarr", config, workers=w), len(records))
+                block[f"cold_w{w}"] = cold(*source, Path(tmp) / f"{name}-c{w}.zarr", w, len(records))
                 print(f"{name}: warm, {w} worker(s)", flush=True)
                 block[f"warm_w{w}"] = warm(records, Path(tmp) / f"{name}-w{w}.zarr", config, w)
             subset = records if name == "grid" else records[:: max(1, len(records) // args.baseline_clips)][: 3 if args.quick else args.baseline_clips]
@@ -223,7 +258,8 @@ def main() -> int:
     rate2, cpu2 = sample["warm_w2"]["clips_per_s"], sample["warm_w2"]["cpu_s_per_clip"]
     r["summary"] = {
         "speedup_w2": {c: round(b["warm_w2"]["clips_per_s"] / b["baseline"]["clips_per_s"], 1) for c, b in r["corpora"].items()},
-        "cpu_s_per_clip": cpu2, "mb_per_clip": sample["warm_w2"]["mb_per_clip"],
+        "cpu_s_per_clip": cpu2, "mb_per_clip": sample["warm_w2"]["mb_per_clip"], "main_cpu_s_per_clip": sample["warm_w2"]["main_cpu_s_per_clip"],
+        "main_cap_clips_per_s": round(1 / max(sample["warm_w2"]["main_cpu_s_per_clip"], 1e-3)),
         "crema_d_2_cores_min": round((sample["cold_w2"]["timings_s"]["first_clip"] + CREMA_D_CLIPS / rate2) / 60, 1),
         "crema_d_16_cores_min": round(CREMA_D_CLIPS * cpu2 / 16 / 60, 1),
         "crema_d_seed_h": round(CREMA_D_CLIPS / sample["baseline"]["clips_per_s"] / 3600, 1),
