@@ -353,7 +353,10 @@ def local_cluster(workers: int):
     """`workers` single-threaded worker processes on this machine, forked from the import server."""
     from dask.distributed import LocalCluster
 
-    with forked_workers():
+    import dask
+
+    # no dashboard to show them, so the workers' statistical profilers (a stack walk every 10 ms) are off
+    with forked_workers(), dask.config.set({"distributed.worker.profile.enabled": False}):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
 
 
