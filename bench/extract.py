@@ -204,7 +204,7 @@ def markdown(r: dict) -> str:
     lines = [f"### Extraction speed ({r['date']}{', quick run' if p['quick'] else ''})", "",
              f"{r['machine']}. T={p['faces']['frames']}, {p['faces']['size']} px, {p['mel']['n_mels']} mels, fusion {', '.join(p['fusions'])}. "
              f"**Shared machine**: load average {r['load'][0]} at the start, {r['load'][1]} at the end; the last column is how many cores other "
-             "jobs used meanwhile (of 2). Run once, under `nice -n 10`.", "",
+             f"jobs used meanwhile (of 2). Run once, at nice {r.get('nice', '?')}.", "",
              "| corpus | method | workers | clips | s | clips/s | vs seed | CPU-s/clip | main process CPU-s/clip | start-up s | other cores |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for corpus, block in r["corpora"].items():
@@ -237,7 +237,7 @@ def main() -> int:
     config = ExtractConfig()
     stem = REPO / "bench" / "results" / ("extract-quick" if args.quick else "extract")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown CPU")
-    r = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": f"{os.cpu_count()} cores ({cpu}), no GPU", "load": [round(os.getloadavg()[0], 2)],
+    r = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nice": os.nice(0), "machine": f"{os.cpu_count()} cores ({cpu}), no GPU", "load": [round(os.getloadavg()[0], 2)],
          "parameters": {"quick": args.quick, "faces": asdict(config.faces), "mel": asdict(config.mel), "fusions": list(config.fusions)}, "corpora": {}}
     with tempfile.TemporaryDirectory(prefix="avstore-bench-") as tmp:
         sets = corpora(Path(tmp), args.quick)
