@@ -184,11 +184,12 @@ def track_faces(steps: np.ndarray, middle: np.ndarray, config: FaceConfig, devic
     """Crops for the T step frames (T, H, W, 3) and the middle frame; None when no face is found at all.
 
     The middle frame is a key frame in its own place among the steps (KEY_SCHEDULE): detection there gives the
-    middle crop its box and stands in for the step next to it, so the first pass detects on 3 frames, not 4."""
+    middle crop its box and stands in for an inner step next to it, so the first pass detects on 3 frames, not 4.
+    The first and last steps are always detected: the face's path is only confirmed between two sightings."""
     n_steps = len(steps)
     middle_at = middle_position(n_steps)
     if config.first_keys:
-        first = [k for k in first_keys(n_steps, config.first_keys) if abs(k - middle_at) >= 1]
+        first = [k for k in first_keys(n_steps, config.first_keys) if k in (0, n_steps - 1) or abs(k - middle_at) >= 1]
     else:
         first = key_frames(n_steps, config.detect_every)
     boxes, probs = detect(np.concatenate([steps[first], middle[None]]), config, device)

@@ -4,6 +4,7 @@ middle frame is a key frame in its place among the steps (KEY_SCHEDULE)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.extract import face_params
@@ -54,6 +55,18 @@ def test_the_middle_frame_is_a_key_between_the_two_steps_beside_it(grid_dir):
     before = max(k for k in track.keys if k <= 7)
     on_the_line = track.boxes[before] + (7 - before) / (7.5 - before) * (track.middle_box - track.boxes[before])
     assert np.abs(track.boxes[7] - on_the_line).max() < 1e-3
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_a_few_steps_keep_their_first_and_last_key_beside_the_middle_frame(grid_dir, steps):
+    """T=2: the middle frame lies within a step of both steps; it must not stand in for them (every crop was
+    then unconfirmed and the clip `face_lost`)."""
+    video = str(sorted(grid_dir.glob("*.mpg"))[0])
+    info = probe(video)
+    timeline = clip_timeline(info, steps)
+    frames = decode_frames(video, [*timeline.frame_index.tolist(), timeline.middle_index], info.width, info.height)
+    track = track_faces(frames[:-1], frames[-1], FaceConfig(frames=steps, size=32))
+    assert track is not None and track.found.all() and {0, steps - 1} <= set(track.keys)
 
 
 def test_steps_between_two_sightings_are_confirmed_across_a_key_that_lies_between_steps():
