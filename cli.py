@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -159,6 +160,7 @@ def extract(
 
     Example: python cli.py extract --dataset crema-d --root data/crema-d --store stores/crema-d.zarr
     """
+    started = time.perf_counter()  # the start-up printed below counts from here
     from pipeline.audio import MelConfig
     from pipeline.compare import LldConfig
     from pipeline.faces import FaceConfig
@@ -174,6 +176,10 @@ def extract(
     store = store or f"stores/{dataset}.zarr"
     device = default_device(device)
     records = load_records(dataset, root, meta, split_seed, assign=False)
+    if workers > 0 and scheduler is None:  # the corpus is valid: the workers' imports (~6 s) start now, beside the planning
+        from pipeline.workers import start_worker_server
+
+        start_worker_server()
     class_names = list(get_corpus(dataset).class_names) or sorted({r.emotion for r in records}, key=lambda e: [r.label for r in records if r.emotion == e][0])
     config = ExtractConfig(
         faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage),
@@ -186,7 +192,7 @@ def extract(
     try:
         result = run_extract(records, store, config, dataset=dataset, class_names=class_names, split_seed=split_seed,
                              workers=workers, scheduler=scheduler, device=device, progress=progress,
-                             commit_every=commit_every, retry_failed=retry_failed)
+                             commit_every=commit_every, retry_failed=retry_failed, started=started)
     except (StoreLockedError, StoreError, LocationError, SplitError, PermissionError) as err:  # our own checks of the input
         fail(str(err))
     typer.echo(

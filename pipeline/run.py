@@ -18,7 +18,6 @@ import os
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from pipeline.numeric import numeric_environment, pinned
 from pipeline.records import ClipRecord
 from pipeline.sources import file_signature, source_changed
 from pipeline.splits import add_to_store
+from pipeline.workers import local_cluster, start_worker_server
 from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
@@ -179,7 +179,7 @@ def open_writer(location: str, dataset: str, class_names: list[str], split_seed:
 def run_extract(
     records: list[ClipRecord], location: str | Path, config: ExtractConfig, *, dataset: str, class_names: list[str],
     split_seed: int | None = None, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
-    commit_every: int = SHARD_ROWS, retry_failed: bool = False,
+    commit_every: int = SHARD_ROWS, retry_failed: bool = False, started: float | None = None,
 ) -> ExtractSummary:
     """Compute what the store lacks for `records` and commit it, `commit_every` clips at a time.
 
@@ -187,9 +187,10 @@ def run_extract(
     is redone when its source file changed since (size, mtime, hash of its ends), and a non-ok one also when
     `retry_failed`; an ok row whose source is unchanged never is. Speakers the store has recorded keep their
     partition; new ones get theirs by the stable rule (stores/splits.py) with the store's seed, or the records'
-    own splits when every record has one. `split_seed=None`: the store's seed.
+    own splits when every record has one. `split_seed=None`: the store's seed. `started`: the time.perf_counter()
+    the summary's seconds and timings count from (the CLI passes its command's start; default: this call).
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     if workers > 0 and scheduler is None:
         start_worker_server()
     location = str(location)
@@ -321,54 +322,6 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
         client.close()
         if cluster is not None:
             cluster.close()
-
-
-WORKER_IMPORTS = "pipeline.worker_imports"
-
-
-@contextmanager
-def forked_workers():
-    """Dask worker processes started within this block are forks of one server that imported torch and
-    MTCNN's libraries once (pipeline/worker_imports.py), instead of fresh interpreters that import them each.
-
-    Dask's `forkserver` method preloads its own list (distributed and its dependencies), set on its first use;
-    ours replaces it, with `distributed` kept. A server already running in this process keeps its list.
-    Workers a nanny restarts after this block are spawned as usual (the same code, slower to start).
-    """
-    import multiprocessing
-
-    import dask
-    from distributed.utils import get_mp_context
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: spawned workers, as Dask's default
-        yield
-        return
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        get_mp_context()  # distributed's list first, so that ours is the one the server starts with
-        multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", WORKER_IMPORTS])
-        yield
-
-
-def local_cluster(workers: int):
-    """`workers` single-threaded worker processes on this machine, forked from the import server."""
-    from dask.distributed import LocalCluster
-
-    import dask
-
-    # no dashboard to show them, so the workers' statistical profilers (a stack walk every 10 ms) are off
-    with forked_workers(), dask.config.set({"distributed.worker.profile.enabled": False}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
-
-
-def start_worker_server() -> None:
-    """Start forked_workers' server now: its imports (~6 CPU-s) then run beside this process's planning
-    (store, splits, what is stale) instead of after it."""
-    import multiprocessing
-    from multiprocessing import forkserver
-
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        with forked_workers():
-            forkserver.ensure_running()
 
 
 WRITE_QUEUE = 2

@@ -2,7 +2,7 @@
 
 Why: before its first clip a worker spends ~6 CPU-seconds importing torch and facenet-pytorch (whose
 torchvision import loads torch._dynamo). Workers spawned together on a laptop's few cores pay that once each,
-at the same time. Started with Dask's `forkserver` method (run.forked_workers), every worker is instead a fork
+at the same time. Started with Dask's `forkserver` method (pipeline/workers.py), every worker is instead a fork
 of one server that imported these once, and shares their pages copy-on-write.
 
 Importing only: no thread pool, event loop or CUDA context exists in the server (checked by a test), so

@@ -144,13 +144,13 @@ def test_a_clip_on_a_worker_imports_neither_librosa_nor_scipy(corpus):
 
 
 def test_local_workers_start_with_their_imports_done_and_one_thread():
-    """run.local_cluster: a worker is a fork of a server that imported torch and MTCNN once
+    """pipeline/workers.py: a worker is a fork of a server that imported torch and MTCNN once
     (a spawned worker has imported neither before its first clip: ~6 CPU-s each, all at once on a laptop),
     with the thread variables at 1 as Dask's nanny sets them for a spawned one, and without Dask's statistical
     profiler (a stack walk every 10 ms, for a dashboard a local run does not have: ~3 % of a clip)."""
     from dask.distributed import Client
 
-    from pipeline.run import local_cluster
+    from pipeline.workers import local_cluster
 
     def facts() -> dict:
         import os
