@@ -176,10 +176,6 @@ def extract(
     store = store or f"stores/{dataset}.zarr"
     device = default_device(device)
     records = load_records(dataset, root, meta, split_seed, assign=False)
-    if workers > 0 and scheduler is None:  # the corpus is valid: the workers' imports (~6 s) start now, beside the planning
-        from pipeline.workers import start_worker_server
-
-        start_worker_server()
     class_names = list(get_corpus(dataset).class_names) or sorted({r.emotion for r in records}, key=lambda e: [r.label for r in records if r.emotion == e][0])
     config = ExtractConfig(
         faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage),

@@ -36,7 +36,7 @@ from pipeline.numeric import numeric_environment, pinned
 from pipeline.records import ClipRecord
 from pipeline.sources import file_signature, source_changed
 from pipeline.splits import add_to_store
-from pipeline.workers import local_cluster, start_worker_server
+from pipeline.workers import local_cluster
 from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
@@ -191,8 +191,6 @@ def run_extract(
     the summary's seconds and timings count from (the CLI passes its command's start; default: this call).
     """
     started = time.perf_counter() if started is None else started
-    if workers > 0 and scheduler is None:
-        start_worker_server()
     location = str(location)
     where = locate(location)  # a local folder or a URL (s3://...): same code below
     where.prepare_for_writing()

@@ -2,11 +2,11 @@
 
 Why: before its first clip a worker spends ~6 CPU-seconds importing torch and facenet-pytorch (whose torchvision
 loads torch._dynamo); spawned workers on a laptop's few cores all paid that at once. With Dask's `forkserver`
-start method, the server imports pipeline/worker_imports.py once and every worker is a fork of it. The server is
-started as early as the caller can (`start_worker_server`: the CLI does it before its own imports), so those
-imports run beside the CLI's start-up and the run's planning.
+start method, the server imports pipeline/worker_imports.py once and every worker is a fork of it.
 
-This module imports nothing heavy itself, so calling it first costs nothing.
+The server starts with the first local cluster, once a run knows it has clips to compute: started earlier (beside
+the planning, ~1 s sooner to the first clip) it cost a re-run with nothing to do ~6 CPU-s of imports in the
+background, and a caller capturing the output waited for them, since the server holds the same stdout.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()  # not on W
 
 
 def start_worker_server() -> None:
-    """Start the forkserver now with our preload list; its imports run in the background. Later settings of the
-    list (Dask sets its own on first use) do not reach a server that is running."""
+    """Start the forkserver with our preload list; its imports run in the background. Later settings of the list
+    (Dask sets its own on first use) do not reach a server that is running."""
     if FORKSERVER:
         from multiprocessing import forkserver
 

@@ -112,18 +112,20 @@ NO_GPU_DRIVER = not any(Path(p).exists() for p in GPU_DRIVER_FILES)
 @pytest.mark.skipif(not NO_GPU_DRIVER, reason="with a GPU driver, --device auto asks torch")
 def test_a_no_op_re_run_imports_neither_torch_nor_the_detector(extracted, corpus):
     """A shared store is re-extracted often with nothing new; torch + torchvision + facenet cost seconds of
-    import (issue 11: a no-op re-run of CREMA-D under 10 s), so the path that computes nothing must not load them."""
+    import (issue 11: a no-op re-run of CREMA-D under 10 s), so the path that computes nothing must not load them,
+    nor start the workers' import server (pipeline/workers.py: ~6 CPU-s, and a caller capturing the output waited)."""
     store, _ = extracted
     probe = (
         "import atexit, runpy, sys; sys.path.insert(0, '.'); "
-        "atexit.register(lambda: print('LOADED', sorted(m for m in ('torch', 'torchvision', 'facenet_pytorch') if m in sys.modules))); "
+        "import psutil; atexit.register(lambda: print('LOADED', sorted(m for m in ('torch', 'torchvision', 'facenet_pytorch') if m in sys.modules), "
+        "'CHILDREN', len(psutil.Process().children(recursive=True)))); "
         f"sys.argv = ['cli.py', *{['extract', '--dataset', 'sample', '--root', str(corpus), '--store', str(store), '--workers', '2', '--fusion', 'concat', '--fusion', 'rfas', *SMALL]!r}]; "
         "runpy.run_path('cli.py', run_name='__main__')"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "0 processed" in result.stdout
-    assert "LOADED []" in result.stdout, result.stdout[-500:]
+    assert "LOADED [] CHILDREN 0" in result.stdout, result.stdout[-500:]  # nor starts the workers' import server
 
 
 def test_a_clip_on_a_worker_imports_neither_librosa_nor_scipy(corpus):
