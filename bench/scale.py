@@ -81,7 +81,13 @@ def link(names: list[str], sample: Path, corpus: Path) -> None:
 
 
 def measured(command: list[str], label: str) -> dict:
-    """Run `command`, polling its process tree: wall, CPU-seconds (rusage of the finished tree), peak RSS per process."""
+    """Run `command`, polling its process tree: wall, CPU-seconds (rusage of the finished tree), peak RSS per process.
+
+    The workers fork from an import server (pipeline/workers.py) that outlives the command for a moment; as a
+    subreaper this process inherits and reaps it, so its CPU-seconds and its workers' are counted."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -100,7 +106,8 @@ def measured(command: list[str], label: str) -> dict:
                     rss, cmd = p.memory_info().rss, " ".join(p.cmdline())[:120]
                 except psutil.Error:
                     continue
-                entry = peaks.setdefault(p.pid, {"rss": 0, "cmd": cmd, "role": "writer" if p.pid == proc.pid else "worker"})
+                role = "writer" if p.pid == proc.pid else "import server" if "forkserver" in cmd else "worker"
+                entry = peaks.setdefault(p.pid, {"rss": 0, "cmd": cmd, "role": role})
                 entry["rss"] = max(entry["rss"], rss)
             time.sleep(0.1)
 
@@ -110,6 +117,9 @@ def measured(command: list[str], label: str) -> dict:
     done.set()
     poller.join()
     wall = time.perf_counter() - started
+    deadline = time.monotonic() + 60
+    while (orphans := psutil.Process().children()) and time.monotonic() < deadline:  # the import server, its workers
+        psutil.wait_procs(orphans, timeout=max(0.0, deadline - time.monotonic()))  # reaped: their CPU counts
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
