@@ -106,7 +106,7 @@ def measured(command: list[str], label: str) -> dict:
                     rss, cmd = p.memory_info().rss, " ".join(p.cmdline())[:120]
                 except psutil.Error:
                     continue
-                role = "writer" if p.pid == proc.pid else "import server" if "forkserver" in cmd else "worker"
+                role = "writer" if p.pid == proc.pid else "import server" if "forkserver" in cmd and p.ppid() == proc.pid else "worker"
                 entry = peaks.setdefault(p.pid, {"rss": 0, "cmd": cmd, "role": role})
                 entry["rss"] = max(entry["rss"], rss)
             time.sleep(0.1)
