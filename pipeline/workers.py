@@ -20,19 +20,10 @@ PRELOAD = ["distributed", WORKER_IMPORTS]
 FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()  # not on Windows: spawned workers there, as Dask's default
 
 
-def start_worker_server() -> None:
-    """Start the forkserver with our preload list; its imports run in the background. Later settings of the list
-    (Dask sets its own on first use) do not reach a server that is running."""
-    if FORKSERVER:
-        from multiprocessing import forkserver
-
-        multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
-        forkserver.ensure_running()
-
-
 @contextmanager
 def forked_workers():
-    """Dask worker processes started within this block are forks of the server (started here if it is not yet).
+    """Dask worker processes started within this block are forks of the import server, started here with our
+    preload list if it is not running yet (Dask sets its own list on first use; that reaches no running server).
 
     Workers a nanny restarts after this block are spawned as usual (the same code, slower to start)."""
     import dask
@@ -40,8 +31,11 @@ def forked_workers():
     if not FORKSERVER:
         yield
         return
+    from multiprocessing import forkserver
+
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        start_worker_server()
+        multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+        forkserver.ensure_running()
         yield
 
 
