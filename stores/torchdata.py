@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from stores.codecs import undo_filters
+from stores.shards import EMPTY
 from stores.store import FeatureSet, FeatureStore, StoreError
 
 MODALITIES = ("audio", "vision", "av")
@@ -153,8 +154,6 @@ class ShardReader:
     same arrays.
     """
 
-    EMPTY = 2**64 - 1
-
     def __init__(self, folder: Path, shard_rows: int, suffix: str, fill: int, filters: list | None = None) -> None:
         from numcodecs import Zstd
 
@@ -197,7 +196,7 @@ class ShardReader:
                 index = np.frombuffer(os.pread(fd, n_index, size - n_index - 4), dtype="<u8").reshape(-1, 2)
                 for k in picked:
                     offset, nbytes = index[rows[k] % self.shard_rows]
-                    if offset == self.EMPTY:
+                    if offset == EMPTY:
                         out[k] = self.fill
                     elif self.filters:
                         scratch = np.empty(out[k].size, np.uint8)  # writable, for torch
