@@ -41,14 +41,19 @@ def test_the_layout_and_the_key_schedule_are_part_of_the_faces_fingerprint():
     assert params["detector_layout"].startswith("nets channels-last") and params["key_schedule"].startswith("middle frame")
 
 
+def step_and_middle_frames(grid_dir, steps: int) -> np.ndarray:
+    """The T step frames and the middle frame of the first GRID clip, as extract_faces decodes them."""
+    video = str(sorted(grid_dir.glob("*.mpg"))[0])
+    info = probe(video)
+    timeline = clip_timeline(info, steps)
+    return decode_frames(video, [*timeline.frame_index.tolist(), timeline.middle_index], info.width, info.height)
+
+
 def test_the_middle_frame_is_a_key_between_the_two_steps_beside_it(grid_dir):
     """The first pass detects on the first and last steps and the middle frame (3 frames, not 4), and the middle
     frame's box is a key halfway between steps 7 and 8 (T=16): step 7's box lies on the line from the key before
     it to the middle frame's. Before, the middle frame was a fourth detection whose box only the middle crop used."""
-    video = str(sorted(grid_dir.glob("*.mpg"))[0])
-    info = probe(video)
-    timeline = clip_timeline(info, 16)
-    frames = decode_frames(video, [*timeline.frame_index.tolist(), timeline.middle_index], info.width, info.height)
+    frames = step_and_middle_frames(grid_dir, 16)
     track = track_faces(frames[:-1], frames[-1], FaceConfig(size=64))
     assert track is not None and track.found.all()
     assert {0, 7.5, 15} <= set(track.keys) and set(track.keys) <= {0, 4, 7.5, 8, 12, 15}  # in doubt: every 4th step too
@@ -61,10 +66,7 @@ def test_the_middle_frame_is_a_key_between_the_two_steps_beside_it(grid_dir):
 def test_a_few_steps_keep_their_first_and_last_key_beside_the_middle_frame(grid_dir, steps):
     """T=2: the middle frame lies within a step of both steps; it must not stand in for them (every crop was
     then unconfirmed and the clip `face_lost`)."""
-    video = str(sorted(grid_dir.glob("*.mpg"))[0])
-    info = probe(video)
-    timeline = clip_timeline(info, steps)
-    frames = decode_frames(video, [*timeline.frame_index.tolist(), timeline.middle_index], info.width, info.height)
+    frames = step_and_middle_frames(grid_dir, steps)
     track = track_faces(frames[:-1], frames[-1], FaceConfig(frames=steps, size=32))
     assert track is not None and track.found.all() and {0, steps - 1} <= set(track.keys)
 
