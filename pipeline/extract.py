@@ -18,7 +18,7 @@ from pipeline.audio import MelConfig, MelExtractor, chunk_images, max_mel_frames
 from pipeline.compare import N_FEATURES, LldConfig, compare_llds, max_lld_frames, pool_to_spans
 from pipeline.compare import config_hash as compare_config_hash
 from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
-from pipeline.faces import DETECTOR_LAYOUT, KEY_SCHEDULE, FaceConfig, track_faces
+from pipeline.faces import CASCADE, KEY_SCHEDULE, FaceConfig, track_faces
 from pipeline.fuse import fuse, fusion_arrays
 from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, Media, MediaInfo, decode_audio, open_media
 from pipeline.records import ClipRecord
@@ -119,7 +119,7 @@ def face_arrays(config: FaceConfig) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def face_params(config: FaceConfig) -> dict:
-    return {"stage": "faces", "algorithm": ALGORITHM_VERSION, "detector": detector_weights_hash(), "detector_layout": DETECTOR_LAYOUT, "key_schedule": KEY_SCHEDULE,
+    return {"stage": "faces", "algorithm": ALGORITHM_VERSION, "detector": detector_weights_hash(), "cascade": CASCADE, "key_schedule": KEY_SCHEDULE,
             **dataclasses.asdict(config)}
 
 
@@ -173,17 +173,14 @@ def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, d
 def detector_weights_hash() -> str:
     """MTCNN's weights are part of what makes the numbers: hash the files shipped in facenet-pytorch.
 
-    The package is located, not imported: importing it loads torch and torchvision (seconds), which a run
-    with nothing left to compute (a no-op re-run, a resume that only writes checksums) never needs."""
+    The files are located, not imported: a run with nothing left to compute (a no-op re-run, a resume that only
+    writes checksums) never needs torch."""
     import hashlib
-    import importlib.util
-    from pathlib import Path
 
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("facenet-pytorch is not installed: run `make setup` (it ships MTCNN's weights)")
+    from pipeline.mtcnn import weights_dir
+
     digest = hashlib.sha256()
-    for path in sorted((Path(next(iter(spec.submodule_search_locations))) / "data").glob("*.pt")):
+    for path in sorted(weights_dir().glob("*.pt")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

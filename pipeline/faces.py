@@ -13,12 +13,12 @@ crop is a square around the face with a margin, clamped to the image.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from pipeline.mtcnn import detect_faces, load_nets
 from pipeline.numeric import pinned, single_threaded
 
 
@@ -45,32 +45,11 @@ MIN_LINK_IOU = 0.3
 frames are a fraction of a second apart, so one face moves far less, and a passer-by is not linked."""
 
 
-@functools.lru_cache(maxsize=2)
-def load_detector(device: str, min_face: int, thresholds: tuple[float, float, float]):
-    """One MTCNN per process and device, loaded once (the weights ship inside facenet-pytorch's wheel)."""
-    import torch
-    from facenet_pytorch import MTCNN
-
-    detector = MTCNN(keep_all=True, min_face_size=min_face, thresholds=list(thresholds), device=torch.device(device), post_process=False)
-    for net in (detector.pnet, detector.rnet, detector.onet):
-        net.to(memory_format=torch.channels_last)  # see DETECTOR_LAYOUT
-    return detector
-
-
-DETECTOR_LAYOUT = "nets channels-last, frames NCHW"
-"""How MTCNN's tensors lie in memory; part of the faces fingerprint, since it moves boxes in the 5th decimal.
-On CPU, PyTorch's max-pooling of a contiguous (NCHW) tensor is ~4x slower than of a channels-last one (60 vs
-14 ms for ONet's 32x32x46x46 on one thread), and facenet-pytorch feeds its nets NCHW; its pyramid resize,
-in turn, is 2x faster on NCHW frames than on the NHWC ones it permutes. With the nets channels-last and the
-frames handed over NCHW in memory, detection takes ~120 instead of ~180 ms per clip (`frames_for_mtcnn`)."""
-
-
-def frames_for_mtcnn(frames: np.ndarray):
-    """(N, H, W, 3) uint8 frames as the NHWC view of an NCHW tensor: facenet-pytorch permutes its input to
-    NCHW, which then needs no copy and resizes at the contiguous speed."""
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).permute(0, 2, 3, 1)
+CASCADE = "pipeline/mtcnn.py: integral-image area resampling, channels-last nets"
+"""Which implementation of MTCNN's cascade made the boxes; part of the faces fingerprint. Its boxes equal
+facenet-pytorch's `MTCNN.detect` to within float rounding, and it takes ~80 instead of ~120 ms per 4 frames
+(pipeline/mtcnn.py says why). Stores made before it (facenet-pytorch's own `detect`, "nets channels-last, frames
+NCHW") are re-detected on the next run: a box's last decimals could move a crop by a pixel."""
 
 
 def key_frames(n_steps: int, detect_every: int) -> list[int]:
@@ -87,18 +66,10 @@ def detect(frames: np.ndarray, config: FaceConfig, device: str = "cpu") -> tuple
     scale = min(1.0, config.detect_width / width)
     small = np.stack([cv2.resize(f, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) for f in frames]) if scale < 1 else frames
     min_face = max(config.min_face, config.min_face_fraction * min(height, width))  # the expected face size sets the pyramid
-    detector = load_detector(device, max(12, round(min_face * scale)), config.thresholds)
-    with single_threaded():  # entered after the detector imported torch, so torch's threads are pinned too
-        boxes, probs = detector.detect(frames_for_mtcnn(small))
-    out_boxes, out_probs = [], []
-    for b, p in zip(boxes, probs):
-        if b is None:
-            out_boxes.append(np.zeros((0, 4), np.float32))
-            out_probs.append(np.zeros(0, np.float32))
-        else:
-            out_boxes.append((np.asarray(b, np.float32) / scale))
-            out_probs.append(np.asarray(p, np.float32))
-    return out_boxes, out_probs
+    nets = load_nets(device)
+    with single_threaded():  # entered after load_nets imported torch, so torch's threads are pinned too
+        found = detect_faces(small, nets, max(12, round(min_face * scale)), config.thresholds)
+    return [boxes.astype(np.float32) / scale for boxes, _ in found], [probs.astype(np.float32) for _, probs in found]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Local Dask workers forked from one server that imported their libraries once.
 
-Why: before its first clip a worker spends ~6 CPU-seconds importing torch and facenet-pytorch (whose torchvision
-loads torch._dynamo); spawned workers on a laptop's few cores all paid that at once. With Dask's `forkserver`
+Why: before its first clip a worker spends ~3.5 CPU-seconds importing torch; spawned workers on a laptop's few
+cores all paid that at once. With Dask's `forkserver`
 start method, the server imports pipeline/worker_imports.py once and every worker is a fork of it.
 
 The server starts with the first local cluster, once a run knows it has clips to compute: started earlier (beside

@@ -146,8 +146,9 @@ def test_a_clip_on_a_worker_imports_neither_librosa_nor_scipy(corpus):
 
 
 def test_local_workers_start_with_their_imports_done_and_one_thread():
-    """pipeline/workers.py: a worker is a fork of a server that imported torch and MTCNN once
-    (a spawned worker has imported neither before its first clip: ~6 CPU-s each, all at once on a laptop),
+    """pipeline/workers.py: a worker is a fork of a server that imported torch and MTCNN once, and never
+    torchvision (a spawned worker has imported neither before its first clip: ~3.5 CPU-s each, all at once on a
+    laptop, and ~6.5 while facenet-pytorch, which imports torchvision, ran the detection),
     with the thread variables at 1 as Dask's nanny sets them for a spawned one, and without Dask's statistical
     profiler (a stack walk every 10 ms, for a dashboard a local run does not have: ~3 % of a clip)."""
     from dask.distributed import Client
@@ -158,7 +159,8 @@ def test_local_workers_start_with_their_imports_done_and_one_thread():
         import os
         import sys
 
-        preloaded = sorted(m for m in ("av", "cv2", "facenet_pytorch", "torch") if m in sys.modules)  # before importing any here
+        modules = ("av", "cv2", "facenet_pytorch", "pipeline.mtcnn", "torch", "torchvision")
+        preloaded = sorted(m for m in modules if m in sys.modules)  # before importing any here
         import torch
 
         import dask
@@ -168,7 +170,7 @@ def test_local_workers_start_with_their_imports_done_and_one_thread():
 
     with local_cluster(1) as cluster, Client(cluster) as client:
         (worker,) = client.run(facts).values()
-    assert worker == {"preloaded": ["av", "cv2", "facenet_pytorch", "torch"], "omp": "1", "torch threads": 1, "profiler": False}
+    assert worker == {"preloaded": ["av", "cv2", "pipeline.mtcnn", "torch"], "omp": "1", "torch threads": 1, "profiler": False}
 
 
 def test_a_worker_keeps_the_memory_a_clip_frees_despite_the_trim_setting_dask_gives_it():
