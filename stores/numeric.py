@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_info
 
 THREADS = 1
 """Threads every feature kernel runs on; recorded with the features."""
@@ -39,6 +39,8 @@ _lock = threading.Lock()
 _depth = 0
 _undo: list[Callable[[], None]] = []  # what restores the limits, innermost last
 _torch_pinned = False
+_controller: ThreadpoolController | None = None  # threadpoolctl's list of the loaded BLAS and OpenMP libraries
+_modules_when_listed = 0
 
 F = TypeVar("F", bound=Callable)
 
@@ -81,10 +83,19 @@ def _pin_pools() -> list[Callable[[], None]]:
     """BLAS and OpenMP pools (libgomp, including torch's) and OpenCV's, set to THREADS."""
     import cv2
 
-    pools = threadpool_limits(limits=THREADS)
+    pools = thread_pools().limit(limits=THREADS)
     cv2_threads = cv2.getNumThreads()
     cv2.setNumThreads(THREADS)
     return [pools.restore_original_limits, lambda: cv2.setNumThreads(cv2_threads)]
+
+
+def thread_pools() -> ThreadpoolController:
+    """The loaded BLAS and OpenMP libraries, listed again only after new modules were imported: listing them
+    reads the process's memory map, ~2 ms, once per clip when done at every pin."""
+    global _controller, _modules_when_listed
+    if _controller is None or len(sys.modules) != _modules_when_listed:
+        _controller, _modules_when_listed = ThreadpoolController(), len(sys.modules)
+    return _controller
 
 
 def _pin_torch_if_imported() -> None:

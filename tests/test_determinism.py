@@ -70,6 +70,22 @@ def test_pinning_is_restored_and_nests():
         assert blas_threads() == 2
 
 
+def test_the_loaded_libraries_are_listed_again_only_after_an_import():
+    """Listing them reads the memory map (~2 ms a clip); a library loaded by a later import must still be pinned."""
+    import sys
+    import types
+
+    from stores.numeric import thread_pools
+
+    first = thread_pools()
+    assert thread_pools() is first
+    sys.modules["avstore_test_new_module"] = types.ModuleType("avstore_test_new_module")
+    try:
+        assert thread_pools() is not first
+    finally:
+        del sys.modules["avstore_test_new_module"]
+
+
 @pytest.mark.slow
 def test_extraction_is_byte_identical_across_threads_workers_and_in_process(tmp_path_factory, tmp_path):
     """The session's reference store is `--workers 0` with 2 BLAS/OpenMP threads (remote_helpers)."""
