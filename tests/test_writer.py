@@ -11,9 +11,11 @@ from pipeline.corpora.sample import write_sample_corpus
 from pipeline.extract import TaskResult, audio_arrays, audio_params, face_arrays, face_params, fusion_arrays, fusion_params
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
-from pipeline.run import WRITE_QUEUE, ExtractConfig, clip_task, materialise_fusion, process_clip, run_extract, write_results
+from pipeline.run import (WRITE_QUEUE, ExtractConfig, clip_task, clips_per_task, clips_task, materialise_fusion, process_clip, run_extract,
+                          write_results)
 from pipeline.splits import assign_splits
 from stores.shards import EncodedRow, decode_row
+from tests.remote_helpers import sample_corpus
 from stores.store import FeatureStore
 
 FACES, MEL = FaceConfig(frames=6, size=32, detect_every=3), MelConfig(n_mels=32)
@@ -86,3 +88,18 @@ def test_a_row_equal_to_the_fill_value_is_written_without_zarr_scanning_for_it(t
     _write_rows(array, np.array([0, 1]), np.zeros((2, 2, 64, 64, 3), np.uint8))
     assert list((tmp_path / "s.zarr" / "crops" / "c").rglob("*")), "the all-zero rows were left out of the shard"
     assert not zarr.open_array(str(tmp_path / "s.zarr" / "crops"), mode="r")[:].any()
+
+
+def test_a_task_of_several_clips_fails_only_the_clip_that_raised(tmp_path_factory):
+    """run.clips_task: clips travel to the workers a few per Dask task (CLIPS_PER_TASK); a bug in one clip must
+    leave its neighbours' results whole, and name itself in its own status."""
+    good = assign_splits(load_corpus("sample", sample_corpus(tmp_path_factory)), seed=0)[:2]
+    config = ExtractConfig(faces=FACES, mel=MEL)
+    results = clips_task([(good[0], True, True, False), (None, True, True, False), (good[1], True, True, False)], config, "cpu")
+    assert [r[0].status for r in results] == ["ok", "error", "ok"] and [r[1].status for r in results] == ["ok", "error", "ok"]
+    assert "AttributeError" in results[1][0].reason and results[1][2] is None
+    assert results[0][0].source != results[2][0].source  # each clip's own results, in order
+
+
+def test_small_runs_get_one_clip_per_task_so_no_worker_waits_on_a_last_large_task():
+    assert clips_per_task(7442, 2) == 4 and clips_per_task(18, 2) == 2 and clips_per_task(6, 2) == 1 and clips_per_task(100, 64) == 1
