@@ -178,3 +178,19 @@ def test_decoders_run_on_one_thread_and_give_the_frames_a_threaded_decode_gives(
     single = media.decode_frames(video, [0, 30, 60], info.width, info.height)
     monkeypatch.setattr(media, "DECODER_THREADS", 0)  # FFmpeg's default: a thread per core
     assert np.array_equal(single, media.decode_frames(video, [0, 30, 60], info.width, info.height))
+
+
+@pytest.mark.parametrize("container, codec", [("wav", "pcm_s16le"), ("wav", "adpcm_ms"), ("mp3", "libmp3lame"), ("m4a", "aac"),
+                                              ("flac", "flac"), ("ogg", "libopus")])
+def test_a_separate_audio_file_decodes_the_same_with_the_short_probe(tmp_path, monkeypatch, container, codec):
+    """media.SHORT_PROBE opens a WAV without reading it whole first; every format must decode to the same samples
+    as with FFmpeg's default probe (a header that leaves the format unknown is opened again)."""
+    import pipeline.media as media
+
+    path = tmp_path / f"voice.{container}"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "sine=frequency=330:duration=1.3:sample_rate=16000",
+                    "-c:a", codec, str(path)], check=True)
+    short = decode_audio(str(path), 22050)
+    monkeypatch.setattr(media, "SHORT_PROBE", {})
+    default = decode_audio(str(path), 22050)
+    assert short.size > 22050 and np.array_equal(short, default)
