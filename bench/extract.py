@@ -131,7 +131,9 @@ def cold(dataset: str, root: Path, store: Path, workers: int, clips: int) -> dic
 
 
 def warm(records, store: Path, config: ExtractConfig, workers: int) -> dict:
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
+
+    from pipeline.workers import local_cluster
 
     def run() -> dict:
         summary = run_extract(records, store, config, dataset="bench", class_names=list(CREMA_D_EMOTIONS), split_seed=0, progress=False,
@@ -139,7 +141,7 @@ def warm(records, store: Path, config: ExtractConfig, workers: int) -> dict:
         return {"mb_per_clip": mb_per_clip(store, len(records)), "not_ok": {k: v for k, v in summary.status.items() if not k.endswith(":ok")}}
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+    with local_cluster(workers) as cluster:  # the CLI's own cluster: forked workers, no statistical profiler
         with Client(cluster) as client:
             client.wait_for_workers(workers)
             client.run(process_clip, records[0], config, True, True, "cpu")  # every worker: imports, MTCNN, filterbank
