@@ -36,7 +36,7 @@ from pipeline.numeric import numeric_environment, pinned
 from pipeline.records import ClipRecord
 from pipeline.sources import file_signature, source_changed
 from pipeline.splits import add_to_store
-from pipeline.workers import local_cluster
+from pipeline.workers import local_cluster, start_import_server
 from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
@@ -224,6 +224,8 @@ def run_extract(
         store = open_writer(location, dataset, class_names, split_seed)
         sets_before = len(store.feature_sets())
         rows, wrote = add_to_store(store, records, seed=split_seed)  # a split disagreement: refused, nothing written
+        if sets_before == 0 and len(records) and workers > 0 and scheduler is None:
+            start_import_server()  # a fresh store: every clip is to compute, so the workers' imports can start now
         who = provenance(device=device)
         faces = store.ensure_feature_set("faces", face_params(config.faces), face_arrays(config.faces), who)
         audio = store.ensure_feature_set(
@@ -324,12 +326,17 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
         per_task = clips_per_task(len(tasks), n_workers)
         waiting = iter(tasks)  # a bounded number in flight: finished results never pile up on the workers
 
+        submitted = 0
+
         def submit(n: int) -> list:
+            nonlocal submitted
             batch = []
             for _ in range(n):
-                group = list(itertools.islice(waiting, per_task))
+                first = submitted < n_workers  # each worker's first task holds one clip: the first result comes back soon
+                group = list(itertools.islice(waiting, 1 if first else per_task))
                 if not group:
                     break
+                submitted += 1
                 future = client.submit(clips_task, [(record, wf, wa, wl) for _, record, wf, wa, wl in group], config, device,
                                        pure=False, retries=2)
                 futures[future] = [(row, wf, wa, wl) for row, _, wf, wa, wl in group]

@@ -173,6 +173,29 @@ def test_local_workers_start_with_their_imports_done_and_one_thread():
     assert worker == {"preloaded": ["av", "cv2", "pipeline.mtcnn", "torch"], "omp": "1", "torch threads": 1, "profiler": False}
 
 
+def test_a_fresh_store_starts_the_import_server_while_planning_and_a_no_op_never_does(tmp_path_factory, tmp_path, monkeypatch):
+    """pipeline/workers.start_import_server: on a fresh store every clip is to compute, so the workers' imports
+    start beside the planning (~0.8 s of start-up) instead of with the cluster; a re-run with nothing to do
+    starts neither (the functions are wrapped to record their calls, and still do their work)."""
+    import pipeline.run as run
+    from pipeline.corpora import load_corpus
+    from pipeline.faces import FaceConfig
+    from pipeline.audio import MelConfig
+    from pipeline.splits import assign_splits
+    from tests.remote_helpers import sample_corpus
+
+    calls: list[str] = []
+    start, cluster = run.start_import_server, run.local_cluster
+    monkeypatch.setattr(run, "start_import_server", lambda: (calls.append("import server"), start())[1])
+    monkeypatch.setattr(run, "local_cluster", lambda n: (calls.append("cluster"), cluster(n))[1])
+    records = assign_splits(load_corpus("sample", sample_corpus(tmp_path_factory)), seed=0)[:2]
+    config = run.ExtractConfig(faces=FaceConfig(frames=4, size=32), mel=MelConfig(n_mels=32))
+    for expected in (["import server", "cluster"], []):
+        calls.clear()
+        summary = run.run_extract(records, tmp_path / "s.zarr", config, dataset="sample", class_names=["a"], workers=1, progress=False)
+        assert calls == expected and summary.computed == (2 if expected else 0)
+
+
 def test_a_worker_keeps_the_memory_a_clip_frees_despite_the_trim_setting_dask_gives_it():
     """run.keep_freed_memory: with Dask's MALLOC_TRIM_THRESHOLD_=65536, glibc mapped every large array afresh, so
     each clip faulted its frames and arrays in again (~30,000 page faults, a fifth of a clip's CPU)."""
