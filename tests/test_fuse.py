@@ -12,6 +12,7 @@ from pipeline.fuse import (
     concat224_widths,
     fuse,
     fusion_arrays,
+    side_by_side,
 )
 
 T, S = 6, 16
@@ -80,6 +81,13 @@ def test_concat_face_left_spectrogram_right() -> None:
     for t in range(T):
         np.testing.assert_array_equal(fused["video"][t, :, :S], face_item(clip, t))
         np.testing.assert_array_equal(fused["video"][t, :, S:], audio_item(clip, t))
+
+
+def test_side_by_side_equals_the_face_beside_the_grey_image_repeated_into_three_channels() -> None:
+    rng = np.random.default_rng(0)
+    face, gray = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8), rng.integers(0, 256, (3, 8, 5), dtype=np.uint8)
+    want = np.concatenate([face, np.repeat(gray[..., None], 3, axis=-1)], axis=2)
+    assert np.array_equal(side_by_side(face, gray), want) and np.array_equal(side_by_side(face[0], gray[0]), want[0])
 
 
 def test_concat224_widths_at_224() -> None:
