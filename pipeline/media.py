@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 
@@ -184,13 +185,14 @@ class Media:
         codec = self.video.codec_context
         codec.flush_buffers()
         shown = 0  # frames output so far, for a decoder that gives no timestamps
+        to_rgb = VideoReformatter()  # one converter for the clip: frame.to_ndarray(format=...) set one up per frame (~0.35 ms)
 
         def keep(frame) -> None:
             nonlocal shown
             index = by_pts.get(frame.pts) if frame.pts is not None else (shown if shown in wanted else None)
             shown += 1
             if index is not None and index not in got:
-                got[index] = np.rot90(frame.to_ndarray(format="rgb24"), _quarter_turns(frame.rotation))
+                got[index] = np.rot90(to_rgb.reformat(frame, format="rgb24").to_ndarray(), _quarter_turns(frame.rotation))
 
         try:
             for k, packet in enumerate(self.video_packets):
