@@ -121,11 +121,10 @@ def pyramid_scales(height: int, width: int, min_face: float) -> list[float]:
 def propose(integral: np.ndarray, pnet: Net, min_face: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Stage 1: P-net on every pyramid level, all frames in one batch per level. Returns square candidate boxes
     (n, 5: x1, y1, x2, y2, score) and the frame each belongs to."""
-    n, height, width = integral.shape[0], integral.shape[1] - 1, integral.shape[2] - 1
-    whole_frames = np.arange(n), np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, width), np.full(n, height)
+    height, width = integral.shape[1] - 1, integral.shape[2] - 1
     found, frame_of = [], []
     for scale in pyramid_scales(height, width, min_face):
-        level = area_resample(integral, *whole_frames, (int(width * scale + 1), int(height * scale + 1)))
+        level = whole_frames_resampled(integral, (int(width * scale + 1), int(height * scale + 1)))
         face, offsets = run(pnet, level)
         frame, row, col = np.nonzero(face >= threshold)
         corner = np.stack([col, row], axis=1).astype(np.float32)
@@ -240,16 +239,31 @@ def area_resample(integral: np.ndarray, frame_of: np.ndarray, x1: np.ndarray, y1
 
     Output pixel i averages input pixels floor(i n_in / n_out) up to ceil((i + 1) n_in / n_out): torch's
     `interpolate(mode="area")`, the resampling MTCNN's published nets were run with."""
-    def edges(start: np.ndarray, stop: np.ndarray, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-        i, n_in = np.arange(n_out)[None, :], (stop - start)[:, None]
-        return start[:, None] + i * n_in // n_out, start[:, None] - (-(i + 1) * n_in // n_out)
-
     frames, rows, columns = integral.shape[:3]
     flat = integral.reshape(-1, 3)
-    top, bottom = edges(y1, y2, size[1])
-    left, right = edges(x1, x2, size[0])
+    top, bottom = area_edges(y1, y2, size[1])
+    left, right = area_edges(x1, x2, size[0])
     first = frame_of[:, None, None] * rows
     at = lambda r, c: np.take(flat, ((first + r[:, :, None]) * columns + c[:, None, :]).ravel(), axis=0)  # noqa: E731
     sums = at(bottom, right) - at(top, right) - at(bottom, left) + at(top, left)
     area = ((bottom - top)[:, :, None] * (right - left)[:, None, :]).reshape(-1, 1)
     return (sums / area).astype(np.float32).reshape(len(frame_of), size[1], size[0], 3)
+
+
+def whole_frames_resampled(integral: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Every frame whole, as area_resample gives it, for a pyramid level: the windows are the same for all frames,
+    so the sums are taken a band of rows, then a band of columns, at a time (two gathers of whole rows and columns
+    instead of four of single pixels: ~3x faster)."""
+    height, width = integral.shape[1] - 1, integral.shape[2] - 1
+    top, bottom = (edge[0] for edge in area_edges(np.zeros(1, np.int64), np.full(1, height), size[1]))
+    left, right = (edge[0] for edge in area_edges(np.zeros(1, np.int64), np.full(1, width), size[0]))
+    bands = np.take(integral, bottom, axis=1) - np.take(integral, top, axis=1)
+    sums = np.take(bands, right, axis=2) - np.take(bands, left, axis=2)
+    area = (bottom - top)[:, None] * (right - left)[None, :]
+    return (sums / area[None, :, :, None]).astype(np.float32)
+
+
+def area_edges(start: np.ndarray, stop: np.ndarray, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, n_out) first and one-past-last input index that each output pixel of each window [start, stop) averages."""
+    i, n_in = np.arange(n_out)[None, :], (stop - start)[:, None]
+    return start[:, None] + i * n_in // n_out, start[:, None] - (-(i + 1) * n_in // n_out)

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.faces import FaceConfig, detect
 from pipeline.media import decode_frames, probe
-from pipeline.mtcnn import area_resample, detect_faces, integral_images, load_nets
+from pipeline.mtcnn import area_resample, detect_faces, integral_images, load_nets, whole_frames_resampled
 from tests.conftest import REPO
 
 
@@ -77,6 +77,10 @@ def test_area_resampling_equals_torchs_area_interpolation_down_and_up():
         window = torch.from_numpy(frames[frame, y1:y2, x1:x2].astype(np.float32)).permute(2, 0, 1)[None]
         want = torch.nn.functional.interpolate(window, size=(size[1], size[0]), mode="area")[0].permute(1, 2, 0).numpy()
         assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+    for size in ((24, 17), (60, 80)):  # a pyramid level: every frame whole, down and up
+        whole = torch.from_numpy(frames.astype(np.float32)).permute(0, 3, 1, 2)
+        want = torch.nn.functional.interpolate(whole, size=(size[1], size[0]), mode="area").permute(0, 2, 3, 1).numpy()
+        assert np.abs(whole_frames_resampled(integral_images(frames), size) - want).max() < 1e-4
 
 
 def test_faces_are_detected_without_importing_torchvision(grid_dir):
