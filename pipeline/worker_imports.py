@@ -8,7 +8,9 @@ of one server that imported these once, and shares their pages copy-on-write.
 Importing only: no thread pool, event loop or CUDA context exists in the server (checked by a test), so
 forking it is safe. Dask's nanny sets the thread variables below in a worker's environment before spawning it
 (`distributed.nanny.pre-spawn-environ`); a fork cannot receive them that way, so they are set here, before the
-libraries read them. Every feature kernel is pinned inside its task anyway (numeric.py).
+libraries read them: this module comes first in workers.PRELOAD, before Dask's, which imports numpy. Loaded with
+2 threads, numpy's OpenBLAS kept a second thread that spun ~110 CPU-ms a clip, though every feature kernel is
+pinned to one thread inside its task (numeric.py).
 """
 
 import os

@@ -17,7 +17,7 @@ import multiprocessing
 from contextlib import contextmanager
 
 WORKER_IMPORTS = "pipeline.worker_imports"
-PRELOAD = ["distributed", WORKER_IMPORTS]
+PRELOAD = [WORKER_IMPORTS, "distributed"]  # ours first: its thread variables must be set before numpy loads OpenBLAS
 FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()  # not on Windows: spawned workers there, as Dask's default
 
 

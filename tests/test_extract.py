@@ -149,7 +149,8 @@ def test_local_workers_start_with_their_imports_done_and_one_thread():
     """pipeline/workers.py: a worker is a fork of a server that imported torch and MTCNN once, and never
     torchvision (a spawned worker has imported neither before its first clip: ~3.5 CPU-s each, all at once on a
     laptop, and ~6.5 while facenet-pytorch, which imports torchvision, ran the detection),
-    with the thread variables at 1 as Dask's nanny sets them for a spawned one, and without Dask's statistical
+    with the thread variables at 1 as Dask's nanny sets them for a spawned one (set before numpy loaded OpenBLAS:
+    loaded with 2 threads, its idle thread spun ~110 CPU-ms a clip after a warm-up by client.run), and without Dask's statistical
     profiler (a stack walk every 10 ms, for a dashboard a local run does not have: ~3 % of a clip)."""
     from dask.distributed import Client
 
@@ -165,12 +166,16 @@ def test_local_workers_start_with_their_imports_done_and_one_thread():
 
         import dask
 
+        from threadpoolctl import threadpool_info
+
+        blas = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}  # numpy's OpenBLAS
         return {"preloaded": preloaded, "omp": os.environ.get("OMP_NUM_THREADS"), "torch threads": torch.get_num_threads(),
-                "profiler": dask.config.get("distributed.worker.profile.enabled")}
+                "blas threads": blas, "profiler": dask.config.get("distributed.worker.profile.enabled")}
 
     with local_cluster(1) as cluster, Client(cluster) as client:
         (worker,) = client.run(facts).values()
-    assert worker == {"preloaded": ["av", "cv2", "pipeline.mtcnn", "torch"], "omp": "1", "torch threads": 1, "profiler": False}
+    assert worker == {"preloaded": ["av", "cv2", "pipeline.mtcnn", "torch"], "omp": "1", "torch threads": 1, "blas threads": {1},
+                      "profiler": False}
 
 
 def test_a_fresh_store_starts_the_import_server_while_planning_and_a_no_op_never_does(tmp_path_factory, tmp_path, monkeypatch):
