@@ -422,8 +422,8 @@ def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, res
                     pending["fusion-" + name].append((row, TaskResult("ok", "", arrays)))
                     n_fused += 1
             if any(len(pending[kind]) >= commit_every for kind in ("faces", "audio", "lld")):
-                batches.put(pending)
-                pending = {kind: [] for kind in sets}
+                batch, pending = split_at_newest_shard(pending)
+                batches.put(batch)
         if not failure:
             batches.put(pending)
     finally:
@@ -433,6 +433,17 @@ def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, res
     if failure:
         raise failure[0]
     return errors, n_fused
+
+
+def split_at_newest_shard(pending: dict[str, list]) -> tuple[dict[str, list], dict[str, list]]:
+    """(the rows to commit now, the rows to keep): the rows of the newest shard that has any wait for the next commit,
+    unless no other shard has rows. Why: clips finish about in row order, so the newest shard is still filling, and
+    committing it would write that shard (read back, joined, hashed at the end) once more for each commit it spans."""
+    newest = max((row // SHARD_ROWS for items in pending.values() for row, _ in items), default=0)
+    if all(row // SHARD_ROWS == newest for items in pending.values() for row, _ in items):
+        return pending, {kind: [] for kind in pending}
+    return ({kind: [(row, r) for row, r in items if row // SHARD_ROWS < newest] for kind, items in pending.items()},
+            {kind: [(row, r) for row, r in items if row // SHARD_ROWS == newest] for kind, items in pending.items()})
 
 
 def flush(store: FeatureStore, feature_set: FeatureSet, items: list) -> None:

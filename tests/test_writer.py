@@ -12,7 +12,7 @@ from pipeline.extract import TaskResult, audio_arrays, audio_params, face_arrays
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
 from pipeline.run import (WRITE_QUEUE, ExtractConfig, clip_task, clips_per_task, clips_task, materialise_fusion, process_clip, run_extract,
-                          write_results)
+                          split_at_newest_shard, write_results)
 from pipeline.splits import assign_splits
 from stores.shards import EncodedRow, decode_row
 from tests.remote_helpers import sample_corpus
@@ -103,3 +103,16 @@ def test_a_task_of_several_clips_fails_only_the_clip_that_raised(tmp_path_factor
 
 def test_small_runs_get_one_clip_per_task_so_no_worker_waits_on_a_last_large_task():
     assert clips_per_task(7442, 2) == 4 and clips_per_task(18, 2) == 2 and clips_per_task(6, 2) == 1 and clips_per_task(100, 64) == 1
+
+
+def test_a_commit_leaves_the_rows_of_the_newest_shard_for_the_next_commit():
+    """Clips finish about in row order: committing the shard still filling would write it once per commit."""
+    def rows(items: list) -> list[int]:
+        return [row for row, _ in items]
+
+    pending = {"faces": [(r, "x") for r in (3, 30, 31, 33, 40)], "audio": [(r, "x") for r in (30, 40)], "lld": []}
+    now, later = split_at_newest_shard(pending)
+    assert rows(now["faces"]) == [3, 30, 31] and rows(later["faces"]) == [33, 40]
+    assert rows(now["audio"]) == [30] and rows(later["audio"]) == [40] and now["lld"] == later["lld"] == []
+    one_shard = {"faces": [(r, "x") for r in (64, 70)], "audio": []}
+    assert split_at_newest_shard(one_shard) == (one_shard, {"faces": [], "audio": []})  # nothing older: all of it now
