@@ -192,7 +192,7 @@ class Media:
             index = by_pts.get(frame.pts) if frame.pts is not None else (shown if shown in wanted else None)
             shown += 1
             if index is not None and index not in got:
-                got[index] = np.rot90(to_rgb.reformat(frame, format="rgb24").to_ndarray(), _quarter_turns(frame.rotation))
+                got[index] = np.rot90(rgb_pixels(to_rgb.reformat(frame, format="rgb24")), _quarter_turns(frame.rotation))
 
         try:
             for k, packet in enumerate(self.video_packets):
@@ -227,6 +227,14 @@ class Media:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def rgb_pixels(frame) -> np.ndarray:
+    """The (H, W, 3) pixels of an rgb24 frame, viewed where they lie (rows may be padded): `frames` copies them once,
+    into its stack, where to_ndarray() copied them first."""
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
+    return rows[:, : frame.width * 3].reshape(frame.height, frame.width, 3)
 
 
 def _quarter_turns(rotation: float | None) -> int:
