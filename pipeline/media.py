@@ -278,8 +278,9 @@ def decode_frames(path: str, indices: list[int], width: int | None = None, heigh
 
 SHORT_PROBE = {"probesize": "32"}
 """FFmpeg reads up to `probesize` bytes (5 MB by default) to learn the streams' formats before the first packet.
-A WAV states its format in its header, yet the default read its whole file: opening a CREMA-D WAV cost ~5 of
-the ~10 CPU-ms of decoding it. A file whose header leaves the format unknown is opened again with the default."""
+A WAV states its one stream's format in its header, yet the default read its whole file: opening a CREMA-D WAV
+cost ~5 of the ~10 CPU-ms of decoding it. Any other file is opened again with the default: an FLV, for one, shows
+its audio stream only once its packets are read."""
 
 
 def _knows_its_format(stream) -> bool:
@@ -292,8 +293,8 @@ def decode_audio(path: str, sample_rate: int, timeout: float = FFMPEG_TIMEOUT_S)
     `sample_rate`; empty when the file has no audio."""
     deadline = Deadline(timeout)
     container = _open(path, deadline, SHORT_PROBE)
-    if container.streams.audio and not _knows_its_format(container.streams.audio[0]):
-        container.close()
+    if container.format.name != "wav" or not all(_knows_its_format(s) for s in container.streams.audio):
+        container.close()  # streams found while reading (FLV), or a format the header leaves open: the default probe
         container = _open(path, deadline)
     try:
         if not container.streams.audio:

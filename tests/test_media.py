@@ -181,15 +181,17 @@ def test_decoders_run_on_one_thread_and_give_the_frames_a_threaded_decode_gives(
 
 
 @pytest.mark.parametrize("container, codec", [("wav", "pcm_s16le"), ("wav", "adpcm_ms"), ("mp3", "libmp3lame"), ("m4a", "aac"),
-                                              ("flac", "flac"), ("ogg", "libopus")])
-def test_a_separate_audio_file_decodes_the_same_with_the_short_probe(tmp_path, monkeypatch, container, codec):
-    """media.SHORT_PROBE opens a WAV without reading it whole first; every format must decode to the same samples
-    as with FFmpeg's default probe (a header that leaves the format unknown is opened again)."""
+                                              ("flac", "flac"), ("ogg", "libopus"), ("flv", "libmp3lame"), ("mp4", "aac")])
+def test_any_file_decodes_the_same_audio_with_the_short_probe(tmp_path, monkeypatch, container, codec):
+    """media.SHORT_PROBE opens a WAV without reading it whole first; every file must decode to the same samples as
+    with FFmpeg's default probe: audio alone, and a video's track (an FLV shows its audio stream late)."""
     import pipeline.media as media
 
     path = tmp_path / f"voice.{container}"
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "sine=frequency=330:duration=1.3:sample_rate=16000",
-                    "-c:a", codec, str(path)], check=True)
+    video = ["-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=1.3", "-c:v", "flv1" if container == "flv" else "mpeg4"]
+    subprocess.run([ffmpeg_exe(), "-v", "error", *(video if container in ("flv", "mp4") else []), "-f", "lavfi",
+                    "-i", "sine=frequency=330:duration=1.3:sample_rate=22050", "-c:a", codec, *(["-ar", "48000"] if codec == "libopus" else []),
+                    str(path)], check=True)
     short = decode_audio(str(path), 22050)
     monkeypatch.setattr(media, "SHORT_PROBE", {})
     default = decode_audio(str(path), 22050)
