@@ -438,7 +438,7 @@ def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, res
 def split_at_newest_shard(pending: dict[str, list]) -> tuple[dict[str, list], dict[str, list]]:
     """(the rows to commit now, the rows to keep): the rows of the newest shard that has any wait for the next commit,
     unless no other shard has rows. Why: clips finish about in row order, so the newest shard is still filling, and
-    committing it would write that shard (read back, joined, hashed at the end) once more for each commit it spans."""
+    committing it would write that shard (read back, joined, written whole) once more for each commit it spans."""
     newest = max((row // SHARD_ROWS for items in pending.values() for row, _ in items), default=0)
     if all(row // SHARD_ROWS == newest for items in pending.values() for row, _ in items):
         return pending, {kind: [] for kind in pending}
