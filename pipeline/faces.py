@@ -47,7 +47,7 @@ frames are a fraction of a second apart, so one face moves far less, and a passe
 
 CASCADE = "pipeline/mtcnn.py: integral-image area resampling, channels-last nets"
 """Which implementation of MTCNN's cascade made the boxes; part of the faces fingerprint. Its boxes equal
-facenet-pytorch's `MTCNN.detect` to within float rounding, and it takes ~80 instead of ~120 ms per 4 frames
+facenet-pytorch's `MTCNN.detect` to within float rounding, and it takes ~75 instead of ~120 ms per 4 frames
 (pipeline/mtcnn.py says why). Stores made before it (facenet-pytorch's own `detect`, "nets channels-last, frames
 NCHW") are re-detected on the next run: a box's last decimals could move a crop by a pixel."""
 

@@ -1,8 +1,8 @@
 """The libraries every extraction worker needs, imported once by the process the workers are forked from.
 
 Why: before its first clip a worker spends ~3.5 CPU-seconds importing torch (and took ~6.5 while MTCNN came
-from facenet-pytorch, whose torchvision import loads torch._dynamo; pipeline/mtcnn.py). Workers spawned together on a laptop's few cores pay that once each,
-at the same time. Started with Dask's `forkserver` method (pipeline/workers.py), every worker is instead a fork
+from facenet-pytorch, whose torchvision import loads torch._dynamo; pipeline/mtcnn.py). Workers spawned together
+on a laptop's few cores pay that once each, at the same time. Started with Dask's `forkserver` method (pipeline/workers.py), every worker is instead a fork
 of one server that imported these once, and shares their pages copy-on-write.
 
 Importing only: no thread pool, event loop or CUDA context exists in the server (checked by a test), so

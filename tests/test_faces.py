@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.extract import face_params
 from pipeline.extract import clip_timeline
