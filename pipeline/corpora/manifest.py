@@ -35,14 +35,14 @@ def load(root: Path, meta: Path | None = None, classes: str | None = None) -> li
     rows = read_rows(path)
     declared = declared_classes(classes) if classes else None
     names = [class_name(row["label"], declared) for row in rows]
-    unknown = sorted({row["label"].strip() for row, name in zip(rows, names) if name is None})
+    unknown = sorted({row["label"] or "(empty)" for row, name in zip(rows, names) if name is None})
     if unknown:
         raise CorpusError(unknown_labels(path, unknown, declared))
     class_names = corpus_class_list(names, declared)
     check_files(path, rows)
     records = []
     for number, (row, name) in enumerate(zip(rows, names), start=2):
-        split = row.get("split", "")
+        split = row.get("split", "").lower()
         if split and split not in SPLITS:
             raise CorpusError(f"manifest '{path}' line {number}: split '{split}' is not one of {', '.join(SPLITS)}")
         video = _resolve(path.parent, row["video"])
