@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.labels import LabelError, merge_class_lists
 from pipeline.records import ClipRecord
+from stores.store import FeatureStore
 
 EXAMPLES = 3
 """Clips named per kind of change; the count covers them all."""
@@ -85,3 +86,17 @@ def plan_changes(table: dict[str, np.ndarray], stored_classes: list[str], record
         if row in changes.relabelled or row in changes.renumbered or row in changes.speakers:
             changes.clip_ids[row] = record.clip_id
     return changes
+
+
+def write_changes(store: FeatureStore, changes: ClipTableChanges, table: dict[str, np.ndarray]) -> None:
+    """Write the planned class list, labels and speakers into the store (`table`: its clip table as planned from)."""
+    if changes.appended:
+        store.extend_class_names(changes.class_names)
+    emotion = {**{row: str(table["emotion"][row]) for row in changes.renumbered}, **{row: new for row, (_, new) in changes.relabelled.items()}}
+    rows = sorted(emotion)
+    if rows:
+        store.set_clip_values("emotion", rows, [emotion[row] for row in rows])
+        store.set_clip_values("label", rows, [changes.class_names.index(emotion[row]) for row in rows])
+    rows = sorted(changes.speakers)
+    if rows:
+        store.set_clip_values("speaker", rows, [changes.speakers[row][1] for row in rows])

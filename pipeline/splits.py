@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from pipeline.records import ClipRecord
-from pipeline.reconcile import plan_changes
+from pipeline.reconcile import plan_changes, write_changes
 from stores.store import FeatureStore
 from stores.splits import PARTITIONS, SplitError, actor_disjoint_split, extend_recorded, fold_partitions, kfold_by_actor
 
@@ -63,15 +63,7 @@ def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | 
     records = changes.numbered(records)
     recorded = {str(s): str(p) for row, (s, p) in enumerate(zip(table["speaker"], table["split"])) if p and row not in changes.speakers}
     split_of = split_for_store(records, recorded, seed=seed, recorded_seed=store.info["split_seed"], store=store.location)
-    if changes.appended:
-        store.extend_class_names(changes.class_names)
-    relabelled = sorted({*changes.relabelled, *changes.renumbered})
-    if relabelled:
-        emotion = {**{row: new for row, (_, new) in changes.relabelled.items()}, **{row: str(table["emotion"][row]) for row in changes.renumbered}}
-        store.set_clip_values("emotion", relabelled, [emotion[row] for row in relabelled])
-        store.set_clip_values("label", relabelled, [changes.class_names.index(emotion[row]) for row in relabelled])
-    if changes.speakers:
-        store.set_clip_values("speaker", sorted(changes.speakers), [changes.speakers[row][1] for row in sorted(changes.speakers)])
+    write_changes(store, changes, table)  # from here on, things are written
     rows = store.add_clips(records)
     wrote = store.set_splits(split_of, clips_before)
     if not recorded and seed is not None and seed != store.info["split_seed"]:  # a store's first split: its seed
