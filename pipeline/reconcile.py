@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.labels import LabelError, merge_class_lists
+from pipeline.labels import LabelError, emotion_code, merge_class_lists
 from pipeline.records import ClipRecord
 from stores.store import FeatureStore
 
@@ -29,6 +29,7 @@ class ClipTableChanges:
 
     class_names: list[str]  # the store's class list after the run
     appended: list[str] = field(default_factory=list)  # classes added at its end
+    respelled: dict[str, str] = field(default_factory=dict)  # stored class name -> its code (stores made before the table)
     relabelled: dict[int, tuple[str, str]] = field(default_factory=dict)  # row -> (stored emotion, corpus emotion)
     renumbered: dict[int, tuple[int, int]] = field(default_factory=dict)  # row -> (stored label, its class's number)
     speakers: dict[int, tuple[str, str]] = field(default_factory=dict)  # row -> (stored speaker, corpus speaker)
@@ -45,6 +46,9 @@ class ClipTableChanges:
     def messages(self) -> list[str]:
         """One line per kind of change, with counts and a few examples."""
         lines = []
+        if self.respelled:
+            names = ", ".join(f"{old} -> {new}" for old, new in self.respelled.items())
+            lines.append(f"class list: respelled {names} by the emotion table (same numbers, no clip relabelled)")
         if self.appended:
             first = len(self.class_names) - len(self.appended)
             added = ", ".join(f"{name}={first + k}" for k, name in enumerate(self.appended))
@@ -59,7 +63,7 @@ class ClipTableChanges:
         return lines
 
     def __bool__(self) -> bool:
-        return bool(self.appended or self.relabelled or self.renumbered or self.speakers)
+        return bool(self.appended or self.respelled or self.relabelled or self.renumbered or self.speakers)
 
 
 def plan_changes(table: dict[str, np.ndarray], stored_classes: list[str], records: list[ClipRecord], corpus_classes: list[str] | None,
@@ -68,8 +72,10 @@ def plan_changes(table: dict[str, np.ndarray], stored_classes: list[str], record
     class list would renumber the store's. `corpus_classes=None`: the store's list, grown by the records' labels."""
     if corpus_classes is None:
         corpus_classes, declared = list(dict.fromkeys(r.emotion for r in records)), False
-    names = merge_class_lists(stored_classes, corpus_classes, declared=declared, store=store)
-    changes = ClipTableChanges(class_names=names, appended=names[len(stored_classes):])
+    respelled = respellings(stored_classes)
+    stored = [respelled.get(name, name) for name in stored_classes]
+    names = merge_class_lists(stored, corpus_classes, declared=declared, store=store)
+    changes = ClipTableChanges(class_names=names, appended=names[len(stored):], respelled=respelled)
     index = {name: k for k, name in enumerate(names)}
     row_of = {str(clip_id): row for row, clip_id in enumerate(table["clip_id"])}
     for record in records:
@@ -77,6 +83,7 @@ def plan_changes(table: dict[str, np.ndarray], stored_classes: list[str], record
         if row is None:
             continue
         emotion, label, speaker = str(table["emotion"][row]), int(table["label"][row]), str(table["speaker"][row])
+        emotion = respelled.get(emotion, emotion)
         if emotion != record.emotion:
             changes.relabelled[row] = (emotion, record.emotion)
         elif record.emotion in index and label != index[record.emotion]:
@@ -88,11 +95,24 @@ def plan_changes(table: dict[str, np.ndarray], stored_classes: list[str], record
     return changes
 
 
+def respellings(stored: list[str]) -> dict[str, str]:
+    """Stored class names that the emotion table spells otherwise (`happy` in a store made before it) -> the code,
+    when the code is not a class of its own already (then both stay: merging them would renumber)."""
+    codes = {name: emotion_code(name) for name in stored}
+    wanted = [code for name, code in codes.items() if code and code != name]
+    return {name: code for name, code in codes.items() if code and code != name and code not in stored and wanted.count(code) == 1}
+
+
 def write_changes(store: FeatureStore, changes: ClipTableChanges, table: dict[str, np.ndarray]) -> None:
     """Write the planned class list, labels and speakers into the store (`table`: its clip table as planned from)."""
-    if changes.appended:
-        store.extend_class_names(changes.class_names)
-    emotion = {**{row: str(table["emotion"][row]) for row in changes.renumbered}, **{row: new for row, (_, new) in changes.relabelled.items()}}
+    if changes.appended or changes.respelled:
+        store.extend_class_names(changes.class_names, renamed=changes.respelled)
+    if changes.respelled:
+        stored = [str(e) for e in table["emotion"]]
+        rows = [row for row, name in enumerate(stored) if name in changes.respelled]
+        store.set_clip_values("emotion", rows, [changes.respelled[stored[row]] for row in rows])
+    stored = {row: str(table["emotion"][row]) for row in changes.renumbered}
+    emotion = {**{row: changes.respelled.get(name, name) for row, name in stored.items()}, **{row: new for row, (_, new) in changes.relabelled.items()}}
     rows = sorted(emotion)
     if rows:
         store.set_clip_values("emotion", rows, [emotion[row] for row in rows])

@@ -186,13 +186,13 @@ class FeatureStore:
             existing.update({r.clip_id: int(row) for r, row in zip(new, rows)})
         return np.asarray([existing[r.clip_id] for r in records], dtype=np.int64)
 
-    def extend_class_names(self, names: list[str]) -> None:
-        """Grow the class list to `names`. Stored numbers never change: `names` must start with the current list
-        (a renumbering would relabel every stored clip without touching its row)."""
-        current = self.class_names
+    def extend_class_names(self, names: list[str], renamed: dict[str, str] | None = None) -> None:
+        """Grow the class list to `names`. Stored numbers never change: `names` must start with the current list,
+        `renamed` names respelled in place (a renumbering would relabel every stored clip without touching its row)."""
+        current = [(renamed or {}).get(name, name) for name in self.class_names]
         if list(names[: len(current)]) != current:
             raise StoreError(f"store '{self.location}' numbers its classes {','.join(current)}; {','.join(names)} would renumber them")
-        if list(names) != current:
+        if list(names) != self.class_names:
             self.root.attrs["avstore"] = {**self.info, "class_names": list(names)}
 
     def set_clip_values(self, column: str, rows: np.ndarray, values: list) -> None:

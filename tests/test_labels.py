@@ -173,6 +173,19 @@ def test_a_store_written_with_wrong_label_numbers_is_corrected_and_told(tmp_path
     assert len(told) == 1 and "9 clip(s) renumbered" in told[0]
 
 
+def test_a_store_made_before_the_table_has_its_class_names_respelled_not_its_clips_relabelled(tmp_path):
+    store = FeatureStore.create(tmp_path / "s.zarr", dataset="manifest", class_names=["happy", "joy", "sad"], split_seed=0)
+    old = rows_of({s: ["happy", "joy", "sad"] for s in ("a", "b", "c")})
+    store.add_clips([ClipRecord(**{**r.to_dict(), "label": ["happy", "joy", "sad"].index(r.emotion)}) for r in old])
+    records = [ClipRecord(**{**r.to_dict(), "emotion": {"happy": "HAP", "sad": "SAD"}.get(r.emotion, "JOY")}) for r in old]
+    _, wrote, told = add_to_store(store, records, seed=None, class_names=["HAP", "JOY", "SAD"], classes_declared=False)
+    assert store.class_names == ["HAP", "joy", "SAD", "JOY"]  # joy is no table spelling: the corpus's JOY is a new class
+    assert told[0] == "class list: respelled happy -> HAP, sad -> SAD by the emotion table (same numbers, no clip relabelled)"
+    after = table_of(store)
+    assert after["a_0"][:2] == ("HAP", 0) and after["a_2"][:2] == ("SAD", 2) and after["a_1"][:2] == ("JOY", 3)
+    assert len(told) == 3 and "3 clip(s) relabelled" in told[2] and "a_1: joy -> JOY" in told[2]
+
+
 # ---- end to end: a real manifest over the sample corpus --------------------------------------------------------
 @pytest.fixture(scope="module")
 def four_class(tmp_path_factory) -> tuple[Path, Path]:
