@@ -18,7 +18,8 @@ from typing import Optional
 import typer
 
 from pipeline.fuse import FUSIONS
-from pipeline.corpora import CorpusError, get_corpus, list_corpora, load_corpus
+from pipeline.corpora import CorpusError, class_list, get_corpus, list_corpora, load_corpus
+from pipeline.labels import LabelError
 from pipeline.splits import SplitError, assign_splits, corpus_splits
 
 app = typer.Typer(
@@ -29,6 +30,8 @@ app = typer.Typer(
 
 DATASETS_HELP = f"Corpus adapter: {', '.join(list_corpora())}."
 FUSION_NAMES = sorted(FUSIONS)
+CLASSES_HELP = ("manifest only: its class list in label order, e.g. ANG,HAP,NEU,SAD (default: its labels' codes, "
+                "alphabetical); needed for labels outside the emotion table (README).")
 
 
 def fail(message: str) -> None:
@@ -37,13 +40,14 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def load_records(dataset: str, root: Path, meta: Optional[Path], split_seed: Optional[int], assign: bool = True):
+def load_records(dataset: str, root: Path, meta: Optional[Path], split_seed: Optional[int], assign: bool = True,
+                 classes: Optional[str] = None):
     """The corpus's records; `assign=False` leaves the split to the store (extract), keeping a corpus's own."""
     try:
         get_corpus(dataset)
-        records = load_corpus(dataset, root, meta)
+        records = load_corpus(dataset, root, meta, classes)
         return assign_splits(records, seed=split_seed or 0) if assign else corpus_splits(records)
-    except (CorpusError, SplitError) as err:
+    except (CorpusError, SplitError, LabelError) as err:
         fail(str(err))
 
 
@@ -78,9 +82,10 @@ def summary(
     meta: Optional[Path] = typer.Option(None, help="CREMA-D metadata tables (VideoDemographics.csv, tabulatedVotes.csv)."),
     split_seed: int = typer.Option(0, help="Seed of the actor-disjoint split."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    classes: Optional[str] = typer.Option(None, help=CLASSES_HELP),
 ) -> None:
     """Clips per emotion and per split, and the clips known to be broken, without decoding anything."""
-    records = load_records(dataset, root, meta, split_seed)
+    records = load_records(dataset, root, meta, split_seed, classes=classes)
     print_summary(records, as_json)
 
 
@@ -152,6 +157,7 @@ def extract(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo every clip that is not ok (clips whose source file changed are redone anyway)."),
     ffmpeg_timeout: float = typer.Option(120.0, min=0.1, help="Seconds decoding one clip may take; past it the clip is decode_error (timeout)."),
     lld: bool = typer.Option(False, "--lld", help="Also store ComParE_2016 LLD + delta sequences (130-d, 32 ms / 16 ms; seed 002), from the same decoded audio."),
+    classes: Optional[str] = typer.Option(None, help=CLASSES_HELP),
 ) -> None:
     """Decode, detect faces, compute mel chunks and fusions once, into a Zarr store. Re-runs do only what is missing.
 
@@ -175,8 +181,8 @@ def extract(
     root = root or Path("data") / dataset
     store = store or f"stores/{dataset}.zarr"
     device = default_device(device)
-    records = load_records(dataset, root, meta, split_seed, assign=False)
-    class_names = list(get_corpus(dataset).class_names) or sorted({r.emotion for r in records}, key=lambda e: [r.label for r in records if r.emotion == e][0])
+    records = load_records(dataset, root, meta, split_seed, assign=False, classes=classes)
+    class_names, classes_declared = class_list(dataset, records, classes)
     config = ExtractConfig(
         faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage),
         mel=MelConfig(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels),
@@ -188,9 +194,11 @@ def extract(
     try:
         result = run_extract(records, store, config, dataset=dataset, class_names=class_names, split_seed=split_seed,
                              workers=workers, scheduler=scheduler, device=device, progress=progress,
-                             commit_every=commit_every, retry_failed=retry_failed, started=started)
-    except (StoreLockedError, StoreError, LocationError, SplitError, PermissionError) as err:  # our own checks of the input
+                             commit_every=commit_every, retry_failed=retry_failed, started=started, classes_declared=classes_declared)
+    except (StoreLockedError, StoreError, LocationError, SplitError, LabelError, PermissionError) as err:  # our own checks of the input
         fail(str(err))
+    for line in result.changes:  # labels or speakers the corpus corrected, classes new to the store
+        typer.echo(line)
     typer.echo(
         f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}"
         f"{f', lld {result.lld_computed}' if lld else ''}), "

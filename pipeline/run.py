@@ -73,6 +73,7 @@ class ExtractSummary:
     fusions_computed: int = 0
     retried: int = 0  # rows redone because their source changed or --retry-failed asked
     errors: dict[str, str] = field(default_factory=dict)  # clip id -> what failed in our code (status `error`)
+    changes: list[str] = field(default_factory=list)  # one line per kind of change to clips already stored (reconcile.py)
     usable: int = 0  # clips whose faces and audio are both ok
     files_hashed: int = 0  # by the checksum update: only the shards this run wrote, when the last list was current
     seconds: float = 0.0
@@ -203,7 +204,7 @@ def open_writer(location: str, dataset: str, class_names: list[str], split_seed:
 def run_extract(
     records: list[ClipRecord], location: str | Path, config: ExtractConfig, *, dataset: str, class_names: list[str],
     split_seed: int | None = None, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
-    commit_every: int = SHARD_ROWS, retry_failed: bool = False, started: float | None = None,
+    commit_every: int = SHARD_ROWS, retry_failed: bool = False, started: float | None = None, classes_declared: bool = True,
 ) -> ExtractSummary:
     """Compute what the store lacks for `records` and commit it, `commit_every` clips at a time.
 
@@ -211,7 +212,10 @@ def run_extract(
     is redone when its source file changed since (size, mtime, hash of its ends), and a non-ok one also when
     `retry_failed`; an ok row whose source is unchanged never is. Speakers the store has recorded keep their
     partition; new ones get theirs by the stable rule (stores/splits.py) with the store's seed, or the records'
-    own splits when every record has one. `split_seed=None`: the store's seed. `started`: the time.perf_counter()
+    own splits when every record has one. Labels are numbered by the store's class list: `class_names` starts a
+    new store and grows an existing one at its end; with `classes_declared` it states numbers, and one that
+    would renumber the store is refused. A stored clip whose label or speaker the corpus changed is updated,
+    and told in the summary's `changes`. `split_seed=None`: the store's seed. `started`: the time.perf_counter()
     the summary's seconds and timings count from (the CLI passes its command's start; default: this call).
     """
     started = time.perf_counter() if started is None else started
@@ -223,7 +227,8 @@ def run_extract(
         remove_partial_files(where)
         store = open_writer(location, dataset, class_names, split_seed)
         sets_before = len(store.feature_sets())
-        rows, wrote = add_to_store(store, records, seed=split_seed)  # a split disagreement: refused, nothing written
+        rows, wrote, told = add_to_store(store, records, seed=split_seed, class_names=class_names,  # a split or class list
+                                         classes_declared=classes_declared)  # disagreement: refused, nothing written
         if sets_before == 0 and len(records) and workers > 0 and scheduler is None:
             start_import_server()  # a fresh store: every clip is to compute, so the workers' imports can start now
         who = provenance(device=device)
@@ -247,7 +252,7 @@ def run_extract(
         summary = ExtractSummary(
             clips=len(records), computed=len(todo), skipped=len(records) - len(todo),
             faces_computed=int(todo_faces.sum()), audio_computed=int(todo_audio.sum()), lld_computed=int(todo_lld.sum()),
-            retried=int((redo_faces | redo_audio | redo_lld).sum()),
+            retried=int((redo_faces | redo_audio | redo_lld).sum()), changes=told,
         )
         summary.feature_sets = [faces.name, audio.name] + ([lld.name] if lld is not None else [])
         fused_sets = {name: store.ensure_feature_set(

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from pipeline.records import ClipRecord
+from pipeline.reconcile import plan_changes, write_changes
 from stores.store import FeatureStore
 from stores.splits import PARTITIONS, SplitError, actor_disjoint_split, extend_recorded, fold_partitions, kfold_by_actor
 
@@ -47,18 +48,33 @@ def split_for_store(records: list[ClipRecord], recorded: dict[str, str], *, seed
     return extend_recorded(recorded, [r.speaker for r in records], seed=recorded_seed if seed is None else seed, given=given)
 
 
-def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | None) -> tuple[np.ndarray, bool]:
-    """Add `records` to the store's clip table with their partitions: (their rows, whether anything was written).
+def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | None, class_names: list[str] | None = None,
+                 classes_declared: bool = True) -> tuple[np.ndarray, bool, list[str]]:
+    """Add `records` to the store's clip table with their partitions: (their rows, whether anything was written,
+    one line per kind of change made to clips already stored).
 
-    The split is settled first, so a disagreement is refused before anything is written."""
-    clips_before, recorded = len(store), store.recorded_split()
+    Clips already stored take the corpus's label and speaker when these changed (pipeline/reconcile.py); a
+    corrected speaker's clips join that speaker's partition, or, for a speaker new to the store, the partition
+    the stable rule gives it. Labels are numbered by the store's class list, grown at its end by classes new to
+    it (`class_names`: the corpus's list; `classes_declared`: whether that list states numbers the store must
+    keep). Everything is settled first, so a disagreement is refused before anything is written."""
+    clips_before, table = len(store), store.clip_table()
+    changes = plan_changes(table, store.class_names, records, class_names, declared=classes_declared, store=store.location)
+    records = changes.numbered(records)
+    recorded = {str(s): str(p) for row, (s, p) in enumerate(zip(table["speaker"], table["split"])) if p and row not in changes.speakers}
     split_of = split_for_store(records, recorded, seed=seed, recorded_seed=store.info["split_seed"], store=store.location)
+    write_changes(store, changes, table)  # from here on, things are written
     rows = store.add_clips(records)
     wrote = store.set_splits(split_of, clips_before)
     if not recorded and seed is not None and seed != store.info["split_seed"]:  # a store's first split: its seed
         store.root.attrs["avstore"] = {**store.info, "split_seed": seed}
         wrote = True
-    return rows, wrote or len(store) > clips_before
+    told = changes.messages()
+    moved = [row for row, (_, new) in changes.speakers.items() if split_of[new] != str(table["split"][row])]
+    if moved:
+        told.append(f"split: {len(moved)} clip(s) of corrected speakers moved to their speaker's partition "
+                    f"(stable rule for speakers new to the store; no speaker is in two partitions)")
+    return rows, bool(wrote or changes or len(store) > clips_before), told
 
 
 def check_disjoint(records: Iterable[ClipRecord]) -> None:

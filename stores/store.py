@@ -186,6 +186,22 @@ class FeatureStore:
             existing.update({r.clip_id: int(row) for r, row in zip(new, rows)})
         return np.asarray([existing[r.clip_id] for r in records], dtype=np.int64)
 
+    def extend_class_names(self, names: list[str], renamed: dict[str, str] | None = None) -> None:
+        """Grow the class list to `names`. Stored numbers never change: `names` must start with the current list,
+        `renamed` names respelled in place (a renumbering would relabel every stored clip without touching its row)."""
+        current = [(renamed or {}).get(name, name) for name in self.class_names]
+        if list(names[: len(current)]) != current:
+            raise StoreError(f"store '{self.location}' numbers its classes {','.join(current)}; {','.join(names)} would renumber them")
+        if list(names) != self.class_names:
+            self.root.attrs["avstore"] = {**self.info, "class_names": list(names)}
+
+    def set_clip_values(self, column: str, rows: np.ndarray, values: list) -> None:
+        """Overwrite `column` of the clip table at `rows` (the corpus corrected a label or a speaker)."""
+        array = self.root[f"clips/{column}"]
+        current = array[:]
+        current[np.asarray(rows, dtype=np.int64)] = np.asarray(values, dtype=current.dtype)
+        array[:] = current
+
     def recorded_split(self) -> dict[str, str]:
         """Speaker -> partition as the clip table records it (speakers whose clips have no split yet are left out)."""
         speakers, splits = self.root["clips/speaker"][:], self.root["clips/split"][:]

@@ -88,13 +88,16 @@ def test_ravdess_takes_audio_visual_files_only(tmp_path):
 
 def test_manifest_resolves_paths_keeps_splits_and_checks_them(tmp_path):
     csv = tmp_path / "m.csv"
-    csv.write_text("video,label,speaker,split,audio\nv/a.mp4,happy,s1,train,\nv/b.mp4,sad,s2,test,w/b.wav\n/abs/c.mp4,happy,s3,val,\n")
+    absolute = tmp_path / "abs" / "c.mp4"
+    for path in (tmp_path / "v/a.mp4", tmp_path / "v/b.mp4", tmp_path / "w/b.wav", absolute):
+        touch(path)
+    csv.write_text(f"video,label,speaker,split,audio\nv/a.mp4,happy,s1,train,\nv/b.mp4,sad,s2,test,w/b.wav\n{absolute},happy,s3,val,\n")
     records = load_corpus("manifest", csv)
-    assert [r.label for r in records] == [0, 1, 0]  # sorted names: happy=0, sad=1
-    assert records[0].video_path == str(tmp_path / "v/a.mp4") and records[2].video_path == "/abs/c.mp4"
+    assert [r.label for r in records] == [0, 1, 0] and [r.emotion for r in records] == ["HAP", "SAD", "HAP"]  # HAP=0, SAD=1
+    assert records[0].video_path == str(tmp_path / "v/a.mp4") and records[2].video_path == str(absolute)
     assert records[1].audio_path == str(tmp_path / "w/b.wav")
     assert [r.split for r in assign_splits(records)] == ["train", "test", "val"]
-    csv.write_text("video,label,speaker,split\na.mp4,x,s1,train\nb.mp4,x,s1,test\n")
+    csv.write_text("video,label,speaker,split\nv/a.mp4,NEU,s1,train\nv/b.mp4,NEU,s1,test\n")
     with pytest.raises(ValueError, match="speaker s1 is in both"):
         assign_splits(load_corpus("manifest", csv))
     csv.write_text("video,label\na.mp4,x\n")

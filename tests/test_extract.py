@@ -197,7 +197,7 @@ def test_a_fresh_store_starts_the_import_server_while_planning_and_a_no_op_never
     config = run.ExtractConfig(faces=FaceConfig(frames=4, size=32), mel=MelConfig(n_mels=32))
     for expected in (["import server", "cluster"], []):
         calls.clear()
-        summary = run.run_extract(records, tmp_path / "s.zarr", config, dataset="sample", class_names=["a"], workers=1, progress=False)
+        summary = run.run_extract(records, tmp_path / "s.zarr", config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=1, progress=False)
         assert calls == expected and summary.computed == (2 if expected else 0)
 
 

@@ -124,7 +124,7 @@ def test_a_store_grown_by_extracts_moves_no_speaker_in_its_split_or_any_fold(tmp
     for fold in range(4):
         folds_before[fold] = split_column(store, store.clip_table(), split_seed=None, fold=fold, folds=4)
     other_seed = split_column(store, store.clip_table(), split_seed=9, fold=None, folds=5)
-    rows, wrote = add_to_store(store, clips(SPEAKERS[8:12]), seed=None)
+    rows, wrote, _ = add_to_store(store, clips(SPEAKERS[8:12]), seed=None)
     assert wrote and list(rows) == list(range(24, 36)) and store.speaker_batches == [0, 24]
     after = recorded(store)
     assert {s: after[s] for s in first} == first and within_one_of_target(after)
@@ -162,11 +162,14 @@ def test_a_split_option_that_disagrees_with_the_store_is_refused_and_nothing_wri
 
 def test_cli_extract_with_a_disagreeing_split_seed_exits_2_with_one_line(tmp_path):
     csv = tmp_path / "corpus.csv"
-    csv.write_text("video,label,speaker\n" + "".join(f"v{s}_{k}.flv,{k},{s}\n" for s in SPEAKERS[:5] for k in range(2)))
+    csv.write_text("video,label,speaker\n" + "".join(f"v{s}_{k}.flv,{('ANG', 'HAP')[k]},{s}\n" for s in SPEAKERS[:5] for k in range(2)))
+    for s in SPEAKERS[:5]:
+        for k in range(2):
+            (tmp_path / f"v{s}_{k}.flv").write_bytes(b"")
     location = tmp_path / "s.zarr"
     from pipeline.corpora import load_corpus
 
-    store = FeatureStore.create(location, dataset="manifest", class_names=["a", "b"], split_seed=0)
+    store = FeatureStore.create(location, dataset="manifest", class_names=["ANG", "HAP"], split_seed=0)
     add_to_store(store, load_corpus("manifest", csv), seed=0)
     before = sorted(p.relative_to(location) for p in location.rglob("*"))
     result = run_cli("extract", "--dataset", "manifest", "--root", str(csv), "--store", str(location), "--split-seed", "3", "--workers", "0")

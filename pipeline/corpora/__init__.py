@@ -44,5 +44,23 @@ def get_corpus(name: str) -> Corpus:
     return corpora[name]
 
 
-def load_corpus(name: str, root: Path, meta: Path | None = None) -> list[ClipRecord]:
-    return get_corpus(name).load(Path(root), meta=meta)
+def load_corpus(name: str, root: Path, meta: Path | None = None, classes: str | None = None) -> list[ClipRecord]:
+    """`classes`: a declared class list ("ANG,HAP,NEU,SAD"), for a manifest only: the other corpora fix theirs."""
+    corpus = get_corpus(name)
+    if classes is None:
+        return corpus.load(Path(root), meta=meta)
+    if corpus.class_names:
+        raise CorpusError(f"--classes is for --dataset manifest; {name} numbers its classes itself ({','.join(corpus.class_names)}): drop --classes")
+    return corpus.load(Path(root), meta=meta, classes=classes)
+
+
+def class_list(name: str, records: list[ClipRecord], classes: str | None = None) -> tuple[list[str], bool]:
+    """The class list `records` are numbered by, and whether it states numbers (a corpus's fixed list or a
+    declared one: a store must keep them) rather than being derived from the labels present (a store appends
+    what it lacks; pipeline/labels.py's merge_class_lists)."""
+    corpus = get_corpus(name)
+    if corpus.class_names:
+        return list(corpus.class_names), True
+    from pipeline.corpora import manifest
+
+    return manifest.class_list(records, classes), classes is not None
