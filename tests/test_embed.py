@@ -7,7 +7,6 @@ CLI run is mostly its ~6 s of imports.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
