@@ -1,7 +1,8 @@
-"""`cli.py embed` end to end on a real store, its refusals, and embeddings that do not depend on thread counts.
+"""`cli.py embed` end to end on a real store, its refusals, the input each backbone's weights expect, the
+fingerprint, and embeddings that do not depend on thread counts.
 
 The store is tiny (4 clips, 2 frames of 32 px) and the backbone is facenet at 80 px (its smallest input), so a
-CLI run is mostly its ~6 s of imports.
+CLI run is mostly its ~6 s of imports; one run is vgg16 at 32 px (its random init takes a few seconds more).
 """
 
 from __future__ import annotations
