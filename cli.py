@@ -221,7 +221,7 @@ def extract(
 @app.command()
 def embed(
     store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL (extracted already)."),
-    backbone: str = typer.Option("vgg16", help="vgg16 (fc7, 4096-d) or facenet (InceptionResnetV1, 512-d)."),
+    backbone: str = typer.Option("vgg16", help="vgg16 (fc7, 4096-d, ImageNet input), vggface (the same, VGG-Face's BGR input) or facenet (InceptionResnetV1, 512-d)."),
     weights: Optional[Path] = typer.Option(None, help="State dict of the backbone (torch.save); without it: random init, recorded and flagged."),
     size: Optional[int] = typer.Option(None, min=32, help="Input side the crops are resized to (default: the backbone's, 224 / 160)."),
     batch_size: int = typer.Option(64, min=1, help="Frames per forward pass."),
@@ -231,7 +231,7 @@ def embed(
 ) -> None:
     """Per-frame face embeddings of the stored crops from a frozen backbone (seed 002's visual input); no video decoded.
 
-    Example: python cli.py embed --store stores/crema-d.zarr --backbone vgg16 --weights vgg_face_fc7.pt
+    Example: python cli.py embed --store stores/crema-d.zarr --backbone vggface --weights vgg_face.pt
     """
     from encoders.embed import EmbedConfig, run_embed
     from stores.location import LocationError

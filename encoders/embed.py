@@ -3,14 +3,18 @@
 Goncalves & Busso describe each frame by VGG-Face's 4096-d representation. VGG-Face's weights cannot be
 downloaded here, so a backbone comes from this registry with weights from a local file (`--weights PATH`,
 a state dict, loaded with weights_only=True): torchvision's VGG16 read at fc7 (4096-d, after its ReLU, the
-layer VGG-Face descriptors are usually taken from) or facenet-pytorch's InceptionResnetV1 (512-d, its
+layer VGG-Face descriptors are usually taken from), the same network fed as VGG-Face was trained (`vggface`,
+for VGG-Face's weights in torchvision's VGG16 layout), or facenet-pytorch's InceptionResnetV1 (512-d, its
 L2-normalised output). Without weights the backbone is randomly initialised from a fixed seed: the feature set
 records `random_init: true` and the report flags every run that read it, because such embeddings are random
 projections of the pixels, not face descriptors.
 
-Crops are normalised to [-1, 1] (the paper's visual preparation) and resized to the backbone's input size. The
-feature set is named by the fingerprint of the backbone, the layer, the weights' sha256 (or the random seed),
-the input size and the faces feature set it was computed from. It is written per shard like every other set,
+Crops are resized to the backbone's input size and normalised as its weights were trained (`Normalisation`:
+torchvision's ImageNet mean and std on RGB in [0, 1] for vgg16, VGG-Face's BGR 0-255 less its mean image's
+mean, facenet's (x - 127.5) / 128). The feature set is named by the fingerprint of the backbone, the layer, the
+weights' sha256 (or the random seed), the input size, the normalisation, the device kind and the precision
+(bfloat16 on CUDA, float32 on CPU: a run resumed on the other kind makes its own set rather than mixing rows of
+both) and the faces feature set it was computed from. It is written per shard like every other set,
 resumably (committed rows are not redone), and each row takes the faces row's status when that is not ok.
 The weights file is read and checked (every parameter up to the layer; a classifier head past it is ignored)
 before the feature set exists, so a bad file leaves the store untouched. CPU kernels run pinned to one thread
@@ -19,6 +23,7 @@ before the feature set exists, so a bad file leaves the store untouched. CPU ker
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 import sys
@@ -40,8 +45,39 @@ from stores.numeric import numeric_environment, pinned
 from stores.provenance import provenance
 from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError
 
-ALGORITHM_VERSION = 1
+ALGORITHM_VERSION = 2
+"""Bump by hand when a change here changes the numbers. 2: crops normalised as each backbone's weights expect
+(they were all scaled to [-1, 1]); device kind and precision in the fingerprint."""
 RANDOM_SEED = 0  # the initialisation of a backbone without --weights
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """What a backbone's weights were trained to see: (pixel * scale - mean) / std per channel, channels in the
+    order given. A backbone fed otherwise gives embeddings that are not its descriptors, so this is in the
+    fingerprint."""
+
+    name: str
+    channels: str  # "RGB" or "BGR": the order its first layer expects
+    scale: float  # applied to the 0-255 pixel first
+    mean: tuple[float, float, float]  # in `channels` order, after scaling
+    std: tuple[float, float, float]
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float RGB pixels in 0-255 -> the backbone's input."""
+        if self.channels == "BGR":
+            pixels = pixels.flip(1)
+        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+        return (pixels * self.scale - mean) / std
+
+
+IMAGENET = Normalisation("torchvision imagenet", "RGB", 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+"""torchvision's VGG16_Weights.IMAGENET1K_V1.transforms(): RGB in [0, 1], ImageNet's mean and std."""
+VGG_FACE = Normalisation("vgg-face", "BGR", 1.0, (93.5940, 104.7624, 129.1863), (1.0, 1.0, 1.0))
+"""VGG-Face (Parkhi et al. 2015; Caffe): BGR 0-255 less the mean of its training images (B, G, R)."""
+FACENET = Normalisation("facenet fixed_image_standardization", "RGB", 1.0, (127.5, 127.5, 127.5), (128.0, 128.0, 128.0))
+"""facenet-pytorch's `fixed_image_standardization`, what its MTCNN hands InceptionResnetV1: (x - 127.5) / 128."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +88,7 @@ class Backbone:
     input_size: int  # its native input side
     build: Callable[[], nn.Module]  # randomly initialised, returning the `layer` output
     head: str  # key prefix of the classifier after `layer`: a weights file may hold it, it is not loaded
+    normalisation: Normalisation  # the input its weights expect
 
 
 def _vgg16_fc7() -> nn.Module:
@@ -69,8 +106,9 @@ def _facenet() -> nn.Module:
 
 
 BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone("vgg16", "fc7", 4096, 224, _vgg16_fc7, head="classifier.6."),  # fc8, 1000 ImageNet classes
-    "facenet": Backbone("facenet", "last_bn (L2-normalised)", 512, 160, _facenet, head="logits."),  # VGGFace2's identities
+    "vgg16": Backbone("vgg16", "fc7", 4096, 224, _vgg16_fc7, head="classifier.6.", normalisation=IMAGENET),  # fc8, 1000 ImageNet classes
+    "vggface": Backbone("vggface", "fc7", 4096, 224, _vgg16_fc7, head="classifier.6.", normalisation=VGG_FACE),  # fc8, 2622 identities
+    "facenet": Backbone("facenet", "last_bn (L2-normalised)", 512, 160, _facenet, head="logits.", normalisation=FACENET),  # VGGFace2's identities
 }
 
 
@@ -103,11 +141,19 @@ def weights_digest(weights: Path | None) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def embed_params(config: EmbedConfig, weights: Path | None, faces: FeatureSet) -> dict:
+def embed_precision(device: str) -> str:
+    """The arithmetic the backbone runs in: bfloat16 autocast on CUDA (its fast path), float32 elsewhere."""
+    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+
+
+def embed_params(config: EmbedConfig, weights: Path | None, faces_fingerprint: str, device: str) -> dict:
+    """What the embeddings depend on. The device kind and precision are in it because bfloat16 on CUDA and float32 on
+    CPU give different embeddings: one feature set must not hold rows of both (a run resumed elsewhere)."""
     spec = config.spec
     return {"stage": "embed", "algorithm": ALGORITHM_VERSION, "backbone": spec.name, "layer": spec.layer, "dim": spec.dim,
             "weights": weights_digest(weights), "random_init": weights is None, "size": config.input_size,
-            "normalise": "[-1, 1]", "faces": faces.fingerprint}
+            "normalise": dataclasses.asdict(spec.normalisation), "device": torch.device(device).type,
+            "precision": embed_precision(device), "faces": faces_fingerprint}
 
 
 def build_backbone(config: EmbedConfig, weights: Path | None) -> nn.Module:
@@ -155,21 +201,24 @@ def read_weights(weights: Path, spec: Backbone, model: nn.Module) -> dict[str, t
 
 @pinned
 @torch.no_grad()
-def embed_crops(model: nn.Module, crops: np.ndarray, size: int, device: str, batch_size: int) -> np.ndarray:
-    """(N, T, S, S, 3) uint8 crops -> (N, T, D) float32 embeddings, `batch_size` frames per pass.
+def embed_crops(model: nn.Module, crops: np.ndarray, config: EmbedConfig, device: str) -> np.ndarray:
+    """(N, T, S, S, 3) uint8 RGB crops -> (N, T, D) float32 embeddings, `config.batch_size` frames per pass, resized
+    to `config.input_size` and normalised as the backbone's weights expect, in `embed_precision(device)`.
 
     Pinned to one CPU thread like every other float kernel of the feature path: torch's convolutions round
     differently with 1 and 2 intra-op threads (facenet's embeddings moved in most elements), and a stored
     feature must not depend on the machine's thread count.
     """
     n, t = crops.shape[:2]
+    size, batch_size, normalise = config.input_size, config.batch_size, config.spec.normalisation
     frames = torch.from_numpy(crops.reshape(n * t, *crops.shape[2:]))
     out = []
     for start in range(0, len(frames), batch_size):
-        x = frames[start : start + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = frames[start : start + batch_size].to(device, non_blocking=True).permute(0, 3, 1, 2).float()
         if x.shape[-1] != size:
             x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _null():
+        x = normalise(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if embed_precision(device) == "bfloat16" else _null():
             y = model(x)
         out.append(y.float().cpu())
     return torch.cat(out).reshape(n, t, -1).numpy()
@@ -204,7 +253,7 @@ def run_embed(location: str, config: EmbedConfig, *, weights: Path | None = None
         t = int(faces.params["frames"])
         arrays = {"embedding": ((t, config.spec.dim), "float16"), "found": ((t,), "bool")}
         model = build_backbone(config, weights).to(device)  # a bad weights file is refused before anything is written
-        embed = store.ensure_feature_set("embed", embed_params(config, weights, faces), arrays, provenance(device=device))
+        embed = store.ensure_feature_set("embed", embed_params(config, weights, faces.fingerprint, device), arrays, provenance(device=device))
         todo = np.flatnonzero(faces.done() & ~embed.done())
         bar = tqdm(total=len(todo), desc=f"embed {config.backbone}", unit="clip", disable=not progress or not len(todo), file=sys.stderr)
         status_all, reason_all = faces.status(), faces["reason"][:]
@@ -215,7 +264,7 @@ def run_embed(location: str, config: EmbedConfig, *, weights: Path | None = None
             if len(ok):
                 at = np.searchsorted(rows, ok)
                 crops = np.stack([faces["crops"][int(r)] for r in ok])
-                values["embedding"][at] = embed_crops(model, crops, config.input_size, device, config.batch_size).astype(np.float16)
+                values["embedding"][at] = embed_crops(model, crops, config, device).astype(np.float16)
                 values["found"][at] = np.stack([faces["found"][int(r)] for r in ok])
             status = ["ok" if s == "ok" else str(s) for s in status_all[rows]]
             reason = ["" if s == "ok" else f"faces {s}: {why}" for s, why in zip(status_all[rows], reason_all[rows])]

@@ -19,7 +19,7 @@ from pipeline.compare import N_FEATURES, LldConfig, compare_llds, max_lld_frames
 from pipeline.compare import config_hash as compare_config_hash
 from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
 from pipeline.faces import CASCADE, KEY_SCHEDULE, FaceConfig, track_faces
-from pipeline.fuse import fuse, fusion_arrays
+from pipeline.fuse import fuse, fusion_arrays, get_fusion
 from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, Media, MediaInfo, decode_audio, open_media
 from pipeline.records import ClipRecord
 
@@ -322,7 +322,11 @@ def extract_lld(decoded: tuple[np.ndarray, float] | TaskResult, timeline, config
 
 # ---- fusions ---------------------------------------------------------------------------------------------
 def fusion_params(name: str, faces_fingerprint: str, audio_fingerprint: str, seed: int) -> dict:
-    return {"stage": "fusion", "fusion": name, "faces": faces_fingerprint, "audio": audio_fingerprint, "seed": seed, "algorithm": ALGORITHM_VERSION}
+    """A fusion's own version joins the fingerprint once it has one (pipeline/fuse.py FusionSpec.version): a fusion
+    whose numbers changed is recomputed, and the others keep the fingerprints of the stores made before."""
+    params = {"stage": "fusion", "fusion": name, "faces": faces_fingerprint, "audio": audio_fingerprint, "seed": seed, "algorithm": ALGORITHM_VERSION}
+    version = get_fusion(name).version
+    return params if version is None else {**params, "fusion_version": version}
 
 
 def fuse_clip(name: str, faces: dict[str, np.ndarray], audio: dict[str, np.ndarray], clip_id: str, seed: int) -> dict[str, np.ndarray]:

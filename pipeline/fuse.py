@@ -54,6 +54,9 @@ class FusionSpec:
     description: str
     arrays: Callable[[int, int], ArraySpecs]
     build: Callable[[ClipInputs], dict[str, np.ndarray]]
+    version: int | None = None
+    """Bumped by hand when this fusion's numbers change, and then part of its fingerprint (extract.fusion_params),
+    so a store's set made by the old code is not reused. None: never changed, the fingerprint stores had before."""
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -162,8 +165,34 @@ def _sum(clip: ClipInputs) -> dict[str, np.ndarray]:
 
 
 def sequence_steps(frames: int) -> int:
-    """K: the sequences take every other of the T steps (0, 2, 4, ...), so both halves span the clip."""
-    return frames // 2
+    """K = T // 2 items per modality. Each covers 1/K of the clip (`sequence_audio`), so with T = 16 the 8 audio
+    items of MultiMAE-DER together cover the whole clip and none of its audio is skipped (SPEC, MultiMAE-DER).
+    At least one: a clip of one step is one item per modality."""
+    return max(1, frames // 2)
+
+
+SEQUENCE_VERSION = 2
+"""The sequence fusions' version (FusionSpec.version). 1: the items were steps 0, 2, 4, ... alone, so the audio of
+every odd step (half of each clip) never reached the model. 2: item j covers the clip's j-th K-th (`sequence_audio`)."""
+
+
+def sequence_face_steps(frames: int, k: int) -> np.ndarray:
+    """(K,) the step whose face stands for item j: the one whose span holds the item's centre, the earlier of two
+    when the centre falls on their border. With T = 2K that is step 2j, the first of the item's two steps (their
+    frames lie equally near the centre)."""
+    j = np.arange(k)
+    centre_twice_k = (2 * j + 1) * frames  # the item's centre in steps, times 2K: (j + 1/2) * T / K
+    return -(-centre_twice_k // (2 * k)) - 1  # ceil(centre) - 1: the step [i, i + 1) with i < centre <= i + 1
+
+
+def sequence_audio(chunks: np.ndarray, k: int) -> np.ndarray:
+    """(K, S, S): the T chunks laid end to end, (S, T*S), a time axis of equal steps over the whole clip, cut into
+    K equal spans, each area-resampled to S wide. With T = 2K, item j is chunks 2j and 2j + 1 side by side, each
+    halved in width: every column of audio reaches some item, in time order."""
+    steps, size = chunks.shape[:2]
+    strip = np.ascontiguousarray(chunks.transpose(1, 0, 2)).reshape(size, steps * size)
+    cut = cv2.resize(strip, (k * size, size), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(cut.reshape(size, k, size).transpose(1, 0, 2))
 
 
 def _sequence_arrays(frames: int, size: int) -> ArraySpecs:
@@ -172,9 +201,11 @@ def _sequence_arrays(frames: int, size: int) -> ArraySpecs:
 
 
 def _sequence_items(clip: ClipInputs) -> np.ndarray:
-    """(2K, S, S, 3): V_1..V_K then A_1..A_K; an order indexes into this (j < K: V_j, else A_{j-K})."""
-    steps = 2 * np.arange(sequence_steps(len(clip.faces)))
-    return np.concatenate([clip.faces[steps], _rgb(clip.chunks[steps])], axis=0)
+    """(2K, S, S, 3): V_1..V_K then A_1..A_K, item j of each covering the clip's j-th K-th; an order indexes
+    into this (j < K: V_j, else A_{j-K})."""
+    frames = len(clip.faces)
+    k = sequence_steps(frames)
+    return np.concatenate([clip.faces[sequence_face_steps(frames, k)], _rgb(sequence_audio(clip.chunks, k))], axis=0)
 
 
 def _ordered_sequence(order_of: Callable[[int, ClipInputs], np.ndarray]):
@@ -230,24 +261,28 @@ FUSIONS: dict[str, FusionSpec] = {
             "sequence: faces V_1..V_K first, spectrogram chunks A_1..A_K last",
             _sequence_arrays,
             _ordered_sequence(_faces_first),
+            SEQUENCE_VERSION,
         ),
         FusionSpec(
             "fslf",
             "sequence: spectrogram chunks A_1..A_K first, faces V_1..V_K last",
             _sequence_arrays,
             _ordered_sequence(_spectrograms_first),
+            SEQUENCE_VERSION,
         ),
         FusionSpec(
             "ofos",
             "sequence: V_1 A_1 V_2 A_2 ... alternating",
             _sequence_arrays,
             _ordered_sequence(_interleaved),
+            SEQUENCE_VERSION,
         ),
         FusionSpec(
             "rfas",
             "sequence: the 2K items in a random order seeded per clip, stored in 'order'",
             _sequence_arrays,
             _ordered_sequence(_random),
+            SEQUENCE_VERSION,
         ),
     )
 }

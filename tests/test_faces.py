@@ -10,11 +10,22 @@ from pipeline.extract import face_params
 from pipeline.extract import clip_timeline
 from pipeline.faces import FaceConfig, confirmed_steps, track_faces
 from pipeline.media import decode_frames, probe
+from stores.fingerprint import fingerprint
 
 
-def test_the_cascade_and_the_key_schedule_are_part_of_the_faces_fingerprint():
-    params = face_params(FaceConfig())
-    assert params["cascade"].startswith("pipeline/mtcnn.py") and params["key_schedule"].startswith("middle frame")
+@pytest.mark.parametrize("name", ["CASCADE", "KEY_SCHEDULE"])
+def test_a_new_cascade_or_key_schedule_gives_the_faces_a_new_fingerprint(monkeypatch, name):
+    """Each names, by hand, code that moves the boxes (pipeline/faces.py): when it is changed, a store's crops made
+    by the old code must be re-detected, not reused, so the faces fingerprint must follow it."""
+    import pipeline.extract
+    import pipeline.faces
+
+    before = fingerprint(face_params(FaceConfig()))
+    assert fingerprint(face_params(FaceConfig())) == before  # otherwise any change would pass
+    changed = getattr(pipeline.faces, name) + " (changed)"
+    for module in (pipeline.faces, pipeline.extract):  # wherever face_params reads it from
+        monkeypatch.setattr(module, name, changed)
+    assert fingerprint(face_params(FaceConfig())) != before
 
 
 def step_and_middle_frames(grid_dir, steps: int) -> np.ndarray:

@@ -99,7 +99,7 @@ def test_concat224_widths_at_224() -> None:
     for t in range(2):
         face_colour = face_item(clip, t)[0, 0]
         np.testing.assert_array_equal(fused["video"][t, :, :208], np.broadcast_to(face_colour, (224, 208, 3)))
-        np.testing.assert_array_equal(fused["video"][t, :, 208:], 100 + t)
+        np.testing.assert_array_equal(fused["video"][t, :, 208:], clip["chunks"][t, 0, 0])
     np.testing.assert_array_equal(fused["image"][:, :208], 50)
     np.testing.assert_array_equal(fused["image"][:, 208:], 200)
 
@@ -144,10 +144,19 @@ def test_sum_is_normalised_float_sum_without_wraparound() -> None:
         np.testing.assert_allclose(video[1, 3, 3, channel], expected, rtol=2e-3)
 
 
+def span_audio_item(clip: dict, j: int) -> np.ndarray:
+    """Sequence audio item j of an even-T clip whose chunks are each one value: chunk 2j's value on the left half,
+    chunk 2j+1's on the right (the two steps side by side, each squeezed to half width)."""
+    half = clip["chunks"].shape[2] // 2
+    joined = np.concatenate([clip["chunks"][2 * j][:, :half], clip["chunks"][2 * j + 1][:, half:]], axis=1)
+    return np.repeat(joined[..., None], 3, axis=-1)
+
+
 def items_in(video: np.ndarray, clip: dict) -> list[str]:
-    """Names each item of a fused sequence: 'V1'..'VK' faces, 'A1'..'AK' chunks (steps 0, 2, 4, ...)."""
+    """Names each item of a fused sequence: 'V1'..'VK' faces (steps 0, 2, 4, ...), 'A1'..'AK' the chunks of steps
+    2j and 2j+1 together."""
     catalogue = {f"V{k + 1}": face_item(clip, 2 * k) for k in range(K)}
-    catalogue |= {f"A{k + 1}": audio_item(clip, 2 * k) for k in range(K)}
+    catalogue |= {f"A{k + 1}": span_audio_item(clip, k) for k in range(K)}
     names = []
     for item in video:
         matches = [name for name, image in catalogue.items() if np.array_equal(item, image)]
@@ -175,11 +184,68 @@ def order_names(order: np.ndarray) -> list[str]:
     return [f"V{j + 1}" if j < K else f"A{j - K + 1}" for j in order.tolist()]
 
 
-def test_sequences_span_whole_clip_with_odd_frame_count() -> None:
-    clip = make_clip(frames=7)
+def audio_items(fused: dict) -> np.ndarray:
+    """The K audio items of a fused sequence, in time order, whatever the fusion's order."""
+    order = fused["order"].astype(int)
+    k = len(order) // 2
+    return fused["video"][np.argsort(order)][k:, ..., 0]
+
+
+@pytest.mark.parametrize("frames", [6, 7, 16])
+@pytest.mark.parametrize("name", SEQUENCE_FUSIONS)
+def test_the_audio_of_every_step_reaches_the_sequence(name: str, frames: int) -> None:
+    """SPEC (MultiMAE-DER): no span of audio is skipped. Until the items covered two steps each, the chunks of
+    the odd steps (half of every clip's audio) were dropped: changing one of them changed nothing."""
+    clip = make_clip(frames=frames)
+    base = audio_items(fuse(name, **clip))
+    for step in range(frames):
+        changed = {**clip, "chunks": clip["chunks"].copy()}
+        changed["chunks"][step] = 255
+        after = audio_items(fuse(name, **changed))
+        assert not np.array_equal(after, base), f"the audio of step {step} never reaches {name}"
+
+
+def test_each_audio_item_is_its_two_steps_side_by_side_in_time_order() -> None:
+    """T = 2K: item j's left half is step 2j's chunk, its right half step 2j+1's, each squeezed to half width."""
+    rng = np.random.default_rng(0)
+    clip = make_clip(frames=6)
+    clip["chunks"] = rng.integers(0, 256, clip["chunks"].shape, dtype=np.uint8)
+    items = audio_items(fuse("ofos", **clip))
+    for j in range(3):
+        pair = np.concatenate([clip["chunks"][2 * j], clip["chunks"][2 * j + 1]], axis=1).astype(np.float64)
+        halved = (pair[:, 0::2] + pair[:, 1::2]) / 2  # each two neighbouring columns: one
+        assert np.abs(items[j] - halved).max() <= 0.5 + 1e-9  # area averaging, rounded to uint8
+    uniform = make_clip(frames=6)  # one value per chunk: the halves are exactly the two steps' values
+    items = audio_items(fuse("ffls", **uniform))
+    for j in range(3):
+        assert np.all(items[j][:, : S // 2] == uniform["chunks"][2 * j, 0, 0])
+        assert np.all(items[j][:, S // 2 :] == uniform["chunks"][2 * j + 1, 0, 0])
+
+
+@pytest.mark.parametrize("frames", [1, 2, 6, 7, 16])
+def test_each_face_item_is_a_face_from_its_audio_items_span(frames: int) -> None:
+    """Item j covers [jT/K, (j+1)T/K) in steps; its face is the step whose span holds the item's centre."""
+    clip = make_clip(frames=frames)
     fused = fuse("ffls", **clip)
-    assert fused["video"].shape[0] == 6
-    np.testing.assert_array_equal(fused["video"][2], face_item(clip, 4))
+    k = len(fused["order"]) // 2
+    assert k == max(1, frames // 2)
+    for j in range(k):
+        step = [t for t in range(frames) if np.array_equal(fused["video"][j], face_item(clip, t))]
+        assert len(step) == 1
+        centre = (j + 0.5) * frames / k
+        assert step[0] < centre <= step[0] + 1, (j, step, centre)
+
+
+def test_only_the_sequence_fusions_get_a_new_fingerprint() -> None:
+    """A store's sequence sets made when the odd steps were dropped must not be reused; the other fusions'
+    numbers did not change, so their sets (params as stores hold them) still are."""
+    from pipeline.extract import ALGORITHM_VERSION, fusion_params
+    from stores.fingerprint import fingerprint
+
+    for name in FUSIONS:
+        as_stored_before = {"stage": "fusion", "fusion": name, "faces": "f", "audio": "a", "seed": 0, "algorithm": ALGORITHM_VERSION}
+        now = fingerprint(fusion_params(name, "f", "a", 0))
+        assert (now != fingerprint(as_stored_before)) == (name in SEQUENCE_FUSIONS), name
 
 
 def test_rfas_is_a_recorded_reproducible_permutation() -> None:
@@ -189,7 +255,7 @@ def test_rfas_is_a_recorded_reproducible_permutation() -> None:
     order = fused["order"]
     assert sorted(order.tolist()) == list(range(2 * k))
     for position, j in enumerate(order.tolist()):
-        expected = face_item(clip, 2 * j) if j < k else audio_item(clip, 2 * (j - k))
+        expected = face_item(clip, 2 * j) if j < k else span_audio_item(clip, j - k)
         np.testing.assert_array_equal(fused["video"][position], expected)
     again = fuse("rfas", **clip, seed=3)
     np.testing.assert_array_equal(again["order"], order)

@@ -11,7 +11,7 @@ from pipeline.corpora.sample import write_sample_corpus
 from pipeline.extract import TaskResult, audio_arrays, audio_params, face_arrays, face_params, fusion_arrays, fusion_params
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
-from pipeline.run import (WRITE_QUEUE, ExtractConfig, clip_task, clips_per_task, clips_task, materialise_fusion, process_clip, run_extract,
+from pipeline.run import (CLIPS_PER_TASK, WRITE_QUEUE, ExtractConfig, clip_task, clips_per_task, clips_task, materialise_fusion, process_clip, run_extract,
                           split_at_newest_shard, write_results)
 from pipeline.splits import assign_splits
 from stores.shards import EncodedRow, decode_row
@@ -101,8 +101,18 @@ def test_a_task_of_several_clips_fails_only_the_clip_that_raised(tmp_path_factor
     assert results[0][0].source != results[2][0].source  # each clip's own results, in order
 
 
-def test_small_runs_get_one_clip_per_task_so_no_worker_waits_on_a_last_large_task():
-    assert clips_per_task(7442, 2) == 4 and clips_per_task(18, 2) == 2 and clips_per_task(6, 2) == 1 and clips_per_task(100, 64) == 1
+@pytest.mark.parametrize("workers", [1, 2, 3, 16, 64])
+def test_small_runs_get_one_clip_per_task_so_no_worker_waits_on_a_last_large_task(workers):
+    """Whatever the run's size: a task never exceeds CLIPS_PER_TASK; every worker gets at least 4 tasks when there
+    are clips enough (or each clip is its own task), so the last task to finish is a small part of a worker's
+    share; and a large run does batch CLIPS_PER_TASK clips (the point of batching)."""
+    for clips in range(1, 40 * workers * CLIPS_PER_TASK):
+        per_task = clips_per_task(clips, workers)
+        tasks = -(-clips // per_task)
+        assert 1 <= per_task <= CLIPS_PER_TASK, (clips, per_task)
+        assert tasks >= min(clips, 4 * workers), (clips, per_task, tasks)
+        if clips >= 4 * workers * CLIPS_PER_TASK:
+            assert per_task == CLIPS_PER_TASK, (clips, per_task)
 
 
 def test_a_commit_leaves_the_rows_of_the_newest_shard_for_the_next_commit():
