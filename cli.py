@@ -152,6 +152,8 @@ def extract(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo every clip that is not ok (clips whose source file changed are redone anyway)."),
     ffmpeg_timeout: float = typer.Option(120.0, min=0.1, help="Seconds decoding one clip may take; past it the clip is decode_error (timeout)."),
     lld: bool = typer.Option(False, "--lld", help="Also store ComParE_2016 LLD + delta sequences (130-d, 32 ms / 16 ms; seed 002), from the same decoded audio."),
+    face_policy: str = typer.Option("largest", "--face-policy", help="Which face to follow, and to pick again after a cut or when it leaves: "
+                                    "largest | central | steady (the one most consistent in position and size across the clip)."),
 ) -> None:
     """Decode, detect faces, compute mel chunks and fusions once, into a Zarr store. Re-runs do only what is missing.
 
@@ -169,6 +171,10 @@ def extract(
     from stores.lock import StoreLockedError
     from stores.store import StoreError
 
+    from pipeline.tracking import FACE_POLICIES
+
+    if face_policy not in FACE_POLICIES:
+        fail(f"unknown --face-policy '{face_policy}'; choose one of {', '.join(FACE_POLICIES)}")
     unknown = [f for f in fusion if f not in FUSION_NAMES]
     if unknown:
         fail(f"unknown fusion '{unknown[0]}'; choose from: {', '.join(FUSION_NAMES)}")
@@ -178,7 +184,7 @@ def extract(
     records = load_records(dataset, root, meta, split_seed, assign=False)
     class_names = list(get_corpus(dataset).class_names) or sorted({r.emotion for r in records}, key=lambda e: [r.label for r in records if r.emotion == e][0])
     config = ExtractConfig(
-        faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage),
+        faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage, policy=face_policy),
         mel=MelConfig(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels),
         fusions=tuple(dict.fromkeys(fusion)),
         ffmpeg_timeout=ffmpeg_timeout,
@@ -202,6 +208,13 @@ def extract(
     for clip_id, why in sorted(result.failures.items()):
         typer.echo(f"  not ok: {clip_id}: {why}")
     typer.echo(f"store:  {store}  (feature sets: {', '.join(result.feature_sets)})")
+    from stores.splits import missing_split
+    from stores.store import FeatureStore
+
+    table = FeatureStore.open(store).clip_table()
+    no_split = missing_split([str(s) for s in table["speaker"]], [str(p) for p in table["split"]], store)
+    if no_split:  # one or two videos: extracted, but `train` needs a split first
+        typer.echo(f"splits: {no_split}")
     if result.files_hashed:
         typer.echo(f"checksums: {result.files_hashed} files hashed (only what this run wrote, when the last list was current)")
     code, verdict = result.verdict()

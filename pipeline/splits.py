@@ -33,18 +33,20 @@ def corpus_splits(records: list[ClipRecord]) -> list[ClipRecord]:
     return [r.with_split("") if r.split else r for r in records]
 
 
-def split_for_store(records: list[ClipRecord], recorded: dict[str, str], *, seed: int | None, recorded_seed: int, store: str) -> dict[str, str]:
+def split_for_store(records: list[ClipRecord], recorded: dict[str, str], *, seed: int | None, recorded_seed: int, store: str,
+                    waiting: Iterable[str] = ()) -> dict[str, str]:
     """Speaker -> partition for a store that already records `recorded` (made with `recorded_seed`).
 
     Recorded speakers never move. New ones take the records' own splits when every record has one (a
     manifest's), else the stable rule with the store's seed. A --split-seed or a corpus split that disagrees
-    with what the store recorded is refused with both named: silently reshuffling would leak speakers."""
+    with what the store recorded is refused with both named: silently reshuffling would leak speakers.
+    `waiting`: speakers the store holds without a partition yet (it had fewer than 3); they are placed with the new."""
     if seed is not None and recorded and seed != recorded_seed:
         raise SplitError(
             f"--split-seed {seed} disagrees with store '{store}', whose split was recorded with --split-seed {recorded_seed}; "
             f"splits never move: drop --split-seed (or pass {recorded_seed}), or extract into a new --store")
     given = {r.speaker: r.split for r in records} if records and all(r.split for r in records) else None
-    return extend_recorded(recorded, [r.speaker for r in records], seed=recorded_seed if seed is None else seed, given=given)
+    return extend_recorded(recorded, [*waiting, *(r.speaker for r in records)], seed=recorded_seed if seed is None else seed, given=given)
 
 
 def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | None) -> tuple[np.ndarray, bool]:
@@ -52,7 +54,8 @@ def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | 
 
     The split is settled first, so a disagreement is refused before anything is written."""
     clips_before, recorded = len(store), store.recorded_split()
-    split_of = split_for_store(records, recorded, seed=seed, recorded_seed=store.info["split_seed"], store=store.location)
+    waiting = {str(s) for s, p in zip(store.root["clips/speaker"][:], store.root["clips/split"][:]) if not p}
+    split_of = split_for_store(records, recorded, seed=seed, recorded_seed=store.info["split_seed"], store=store.location, waiting=sorted(waiting))
     rows = store.add_clips(records)
     wrote = store.set_splits(split_of, clips_before)
     if not recorded and seed is not None and seed != store.info["split_seed"]:  # a store's first split: its seed
