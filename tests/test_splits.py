@@ -201,3 +201,23 @@ def test_a_manifest_split_column_splits_even_one_speaker(tmp_path):
     store = FeatureStore.create(tmp_path / "s.zarr", dataset="manifest", class_names=["ANG"], split_seed=0)
     add_to_store(store, clips(SPEAKERS[:1], split="test"), seed=None)
     assert recorded(store) == {SPEAKERS[0]: "test"}
+
+
+@pytest.mark.slow
+def test_one_speakers_videos_are_extracted_without_a_split_and_train_asks_for_one_in_one_line(tmp_path):
+    """Before, extract refused the corpus ("cannot make actor-disjoint splits"), so a user could not extract one video."""
+    from pipeline.corpora.sample import write_sample_corpus
+
+    write_sample_corpus(tmp_path / "corpus", actors=3, sentences=1, seed=0)
+    videos = sorted((tmp_path / "corpus" / "VideoFlash").glob("1001_*.flv"))[:2]
+    csv = tmp_path / "wild.csv"
+    csv.write_text("video,label,speaker\n" + "".join(f"{v},ANG,singer\n" for v in videos))
+    store = str(tmp_path / "s.zarr")
+    small = ["--size", "48", "--n-mels", "32", "--frames", "6", "--no-progress", "--workers", "0"]
+    extracted = run_cli("extract", "--dataset", "manifest", "--root", str(csv), "--store", store, *small)
+    assert extracted.returncode == 0, extracted.stderr
+    assert "splits: store" in extracted.stdout and "no train/val/test split: its 1 speaker(s)" in extracted.stdout
+    assert list(FeatureStore.open(store).feature_sets("faces")[0].status()) == ["ok", "ok"]
+    trained = run_cli("train", "--encoder", "resnet18", "--modality", "audio", "--store", store, "--out", str(tmp_path / "run"), "--no-progress")
+    assert trained.returncode == 2 and trained.stderr.count("\n") == 1, trained.stderr
+    assert "no train/val/test split" in trained.stderr and "split column" in trained.stderr
