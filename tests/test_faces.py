@@ -182,3 +182,31 @@ def test_studio_clips_keep_the_first_pass_alone_one_shot_and_every_step_found(gr
         track = track_faces(frames[:-1], frames[-1], FaceConfig(size=32))
         assert track is not None and track.found.all() and track.shots == 1 and track.reacquired == 0
         assert len(track.keys) <= 6  # the first pass, or every 4th step when in doubt; never every step
+
+
+def test_the_dataset_gives_models_the_per_step_face_mask(tmp_path):
+    """`found` is stored beside the crops and read by the training dataset for any split positions."""
+    from pipeline.extract import face_arrays
+    from pipeline.records import ClipRecord
+    from stores.store import FeatureStore
+    from stores.torchdata import StoreSplit, recipe_for
+
+    config = FaceConfig(frames=4, size=32)
+    store = FeatureStore.create(tmp_path / "s.zarr", dataset="manifest", class_names=["ANG"], split_seed=0)
+    rows = store.add_clips([ClipRecord(clip_id=f"c{k}", video_path=f"c{k}.mp4", label=0, emotion="ANG", speaker="1") for k in range(3)])
+    faces = store.ensure_feature_set("faces", {"stage": "faces", "test": 1}, face_arrays(config), {})
+    found = np.array([[1, 1, 1, 1], [1, 0, 0, 1], [0, 1, 1, 1]], bool)
+    store.write_rows(faces, rows, {"found": found}, ["ok"] * 3, [""] * 3)
+    split = StoreSplit(str(tmp_path / "s.zarr"), {"faces": faces.name}, recipe_for("video", "vision", "none"), np.array([2, 1]),
+                       np.zeros(2), in_memory=False)
+    assert split.face_mask().tolist() == found[[2, 1]].tolist()
+    assert split.face_mask(np.array([1])).tolist() == [found[1].tolist()]
+
+
+def test_cli_extract_refuses_an_unknown_face_policy_in_one_line(tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli("extract", "--dataset", "manifest", "--root", str(tmp_path / "none.csv"), "--store", str(tmp_path / "s.zarr"), "--face-policy", "biggest")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--face-policy 'biggest'" in result.stderr and "largest, central, steady" in result.stderr
+    assert not (tmp_path / "s.zarr").exists()
