@@ -154,6 +154,7 @@ def extract(
     lld: bool = typer.Option(False, "--lld", help="Also store ComParE_2016 LLD + delta sequences (130-d, 32 ms / 16 ms; seed 002), from the same decoded audio."),
     face_policy: str = typer.Option("largest", "--face-policy", help="Which face to follow, and to pick again after a cut or when it leaves: "
                                     "largest | central | steady (the one most consistent in position and size across the clip)."),
+    scene: bool = typer.Option(False, "--scene", help="Also store each step's whole frame, letterboxed to --size (faces set array `scene`)."),
 ) -> None:
     """Decode, detect faces, compute mel chunks and fusions once, into a Zarr store. Re-runs do only what is missing.
 
@@ -184,7 +185,7 @@ def extract(
     records = load_records(dataset, root, meta, split_seed, assign=False)
     class_names = list(get_corpus(dataset).class_names) or sorted({r.emotion for r in records}, key=lambda e: [r.label for r in records if r.emotion == e][0])
     config = ExtractConfig(
-        faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage, policy=face_policy),
+        faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage, policy=face_policy, scene=scene),
         mel=MelConfig(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels),
         fusions=tuple(dict.fromkeys(fusion)),
         ffmpeg_timeout=ffmpeg_timeout,

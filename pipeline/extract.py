@@ -18,7 +18,7 @@ from pipeline.audio import MelConfig, MelExtractor, chunk_images, max_mel_frames
 from pipeline.compare import N_FEATURES, LldConfig, compare_llds, max_lld_frames, pool_to_spans
 from pipeline.compare import config_hash as compare_config_hash
 from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
-from pipeline.faces import CASCADE, KEY_SCHEDULE, TRACKING, FaceConfig, track_faces
+from pipeline.faces import CASCADE, KEY_SCHEDULE, TRACKING, FaceConfig, letterbox, track_faces
 from pipeline.fuse import fuse, fusion_arrays
 from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, Media, MediaInfo, decode_audio, open_media
 from pipeline.records import ClipRecord
@@ -115,6 +115,7 @@ def face_arrays(config: FaceConfig) -> dict[str, tuple[tuple[int, ...], str]]:
         "coverage": ((), "float32"),
         "faces_seen": ((), "int16"),
         "source": ((), "str"),
+        **({"scene": ((t, s, s, 3), "uint8")} if config.scene else {}),  # each step's whole frame, letterboxed
     }
 
 
@@ -168,6 +169,7 @@ def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, d
             "fps": np.float32(info.fps),
             "coverage": np.float32(track.coverage),
             "faces_seen": np.int16(track.faces_seen),
+            **({"scene": np.stack([letterbox(f, config.size) for f in frames[:-1]])} if config.scene else {}),
         },
     )
 

@@ -40,6 +40,7 @@ class FaceConfig:
     min_prob: float = 0.90  # a detection below this probability counts as no face
     min_coverage: float = 0.8  # below this fraction of the T crops holding a verified face, a clip is `face_lost`
     policy: str = "largest"  # which face to follow, and to pick again when it is lost: pipeline/tracking.py FACE_POLICIES
+    scene: bool = False  # also store each step's whole frame, letterboxed to size x size (`scene`): the context of the face
 
 
 CASCADE = "pipeline/mtcnn.py: integral-image area resampling, channels-last nets"
@@ -87,6 +88,18 @@ def square_crop_box(box: np.ndarray, margin: float, width: int, height: int) -> 
     y1 = int(round(np.clip(cy - side / 2, 0, height - side)))
     side = int(round(side))
     return x1, y1, min(x1 + side, width), min(y1 + side, height)
+
+
+def letterbox(frame: np.ndarray, size: int) -> np.ndarray:
+    """The whole frame scaled to fit size x size, centred between black bars: the scene around the face, its
+    aspect kept (a model sees the shot as it was framed, not stretched)."""
+    height, width = frame.shape[:2]
+    scale = size / max(height, width)
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    out = np.zeros((size, size, 3), np.uint8)
+    top, left = (size - h) // 2, (size - w) // 2
+    out[top : top + h, left : left + w] = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def crop(frame: np.ndarray, box: np.ndarray, margin: float, size: int) -> np.ndarray:

@@ -210,3 +210,29 @@ def test_cli_extract_refuses_an_unknown_face_policy_in_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "--face-policy 'biggest'" in result.stderr and "largest, central, steady" in result.stderr
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_scene_stores_each_steps_whole_frame_letterboxed_beside_the_crops(wild_clips, tmp_path):
+    """`--scene`: the shot around the face, aspect kept (640x360 -> 48x27 between black bars), in the fingerprint."""
+    import dataclasses
+
+    from pipeline.extract import face_params
+    from pipeline.faces import letterbox
+    from pipeline.records import ClipRecord
+    from pipeline.run import ExtractConfig, run_extract
+    from stores.fingerprint import fingerprint
+    from stores.store import FeatureStore
+
+    config = dataclasses.replace(WILD, scene=True)
+    assert fingerprint(face_params(config)) != fingerprint(face_params(WILD))
+    video = wild_clips["framings"]
+    record = ClipRecord(clip_id="framings", video_path=video, label=0, emotion="ANG", speaker="1")
+    run_extract([record], str(tmp_path / "s.zarr"), ExtractConfig(faces=config, fusions=()), dataset="manifest", class_names=["ANG"],
+                workers=0, progress=False)
+    faces = FeatureStore.open(tmp_path / "s.zarr").feature_sets("faces")[0]
+    scene = faces["scene"][0]
+    info = probe(video)
+    frames = decode_frames(video, clip_timeline(info, config.frames).frame_index.tolist(), info.width, info.height)
+    assert scene.shape == (16, 48, 48, 3) and faces.ok().all()
+    assert np.array_equal(scene, np.stack([letterbox(f, 48) for f in frames]))
+    assert not scene[:, :10].any() and not scene[:, -10:].any() and scene[:, 11:37].std() > 5  # bars, then the picture
