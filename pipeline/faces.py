@@ -6,7 +6,8 @@ Why this shape: MTCNN is the cost that dominates preprocessing (about 25 full fr
 downscaled to `detect_width`, in one batch, looking only
 for faces of at least `min_face_fraction` of the frame (its pyramid starts there); only when those leave
 doubt (a miss, a detection below `sure_prob`, two faces, boxes that disagree) does it also see every
-`detect_every`-th frame. The box of every other frame is interpolated between key frames. The seed code fed BGR frames to
+`detect_every`-th frame, and where the face's track breaks (a cut, a face that moved or left) every step around
+the break (pipeline/tracking.py). The box of every other frame is interpolated between key frames. The seed code fed BGR frames to
 MTCNN and neither clamped nor padded its boxes (SPEC defect 6): frames here are RGB from ffmpeg, and every
 crop is a square around the face with a margin, clamped to the image.
 """
@@ -21,6 +22,8 @@ import numpy as np
 from pipeline.mtcnn import detect_faces, load_nets
 from pipeline.numeric import pinned, single_threaded
 from pipeline.tracking import FACE_POLICIES, MIN_LINK_IOU, Path, follow, iou, shot_at, shot_of_steps, uncertain_gaps
+
+__all__ = ["FaceConfig", "FaceTrack", "MIN_LINK_IOU", "iou", "track_faces", "detect", "crop", "letterbox", "confirmed_steps"]
 
 
 @dataclass(frozen=True)
