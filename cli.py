@@ -158,6 +158,9 @@ def extract(
     ffmpeg_timeout: float = typer.Option(120.0, min=0.1, help="Seconds decoding one clip may take; past it the clip is decode_error (timeout)."),
     lld: bool = typer.Option(False, "--lld", help="Also store ComParE_2016 LLD + delta sequences (130-d, 32 ms / 16 ms; seed 002), from the same decoded audio."),
     classes: Optional[str] = typer.Option(None, help=CLASSES_HELP),
+    face_policy: str = typer.Option("largest", "--face-policy", help="Which face to follow, and to pick again after a cut or when it leaves: "
+                                    "largest | central | steady (the one most consistent in position and size across the clip)."),
+    scene: bool = typer.Option(False, "--scene", help="Also store each step's whole frame, letterboxed to --size (faces set array `scene`)."),
 ) -> None:
     """Decode, detect faces, compute mel chunks and fusions once, into a Zarr store. Re-runs do only what is missing.
 
@@ -175,6 +178,10 @@ def extract(
     from stores.lock import StoreLockedError
     from stores.store import StoreError
 
+    from pipeline.tracking import FACE_POLICIES
+
+    if face_policy not in FACE_POLICIES:
+        fail(f"unknown --face-policy '{face_policy}'; choose one of {', '.join(FACE_POLICIES)}")
     unknown = [f for f in fusion if f not in FUSION_NAMES]
     if unknown:
         fail(f"unknown fusion '{unknown[0]}'; choose from: {', '.join(FUSION_NAMES)}")
@@ -184,7 +191,7 @@ def extract(
     records = load_records(dataset, root, meta, split_seed, assign=False, classes=classes)
     class_names, classes_declared = class_list(dataset, records, classes)
     config = ExtractConfig(
-        faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage),
+        faces=FaceConfig(frames=frames, size=size, margin=margin, detect_every=detect_every, min_coverage=min_coverage, policy=face_policy, scene=scene),
         mel=MelConfig(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels),
         fusions=tuple(dict.fromkeys(fusion)),
         ffmpeg_timeout=ffmpeg_timeout,
@@ -210,6 +217,13 @@ def extract(
     for clip_id, why in sorted(result.failures.items()):
         typer.echo(f"  not ok: {clip_id}: {why}")
     typer.echo(f"store:  {store}  (feature sets: {', '.join(result.feature_sets)})")
+    from stores.splits import missing_split
+    from stores.store import FeatureStore
+
+    table = FeatureStore.open(store).clip_table()
+    no_split = missing_split([str(s) for s in table["speaker"]], [str(p) for p in table["split"]], store)
+    if no_split:  # one or two videos: extracted, but `train` needs a split first
+        typer.echo(f"splits: {no_split}")
     if result.files_hashed:
         typer.echo(f"checksums: {result.files_hashed} files hashed (only what this run wrote, when the last list was current)")
     code, verdict = result.verdict()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stores.splits import PARTITIONS, fold_partitions, generations, replay_folds, replay_split
+from stores.splits import PARTITIONS, SplitError, fold_partitions, generations, missing_split, replay_folds, replay_split
 from stores.store import FeatureStore, StoreError
 
 PARTITION_FILE = "partition.json"
@@ -39,6 +39,9 @@ def split_column(store: FeatureStore, table: dict[str, np.ndarray], *, split_see
     elif split_seed is not None and split_seed != store.info.get("split_seed"):
         partition = replay_split(gens, seed=split_seed)
     else:
+        why = missing_split(speakers, [str(p) for p in table["split"]], store.location)
+        if why:
+            raise SplitError(why)
         return np.asarray(table["split"], dtype=object)
     return np.asarray([partition[s] for s in speakers], dtype=object)
 

@@ -18,7 +18,7 @@ from pipeline.audio import MelConfig, MelExtractor, chunk_images, max_mel_frames
 from pipeline.compare import N_FEATURES, LldConfig, compare_llds, max_lld_frames, pool_to_spans
 from pipeline.compare import config_hash as compare_config_hash
 from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
-from pipeline.faces import CASCADE, KEY_SCHEDULE, FaceConfig, track_faces
+from pipeline.faces import CASCADE, KEY_SCHEDULE, TRACKING, FaceConfig, letterbox, track_faces
 from pipeline.fuse import fuse, fusion_arrays, get_fusion
 from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, Media, MediaInfo, decode_audio, open_media
 from pipeline.records import ClipRecord
@@ -115,20 +115,22 @@ def face_arrays(config: FaceConfig) -> dict[str, tuple[tuple[int, ...], str]]:
         "coverage": ((), "float32"),
         "faces_seen": ((), "int16"),
         "source": ((), "str"),
+        **({"scene": ((t, s, s, 3), "uint8")} if config.scene else {}),  # each step's whole frame, letterboxed
     }
 
 
 def face_params(config: FaceConfig) -> dict:
     return {"stage": "faces", "algorithm": ALGORITHM_VERSION, "detector": detector_weights_hash(), "cascade": CASCADE, "key_schedule": KEY_SCHEDULE,
-            **dataclasses.asdict(config)}
+            "tracking": TRACKING, **dataclasses.asdict(config)}
 
 
 def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, device: str = "cpu", timeline=None,
                   timeout: float = FFMPEG_TIMEOUT_S) -> TaskResult:
     """`timeline` is probe_timeline's answer when the caller has it already (one open per clip).
 
-    `ok` only when at least `config.min_coverage` of the T crops hold the followed face (detected, or
-    confirmed by tracking between two detections); otherwise `face_lost`, crops kept for inspection."""
+    `ok` only when at least `config.min_coverage` of the T crops hold a verified face (`found`: detected, or
+    between two linked detections of one shot); otherwise `face_lost`, crops kept for inspection. Steps
+    without a verified face have zero crops and NaN boxes."""
     if timeline is None:  # called alone: open the video here, and close it after
         timeline = probe_timeline(record, config.frames, max_duration, timeout)
         if isinstance(timeline, TaskResult):
@@ -147,11 +149,13 @@ def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, d
     if track is None:
         return TaskResult("no_face", f"no face with probability >= {config.min_prob} in any of the key frames")
     seen = f"face in {int(track.found.sum())} of {config.frames} crops (coverage {track.coverage:.2f})"
-    crowd = f"; {track.faces_seen} faces seen, the first largest one followed" if track.faces_seen > 1 else ""
     lost = track.coverage < config.min_coverage
+    notes = [f"{seen}, below min_coverage {config.min_coverage:g}" if lost else ("" if track.found.all() else seen),
+             f"{track.faces_seen} faces seen, the {config.policy} one followed" if track.faces_seen > 1 else "",
+             f"{track.shots} shots" if track.shots > 1 else "", f"face re-acquired {track.reacquired}x" if track.reacquired else ""]
     return TaskResult(
         "face_lost" if lost else "ok",
-        (f"{seen}, below min_coverage {config.min_coverage:g}" if lost else ("" if track.found.all() else seen)) + crowd,
+        "; ".join(n for n in notes if n),
         {
             "crops": track.crops,
             "middle": track.middle,
@@ -165,6 +169,7 @@ def extract_faces(record: ClipRecord, config: FaceConfig, max_duration: float, d
             "fps": np.float32(info.fps),
             "coverage": np.float32(track.coverage),
             "faces_seen": np.int16(track.faces_seen),
+            **({"scene": np.stack([letterbox(f, config.size) for f in frames[:-1]])} if config.scene else {}),
         },
     )
 

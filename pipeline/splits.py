@@ -34,18 +34,20 @@ def corpus_splits(records: list[ClipRecord]) -> list[ClipRecord]:
     return [r.with_split("") if r.split else r for r in records]
 
 
-def split_for_store(records: list[ClipRecord], recorded: dict[str, str], *, seed: int | None, recorded_seed: int, store: str) -> dict[str, str]:
+def split_for_store(records: list[ClipRecord], recorded: dict[str, str], *, seed: int | None, recorded_seed: int, store: str,
+                    waiting: Iterable[str] = ()) -> dict[str, str]:
     """Speaker -> partition for a store that already records `recorded` (made with `recorded_seed`).
 
     Recorded speakers never move. New ones take the records' own splits when every record has one (a
     manifest's), else the stable rule with the store's seed. A --split-seed or a corpus split that disagrees
-    with what the store recorded is refused with both named: silently reshuffling would leak speakers."""
+    with what the store recorded is refused with both named: silently reshuffling would leak speakers.
+    `waiting`: speakers the store holds without a partition yet (it had fewer than 3); they are placed with the new."""
     if seed is not None and recorded and seed != recorded_seed:
         raise SplitError(
             f"--split-seed {seed} disagrees with store '{store}', whose split was recorded with --split-seed {recorded_seed}; "
             f"splits never move: drop --split-seed (or pass {recorded_seed}), or extract into a new --store")
     given = {r.speaker: r.split for r in records} if records and all(r.split for r in records) else None
-    return extend_recorded(recorded, [r.speaker for r in records], seed=recorded_seed if seed is None else seed, given=given)
+    return extend_recorded(recorded, [*waiting, *(r.speaker for r in records)], seed=recorded_seed if seed is None else seed, given=given)
 
 
 def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | None, class_names: list[str] | None = None,
@@ -57,12 +59,14 @@ def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | 
     corrected speaker's clips join that speaker's partition, or, for a speaker new to the store, the partition
     the stable rule gives it. Labels are numbered by the store's class list, grown at its end by classes new to
     it (`class_names`: the corpus's list; `classes_declared`: whether that list states numbers the store must
-    keep). Everything is settled first, so a disagreement is refused before anything is written."""
+    keep). Speakers a store of fewer than 3 holds without a partition are placed with the new ones.
+    Everything is settled first, so a disagreement is refused before anything is written."""
     clips_before, table = len(store), store.clip_table()
     changes = plan_changes(table, store.class_names, records, class_names, declared=classes_declared, store=store.location)
     records = changes.numbered(records)
     recorded = {str(s): str(p) for row, (s, p) in enumerate(zip(table["speaker"], table["split"])) if p and row not in changes.speakers}
-    split_of = split_for_store(records, recorded, seed=seed, recorded_seed=store.info["split_seed"], store=store.location)
+    waiting = sorted({str(s) for s, p in zip(table["speaker"], table["split"]) if not p})
+    split_of = split_for_store(records, recorded, seed=seed, recorded_seed=store.info["split_seed"], store=store.location, waiting=waiting)
     write_changes(store, changes, table)  # from here on, things are written
     rows = store.add_clips(records)
     wrote = store.set_splits(split_of, clips_before)
@@ -70,7 +74,7 @@ def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | 
         store.root.attrs["avstore"] = {**store.info, "split_seed": seed}
         wrote = True
     told = changes.messages()
-    moved = [row for row, (_, new) in changes.speakers.items() if split_of[new] != str(table["split"][row])]
+    moved = [row for row, (_, new) in changes.speakers.items() if split_of.get(new, "") != str(table["split"][row])]
     if moved:
         told.append(f"split: {len(moved)} clip(s) of corrected speakers moved to their speaker's partition "
                     f"(stable rule for speakers new to the store; no speaker is in two partitions)")

@@ -56,7 +56,8 @@ def actor_disjoint_split(
             raise SplitError(f"speaker {speaker} is recorded in partition '{partition}', not one of {PARTITIONS}")
     new = sorted(set(speakers) - set(result), key=lambda s: speaker_key(s, seed))
     if len(result) + len(new) < 3:
-        raise SplitError(f"{len(result) + len(new)} speaker(s) cannot make actor-disjoint train/val/test splits; at least 3 are needed")
+        raise SplitError(f"{len(result) + len(new)} speaker(s) cannot make actor-disjoint train/val/test splits; at least 3 are needed: "
+                         "extract more speakers, or give the corpus a split column (train/val/test per clip)")
     counts = [sum(p == name for p in result.values()) for name in PARTITIONS]
     for speaker in new:
         n = sum(counts) + 1
@@ -134,12 +135,31 @@ def extend_recorded(
 ) -> dict[str, str]:
     """The store's split after adding `speakers`: recorded speakers keep their partition; new ones take the
     corpus's own split when it has one (`given`), else the stable rule. A given split that moves a recorded
-    speaker is refused, naming both."""
+    speaker is refused, naming both. Fewer than 3 speakers and nothing recorded: no split ("" for each), as
+    `replay_split` lets a first generation of under 3 wait for the next."""
     if given:
         for speaker, partition in given.items():
             if speaker in recorded and recorded[speaker] != partition:
                 raise SplitError(
                     f"the corpus puts speaker {speaker} in '{partition}' but the store recorded '{recorded[speaker]}'; "
                     "splits never move: fix the corpus's split column or extract into a new --store")
-        return {**recorded, **{s: p for s, p in given.items() if s not in recorded}}
+        return {**{s: "" for s in speakers}, **recorded, **{s: p for s, p in given.items() if s not in recorded}}
+    speakers = list(speakers)
+    if not recorded and len(set(speakers)) < 3:  # no split yet: the next extract that brings the third speaker makes it
+        return {s: "" for s in speakers}
     return actor_disjoint_split(speakers, seed=seed, existing=recorded)
+
+
+MIN_SPEAKERS = 3
+
+
+def missing_split(speakers: Sequence[str], splits: Sequence[str], location: str) -> str | None:
+    """None when every clip of the store has a partition; else one line saying why it has none and what to do.
+
+    A store of one or two speakers (one or two videos from the wild) is extracted without a split: an
+    actor-disjoint train/val/test split needs three. It gets one when later extracts bring more speakers."""
+    if all(splits):
+        return None
+    n = len(set(speakers))
+    return (f"store '{location}' has no train/val/test split: its {n} speaker(s) are fewer than the {MIN_SPEAKERS} an actor-disjoint "
+            "split needs; extract more speakers into it, or extract from a manifest with a split column (train/val/test per clip)")

@@ -221,6 +221,7 @@ class StoreSplit(torch.utils.data.Dataset):
         self.rows, self.labels = rows, torch.as_tensor(labels, dtype=torch.long)
         self.arrays = None
         self.memory = None
+        self._face_mask = None
         if in_memory:
             self.memory = [torch.from_numpy(read_rows(self._array(p), rows)) for p in recipe.parts]
 
@@ -232,6 +233,16 @@ class StoreSplit(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def face_mask(self, positions: np.ndarray | None = None) -> torch.Tensor:
+        """(n, T) bool for split positions `positions` (default: all): whether each step's face crop holds a verified
+        face (the faces set's `found`; the other steps' crops are zeros). A model can leave those steps out, as it
+        can the audio steps `pooled_valid` marks. Read once (T bools per clip), the first time it is asked for; the
+        loader's batches give their split positions."""
+        if self._face_mask is None:
+            found = FeatureStore.open(self.location).root[f"features/{self.sets['faces']}/found"]
+            self._face_mask = torch.from_numpy(read_rows(found, self.rows).astype(bool))
+        return self._face_mask if positions is None else self._face_mask[torch.as_tensor(np.asarray(positions), dtype=torch.long)]
 
     def __getitem__(self, i: int):
         if self.memory is not None:

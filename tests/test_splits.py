@@ -176,3 +176,51 @@ def test_cli_extract_with_a_disagreeing_split_seed_exits_2_with_one_line(tmp_pat
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "--split-seed 3" in result.stderr and "--split-seed 0" in result.stderr
     assert sorted(p.relative_to(location) for p in location.rglob("*")) == before
+
+
+# ---- any number of speakers (issue 23) --------------------------------------------------------------------------
+def test_a_store_of_one_or_two_speakers_has_no_split_until_the_third_arrives(tmp_path):
+    """One or two videos from the wild can be extracted: the store holds no split and says so; the extract that
+    brings the third speaker splits all of them, as the stable rule replayed over the generations does."""
+    store = FeatureStore.create(tmp_path / "s.zarr", dataset="manifest", class_names=["ANG"], split_seed=0)
+    add_to_store(store, clips(SPEAKERS[:1]), seed=None)
+    add_to_store(store, clips(SPEAKERS[:2]), seed=None)
+    from stores.splits import missing_split
+
+    table = store.clip_table()
+    assert set(table["split"]) == {""} and store.recorded_split() == {}
+    why = missing_split(table["speaker"], table["split"], store.location)
+    assert "no train/val/test split" in why and "2 speaker(s)" in why and "split column" in why
+    with pytest.raises(SplitError, match="no train/val/test split: its 2 speaker"):
+        split_column(store, table, split_seed=None, fold=None, folds=5)
+    add_to_store(store, clips(SPEAKERS[2:4]), seed=None)
+    after = recorded(store)
+    assert sorted(set(after.values())) == ["test", "train", "val"] and len(after) == 4
+    assert replay_split(generations(store.root["clips/speaker"][:], store.speaker_batches), seed=0) == after
+    assert missing_split(store.clip_table()["speaker"], store.clip_table()["split"], store.location) is None
+
+
+def test_a_manifest_split_column_splits_even_one_speaker(tmp_path):
+    store = FeatureStore.create(tmp_path / "s.zarr", dataset="manifest", class_names=["ANG"], split_seed=0)
+    add_to_store(store, clips(SPEAKERS[:1], split="test"), seed=None)
+    assert recorded(store) == {SPEAKERS[0]: "test"}
+
+
+@pytest.mark.slow
+def test_one_speakers_videos_are_extracted_without_a_split_and_train_asks_for_one_in_one_line(tmp_path):
+    """Before, extract refused the corpus ("cannot make actor-disjoint splits"), so a user could not extract one video."""
+    from pipeline.corpora.sample import write_sample_corpus
+
+    write_sample_corpus(tmp_path / "corpus", actors=3, sentences=1, seed=0)
+    videos = sorted((tmp_path / "corpus" / "VideoFlash").glob("1001_*.flv"))[:2]
+    csv = tmp_path / "wild.csv"
+    csv.write_text("video,label,speaker\n" + "".join(f"{v},ANG,singer\n" for v in videos))
+    store = str(tmp_path / "s.zarr")
+    small = ["--size", "48", "--n-mels", "32", "--frames", "6", "--no-progress", "--workers", "0"]
+    extracted = run_cli("extract", "--dataset", "manifest", "--root", str(csv), "--store", store, *small)
+    assert extracted.returncode == 0, extracted.stderr
+    assert "splits: store" in extracted.stdout and "no train/val/test split: its 1 speaker(s)" in extracted.stdout
+    assert list(FeatureStore.open(store).feature_sets("faces")[0].status()) == ["ok", "ok"]
+    trained = run_cli("train", "--encoder", "resnet18", "--modality", "audio", "--store", store, "--out", str(tmp_path / "run"), "--no-progress")
+    assert trained.returncode == 2 and trained.stderr.count("\n") == 1, trained.stderr
+    assert "no train/val/test split" in trained.stderr and "split column" in trained.stderr
