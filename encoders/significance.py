@@ -107,19 +107,23 @@ def corrected_t_test(differences: Sequence[float], test_train_ratio: float, alte
     j = len(d)
     if j < 2:
         raise CompareError(f"{j} fold(s): the corrected t-test needs 2 or more")
-    variance = (1.0 / j + test_train_ratio) * d.var(ddof=1)
-    if variance == 0:
-        return 0.0, j - 1, 1.0 if alternative == "two-sided" else 0.5  # identical differences carry no evidence here
-    t = float(d.mean() / np.sqrt(variance))
-    return t, j - 1, _p_from_t(t, j - 1, alternative)
+    return _t_test(d, 1.0 / j + test_train_ratio, alternative)
 
 
 def naive_paired_p(differences: Sequence[float], alternative: str = "two-sided") -> float:
     """The uncorrected paired t-test over the same differences (s^2 / J): anti-conservative for k-fold folds."""
     d = np.asarray(differences, dtype=np.float64)
-    if d.var(ddof=1) == 0:
-        return 1.0 if alternative == "two-sided" else 0.5
-    return float(stats.ttest_1samp(d, 0.0, alternative=alternative).pvalue)
+    return _t_test(d, 1.0 / len(d), alternative)[2]
+
+
+def _t_test(d: np.ndarray, factor: float, alternative: str) -> tuple[float, int, float]:
+    """t = mean / sqrt(factor * s^2) with len(d) - 1 degrees of freedom. Differences that do not vary (up to
+    rounding) give no t: p = 1 (0.5 one-sided), no evidence either way."""
+    sd = float(d.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        return 0.0, len(d) - 1, 1.0 if alternative == "two-sided" else 0.5
+    t = float(d.mean() / np.sqrt(factor * sd**2))
+    return t, len(d) - 1, _p_from_t(t, len(d) - 1, alternative)
 
 
 def _p_from_t(t: float, df: int, alternative: str) -> float:

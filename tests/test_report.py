@@ -291,50 +291,45 @@ def test_runs_that_differ_in_configuration_are_never_averaged_together(tmp_path:
 def _paired_runs(root: Path, name: str, encoder: str, values: dict[tuple[int, int], float]) -> None:
     for (fold, seed), value in values.items():
         _write_run(root, f"{name}-fold{fold}-seed{seed}", encoder=encoder, encoder_type="2D", modality="av",
-                   fusion="concat", seed=seed, fold=f"{fold}/5", ablate=None,
+                   fusion="concat", seed=seed, fold=f"{fold}/5", ablate=None, clips={"train": 300, "val": 60, "test": 90},
                    test={"accuracy": value, "uar": value, "macro_f1": value}, config={"encoder": encoder, "seed": seed})
 
 
-def test_compare_runs_a_one_tailed_paired_t_test_and_wilcoxon_on_matched_replicates(tmp_path: Path) -> None:
-    from scipy import stats
-
-    from encoders.significance import compare_runs
+def test_compare_runs_pairs_folds_and_averages_their_seeds(tmp_path: Path) -> None:
+    from encoders.significance import compare_runs, corrected_t_test
 
     root = tmp_path / "runs"
     a = {(f, s): 0.60 + 0.01 * f + 0.005 * s for f in range(3) for s in range(3)}
     b = {key: value - 0.03 + 0.004 * (key[0] - key[1]) for key, value in a.items() if key != (2, 2)}
-    b[(4, 0)] = 0.1  # a replicate A lacks: left out, named
+    b[(4, 0)] = 0.1  # a fold A lacks: left out, named
     _paired_runs(root, "ladder", "ladder", a)
     _paired_runs(root, "base", "resnet18", b)
     result = compare_runs(collect_runs(root), "encoder=ladder", "encoder=resnet18", metric="macro_f1")
-    assert len(result.replicates) == 8 and ("2/5", "2") in result.unmatched_a and ("4/5", "0") in result.unmatched_b
-    matched = sorted(set(a) & set(b))
-    expected = stats.ttest_rel([a[k] for k in matched], [b[k] for k in matched], alternative="greater")
-    assert result.t_p == pytest.approx(expected.pvalue) and result.t_p < 0.05
-    assert 0 < result.wilcoxon_p < 0.05
-    assert result.mean_difference == pytest.approx(0.03 - 0.004 * sum(f - s for f, s in matched) / 8)
-    reverse = compare_runs(collect_runs(root), "encoder=resnet18", "encoder=ladder")
-    assert reverse.t_p > 0.95  # one-tailed: B is not better than A
+    assert result.folds == ["0/5", "1/5", "2/5"] and result.unmatched_b == ["4/5"] and result.unmatched_a == []
+    assert result.seeds_a == [3, 3, 3] and result.seeds_b == [3, 3, 2]  # fold 2 of B has two seeds: their mean
+    fold_means = [(sum(a[(f, s)] for s in range(3)) / 3, sum(b[(f, s)] for s in range(3) if (f, s) in b) / (3 - (f == 2))) for f in range(3)]
+    assert result.values_a == pytest.approx([m[0] for m in fold_means]) and result.values_b == pytest.approx([m[1] for m in fold_means])
+    assert result.p == pytest.approx(corrected_t_test([x - y for x, y in fold_means], 90 / 300)[2])
+    assert result.ci is None and "no predictions.json" in " ".join(result.notes)  # no per-clip predictions: no interval
 
 
 def test_report_compare_through_the_cli(tmp_path: Path) -> None:
     from tests.conftest import run_cli
 
     root = tmp_path / "runs"
-    _paired_runs(root, "ladder", "ladder", {(f, 0): 0.6 + 0.02 * f for f in range(4)})
+    _paired_runs(root, "ladder", "ladder", {(f, 0): 0.6 + 0.02 * f + 0.01 * (f % 2) for f in range(4)})
     _paired_runs(root, "base", "resnet18", {(f, 0): 0.5 + 0.01 * f for f in range(4)})
-    result = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=resnet18")
+    result = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=resnet18", "--metric", "macro_f1")
     assert result.returncode == 0, result.stderr
-    assert "matched replicates (same fold and seed): 4" in result.stdout and "t-test" in result.stdout
-    assert "Wilcoxon" in result.stdout and "(significant at 0.05)" in result.stdout
-    comparison = json.loads((root / "report" / "compare.json").read_text())
-    assert comparison["n_pairs"] == 4 and comparison["t_test_p_one_tailed"] < 0.05
+    assert "folds matched: 4" in result.stdout and "corrected resampled t-test" in result.stdout and "Holm-adjusted over 1" in result.stdout
+    (comparison,) = json.loads((root / "report" / "compare.json").read_text())
+    assert comparison["n_folds"] == 4 and comparison["alternative"] == "two-sided" and comparison["p_holm"] == comparison["p"]
 
     missing = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=vgg16")
     assert missing.returncode == 2 and "vgg16" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     _paired_runs(root, "other", "vgg16", {(7, 3): 0.5})
     unpaired = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=vgg16")
-    assert unpaired.returncode == 2 and "fold 7/5 seed 3" in unpaired.stderr, unpaired.stderr
+    assert unpaired.returncode == 2 and "7/5 (A missing)" in unpaired.stderr, unpaired.stderr
 
 
 def test_report_notes_altered_partitions_and_seeds_tested_on_different_speakers(tmp_path: Path) -> None:
