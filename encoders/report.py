@@ -419,7 +419,7 @@ def write_report(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     for (_, encoder, modality, fusion, variant), group in sorted(_groups(runs).items()):
-        label = " ".join(p for p in (encoder, modality, fusion if fusion != NO_FUSION else "", variant) if p)
+        label = " ".join(p for p in (encoder, modality, fusion if fusion != NO_FUSION else "") if p) + (f", {variant}" if variant else "")
         sections += section(label, group, out_dir)
     markdown_path = out_dir / "comparison.md"
     markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped, main_runs), len(runs), main_runs, sections),
