@@ -539,7 +539,7 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the encoder's)."),
     seed: int = typer.Option(0, help="Seed of initialisation and batch order (recorded)."),
     split_seed: Optional[int] = typer.Option(None, help="Re-derive the actor-disjoint split with this seed (default: the store's split)."),
-    fold: Optional[int] = typer.Option(None, help="k-fold cross-validation by actor: test on fold K (0-based), validate on the next, train on the rest."),
+    fold: Optional[int] = typer.Option(None, help="k-fold cross-validation by actor: test on fold K (0-based), validate on 15/85 of the other speakers, train on the rest."),
     folds: int = typer.Option(5, min=3, help="Number of actor folds for --fold."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start from the library's pretrained weights (needs them cached or network access)."),

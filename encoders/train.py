@@ -76,7 +76,7 @@ class TrainConfig:
     weight_decay: float | None = None  # None: the encoder's default, else 0
     seed: int = 0
     split_seed: int | None = None  # None: the split stored with the clips
-    fold: int | None = None  # k-fold by actor: this fold is test, the next one validation, the rest train
+    fold: int | None = None  # k-fold by actor: this fold is test, 15/85 of the other speakers validation, the rest train
     folds: int = 5
     device: str = "auto"
     pretrained: bool = False
