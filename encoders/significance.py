@@ -17,7 +17,9 @@ What a reviewer accepts, and why each choice is made:
 * **Effect size with a 95 % confidence interval**: the mean difference A - B of the metric (its own units: 0.05 is
   five points of accuracy), and a percentile interval from a bootstrap that resamples *speakers* within each
   test fold (clips of one speaker are not independent), from the runs' per-clip test predictions
-  (`predictions.json`). Runs without them get no interval, and the output says so.
+  (`predictions.json`). Runs without them get no interval, and the output says so. The interval reflects which
+  speakers happened to be tested, not training randomness (the t-test's fold variance carries that); with fewer
+  than 5 test speakers in a fold it is flagged as too narrow.
 * **Same test clips or no comparison.** Two runs of one fold must have been tested on the same clips (the ladder
   drops clips without LLDs or embeddings, a store may have grown): otherwise `TestClipsDiffer`.
 
@@ -41,6 +43,7 @@ from stores.splits import VAL_SHARE
 ALTERNATIVES = ("two-sided", "greater", "less")
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 2000
+MIN_SPEAKERS = 5  # test speakers per fold below which the bootstrap interval is flagged as too narrow
 HYPOTHESIS = {"two-sided": "A != B", "greater": "A > B", "less": "A < B"}
 
 
@@ -341,6 +344,7 @@ def bootstrap_ci(fold_runs: list[tuple[list[dict], list[dict]]], metric: str, *,
     resampling each fold's test speakers with replacement (all of a speaker's clips together)."""
     rng = np.random.default_rng(seed)
     total = np.zeros(resamples)
+    fewest = None
     for runs_a, runs_b in fold_runs:
         predictions = [predictions_of(run) for run in runs_a + runs_b]
         if any(p is None for p in predictions):
@@ -348,6 +352,7 @@ def bootstrap_ci(fold_runs: list[tuple[list[dict], list[dict]]], metric: str, *,
             return None, f"no confidence interval: {missing} has no predictions.json (made before runs wrote per-clip predictions)"
         clips = predictions[0]["clip_id"]
         speakers = sorted(set(predictions[0]["speaker"]))
+        fewest = len(speakers) if fewest is None else min(fewest, len(speakers))
         k = len(predictions[0]["class_names"])
         counts = rng.multinomial(len(speakers), np.full(len(speakers), 1.0 / len(speakers)), size=resamples)  # (B, speakers)
         fold_diff = np.zeros(resamples)
@@ -359,7 +364,9 @@ def bootstrap_ci(fold_runs: list[tuple[list[dict], list[dict]]], metric: str, *,
         total += fold_diff / len(fold_runs)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(total, [tail, 100 - tail])
-    return (float(low), float(high)), ""
+    note = "" if fewest is None or fewest >= MIN_SPEAKERS else (
+        f"a fold has only {fewest} test speaker(s): resampling so few understates the uncertainty, read the interval as too narrow")
+    return (float(low), float(high)), note
 
 
 def _speaker_confusions(predictions: dict, clips: list[str], speakers: list[str], k: int) -> np.ndarray:

@@ -129,7 +129,7 @@ def study_table(preset: Preset, runs_by_arm: dict[str, list[dict[str, Any]]]) ->
 
 
 def fold_means(runs: list[dict[str, Any]], metric: str) -> list[float]:
-    """One value per fold: the mean of that fold's seeds (runs without a fold count as one fold each seed-set)."""
+    """One value per fold: the mean of that fold's seeds (runs without a fold form one group: one value)."""
     by_fold: dict[str, list[float]] = {}
     for run in runs:
         value = run.get("test", {}).get(metric)

@@ -102,6 +102,7 @@ def test_the_speaker_bootstrap_interval_brackets_the_difference_and_excludes_zer
     result = compare_runs(collect_runs(two_arms), "encoder=ladder", "encoder=resnet18", "macro_f1")
     low, high = result.ci
     assert 0 < low < result.mean_difference < high < 0.6
+    assert any("only 4 test speaker(s)" in note for note in result.notes)  # so few speakers: flagged as too narrow
     same = compare_runs(collect_runs(two_arms), "encoder=ladder", "encoder=ladder", "macro_f1")
     assert same.ci == (pytest.approx(0.0, abs=1e-12), pytest.approx(0.0, abs=1e-12)) and same.p == 1.0
 
