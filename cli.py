@@ -561,7 +561,7 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the encoder's)."),
     seed: int = typer.Option(0, help="Seed of initialisation and batch order (recorded)."),
     split_seed: Optional[int] = typer.Option(None, help="Re-derive the actor-disjoint split with this seed (default: the store's split)."),
-    fold: Optional[int] = typer.Option(None, help="k-fold cross-validation by actor: test on fold K (0-based), validate on the next, train on the rest."),
+    fold: Optional[int] = typer.Option(None, help="k-fold cross-validation by actor: test on fold K (0-based), validate on 15/85 of the other speakers, train on the rest."),
     folds: int = typer.Option(5, min=3, help="Number of actor folds for --fold."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start from the library's pretrained weights (needs them cached or network access)."),
@@ -636,30 +636,35 @@ def report(
     out: Optional[Path] = typer.Option(None, help="Where to write comparison.md/.csv/.png (default: RUNS/report)."),
     compare: Optional[tuple[str, str]] = typer.Option(
         None, "--compare", metavar="A B",
-        help="Test whether configuration A beats B over matched (fold, seed) replicates, e.g. "
-             "--compare encoder=ladder encoder=resnet18,modality=av (one-tailed paired t-test and Wilcoxon)."),
-    metric: str = typer.Option("macro_f1", help="Test metric that --compare tests (accuracy, uar, macro_f1, ...)."),
+        help="Test configuration A against B with folds as replicates (seeds averaged within a fold), e.g. "
+             "--compare encoder=ladder encoder=resnet18,modality=av: corrected resampled t-test, Holm over --metric, "
+             "speaker-bootstrap 95 % CI. Refused (exit 2) when the runs were tested on different clips."),
+    metric: str = typer.Option("accuracy,uar,macro_f1", help="Test metric(s) --compare tests, comma-separated; Holm corrects over them."),
+    alternative: str = typer.Option("two-sided", help="--compare's H1: two-sided, or greater (A > B) / less (A < B) for a direction stated in advance."),
 ) -> None:
-    """The paper's comparison table (mean ± sd over replicates) as Markdown and CSV, plus bar plots.
+    """The paper's comparison table (mean ± sd over folds, or over seeds without --fold) as Markdown and CSV, per-class
+    sections, averaged confusion matrices and bar plots.
 
     Runs are grouped by every configuration field that differs between them (encoder, modality, fusion, pretrained,
     epochs, lr, the store's feature sets, ...); n is shown beside each mean.
     """
     from encoders.report import collect_runs, write_report
-    from encoders.significance import CompareError, compare_runs
+    from encoders.significance import CompareError, compare_metrics
 
     if not runs.is_dir() or not any(runs.rglob("metrics.json")):
         fail(f"'{runs}' holds no run directories with metrics.json; train something first")
     if compare:
         try:
-            result = compare_runs(collect_runs(runs), *compare, metric=metric)
+            results = compare_metrics(collect_runs(runs), *compare, metrics=[m.strip() for m in metric.split(",") if m.strip()], alternative=alternative)
         except CompareError as err:
             fail(str(err))
         folder = out or runs / "report"
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "compare.json").write_text(json.dumps(result.as_dict(), indent=2))
-        for line in result.lines():
-            typer.echo(line)
+        (folder / "compare.json").write_text(json.dumps([r.as_dict() for r in results], indent=2))
+        for result in results:
+            for line in result.lines():
+                typer.echo(line)
+            typer.echo("")
         typer.echo(f"written: {folder / 'compare.json'}")
         return
     paths = write_report(runs, out or runs / "report")

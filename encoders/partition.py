@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stores.splits import PARTITIONS, SplitError, fold_partitions, generations, missing_split, replay_folds, replay_split
+from stores.splits import FOLD_RULE, PARTITIONS, SplitError, fold_partitions, generations, missing_split, replay_folds, replay_split
 from stores.store import FeatureStore, StoreError
 
 PARTITION_FILE = "partition.json"
@@ -28,14 +28,16 @@ class PartitionError(StoreError):
 
 def split_column(store: FeatureStore, table: dict[str, np.ndarray], *, split_seed: int | None, fold: int | None, folds: int) -> np.ndarray:
     """Each clip row's partition under a run's split options: the store's recorded split; the stable rule
-    replayed with another seed; or round `fold` of k-fold by actor. All three never move a speaker as
+    replayed with another seed; or round `fold` of k-fold by actor (FOLD_RULE: test fold `fold`, validation a
+    fixed share of the other speakers). All three never move a speaker as
     speakers are added (the store records the generations in which they arrived)."""
     speakers = [str(s) for s in table["speaker"]]
     gens = generations(speakers, store.speaker_batches)
     if fold is not None:
         if not 0 <= fold < folds:
             raise ValueError(f"--fold {fold} is outside 0..{folds - 1} for --folds {folds}")
-        partition = fold_partitions(replay_folds(gens, k=folds, seed=split_seed or 0), test_fold=fold, k=folds)
+        seed = split_seed or 0
+        partition = fold_partitions(replay_folds(gens, k=folds, seed=seed), test_fold=fold, k=folds, seed=seed, gens=gens)
     elif split_seed is not None and split_seed != store.info.get("split_seed"):
         partition = replay_split(gens, seed=split_seed)
     else:
@@ -46,10 +48,18 @@ def split_column(store: FeatureStore, table: dict[str, np.ndarray], *, split_see
     return np.asarray([partition[s] for s in speakers], dtype=object)
 
 
-def record(table: dict[str, np.ndarray], rows: dict[str, np.ndarray]) -> dict[str, dict[str, list[str]]]:
-    """{partition: {"speakers": sorted ids, "clips": clip ids}} for the rows a run uses."""
-    return {name: {"speakers": sorted({str(s) for s in table["speaker"][r]}), "clips": [str(c) for c in table["clip_id"][r]]}
-            for name, r in rows.items()}
+def record(table: dict[str, np.ndarray], rows: dict[str, np.ndarray]) -> dict:
+    """{partition: {"speakers": sorted ids, "clips": clip ids}} for the rows a run uses, and "fold_rule": the
+    k-fold rule of this code (stores.splits.FOLD_RULE), so a --fold run made under an older rule is known."""
+    recorded: dict = {name: {"speakers": sorted({str(s) for s in table["speaker"][r]}), "clips": [str(c) for c in table["clip_id"][r]]}
+                      for name, r in rows.items()}
+    recorded["fold_rule"] = FOLD_RULE
+    return recorded
+
+
+def fold_rule(partition: dict | None) -> int:
+    """The k-fold rule a run's partition was made under: 1 (validation = the next fold) when not recorded."""
+    return int((partition or {}).get("fold_rule", 1))
 
 
 def digest(partition: dict) -> str:

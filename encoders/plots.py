@@ -25,6 +25,7 @@ __all__ = [
     "plot_confusion",
     "plot_learning_curve",
     "plot_comparison",
+    "plot_per_class",
     "plot_study",
 ]
 
@@ -263,12 +264,13 @@ def plot_comparison(
     human_reference: bool = False,
     title: str | None = None,
 ) -> Path:
-    """Grouped bars: one group per encoder, one bar per modality (and fusion), sd over seeds.
+    """Grouped bars: one group per encoder, one bar per modality (and fusion), sd over the replicates.
 
     ``rows`` are :func:`encoders.report.comparison_table` rows. The chance line
     (1/num_classes) is always drawn, so a bar near it reads as "learned nothing";
     ``human_reference`` adds the CREMA-D human raters (an accuracy, so only
-    meaningful with ``metric="accuracy"``).
+    meaningful with ``metric="accuracy"``, and only true of a CREMA-D store).
+    The default title says "over folds" or "over seeds" from the cells' ``unit``.
     """
     figure = Figure(figsize=(max(6.0, 1.8 * len(rows) + 2.5), 4.8))
     axes = figure.add_subplot()
@@ -280,7 +282,40 @@ def plot_comparison(
     axes.set_xticks(range(len(rows)), labels=[f"{row['encoder']}\n({row['encoder_type']})" for row in rows])
     metric_label = {"accuracy": "accuracy (WAR)", "uar": "UAR"}.get(metric, metric)
     axes.set(xlabel="encoder", ylabel=f"test {metric_label}", ylim=(0.0, 1.0),
-             title=title or f"Test {metric_label}, mean ± sd over seeds")
+             title=title or f"Test {metric_label}, mean ± sd over {_units(rows)}")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(figure, path)
+
+
+def _units(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the cells' sd is over: 'folds', 'seeds', or both named when the table mixes them."""
+    units = sorted({cell.get("unit", "seeds") for row in rows for cells in row["modalities"].values() for cell in cells})
+    return " or ".join(units) if units else "replicates"
+
+
+# --------------------------------------------------------------------------- per class (report sections)
+
+
+def plot_per_class(
+    class_names: Sequence[str],
+    recall: Sequence[tuple[float, float]],
+    f1: Sequence[tuple[float, float]],
+    path: Path | str,
+    *,
+    title: str,
+) -> Path:
+    """Two bars per class, recall and F1 (mean, sd error bar): which emotions a configuration gets right."""
+    figure = Figure(figsize=(max(6.0, 0.9 * len(class_names) + 2.5), 4.2))
+    axes = figure.add_subplot()
+    x = np.arange(len(class_names))
+    for offset, (label, values) in zip((-0.2, 0.2), (("recall", recall), ("F1", f1))):
+        means, sds = [m for m, _ in values], [s for _, s in values]
+        bars = axes.bar(x + offset, means, 0.38, yerr=sds, capsize=3, label=label, edgecolor="black", linewidth=0.5)
+        axes.bar_label(bars, labels=[f"{m:.2f}" for m in means], padding=2, fontsize=7)
+    axes.axhline(1.0 / max(1, len(class_names)), color="black", linestyle="--", linewidth=1, label=f"chance (1/{len(class_names)})")
+    axes.set_xticks(x, labels=list(class_names))
+    axes.set(ylabel="test score", ylim=(0.0, 1.05), title=title)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(figure, path)

@@ -11,8 +11,16 @@ Decisions, stated once here:
   fusion (anything but ``none``) names it, ``concat: 0.64 ± 0.01 (...)``; several
   fusions for one encoder are stacked in the same cell (one line each, ``<br>``),
   so the unimodal baselines are not repeated on every fusion row.
-* SD is the sample SD over replicates (ddof=1); ``n`` is the number of replicates
-  (seeds x folds). A single run is shown as ``0.58 (n=1)``: it has no spread to report.
+* SD is the sample SD over replicates (ddof=1); ``n`` is the number of replicates. For k-fold runs
+  (`train --fold`) the replicate is the fold, each the mean of its seeds (seeds share a test fold, so they
+  are not independent): ``n=5 folds``. Runs on the store's split have only seeds as replicates: ``n=2``.
+  A single replicate is shown as ``0.58 (n=1)``: it has no spread to report.
+* `folds` is a setting only of k-fold runs: a run without ``--fold`` is labelled ``cv=stored split``,
+  never by the unused default ``folds=5``.
+* Human raters' accuracy is drawn only for CREMA-D stores (the dataset of the runs' predictions.json, else
+  of their store); chance is 1/K for the runs' own K classes.
+* Below the table, per group: per-emotion recall and F1, the confusion matrix over its runs, and tables by
+  intensity, speaker sex and sentence (`encoders.breakdown`), with PNGs.
 * Runs that differ in any other configuration field (pretrained, epochs, lr,
   weight decay, batch size, split seed, labelled fraction, the store's feature
   sets, ...) are never averaged together: each such field that varies among the
@@ -38,9 +46,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from encoders.breakdown import class_names_of, replicate_unit, replicate_values, section
 from encoders.metrics import mean_sd
-from encoders.partition import digest
-from encoders.plots import plot_comparison
+from encoders.partition import digest, fold_rule
+from encoders.plots import HUMAN_RATERS_CREMA_D, MODALITY_LABELS, plot_comparison
+from encoders.predictions import of_run as predictions_of
 
 __all__ = ["collect_runs", "comparison_table", "random_init_notes", "write_report", "REPORTED_METRICS"]
 
@@ -55,7 +65,7 @@ MISSING = "—"
 CSV_FIELDS: tuple[str, ...] = ("encoder_type", "encoder", "modality", "fusion", "variant", "metric", "mean", "sd", "n")
 #: Configuration fields that do not change what a run measures (or are in the cell key already).
 NOT_A_VARIANT: frozenset[str] = frozenset({
-    "encoder", "modality", "fusion", "seed", "fold", "device", "max_memory_gb", "loader_workers", "out", "progress",
+    "encoder", "modality", "fusion", "seed", "fold", "folds", "device", "max_memory_gb", "loader_workers", "out", "progress",
     "compile", "fuse_on_device",  # same numbers: fuse_on_device builds the stored fusion's exact tensor
 })
 
@@ -119,7 +129,10 @@ def _fusion_of(run: dict[str, Any]) -> str:
 
 def _settings(run: dict[str, Any]) -> dict[str, str]:
     """Everything of a run's configuration that could change its numbers, as text, plus its store's feature sets."""
-    settings = {k: str(v) for k, v in (run.get("config") or {}).items() if k not in NOT_A_VARIANT}
+    config = run.get("config") or {}
+    settings = {k: str(v) for k, v in config.items() if k not in NOT_A_VARIANT}
+    if config:  # `folds` means something only with `fold`: a run on the store's split is not "folds=5"
+        settings["cv"] = f"{config.get('folds')} folds" if config.get("fold") is not None else "stored split"
     for kind, fingerprint in ((run.get("store") or {}).get("fingerprints") or {}).items():
         settings[f"store {kind}"] = str(fingerprint)
     return settings
@@ -170,17 +183,20 @@ def _drop_duplicate_seeds(runs: list[dict[str, Any]]) -> tuple[list[dict], list[
 
 
 def _aggregate_cell(fusion: str, variant: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, sd and n per reported metric over the replicates of one cell."""
+    """Mean, sd and n per reported metric over the replicates of one cell: folds (seeds averaged within each)
+    for k-fold runs, else seeds."""
+    unit = replicate_unit(runs)
     cell: dict[str, Any] = {
         "fusion": fusion,
         "variant": variant,
-        "n": len(runs),
-        "seeds": sorted((run.get("seed") for run in runs), key=str),
+        "unit": unit,
+        "seeds": sorted({run.get("seed") for run in runs}, key=str),
     }
     for metric in REPORTED_METRICS:
-        values = [float(run["test"][metric]) for run in runs if run["test"].get(metric) is not None]
+        values = replicate_values(runs, lambda run: run["test"].get(metric))
         mean, sd = mean_sd(values) if values else (None, None)
         cell.update({f"{metric}_mean": mean, f"{metric}_sd": sd, f"{metric}_n": len(values)})
+    cell["n"] = len(replicate_values(runs, lambda run: 0.0))
     return cell
 
 
@@ -190,23 +206,28 @@ def _row_sort_key(key: tuple[str, str]) -> tuple[int, str, str]:
     return (TYPE_ORDER.get(encoder_type, len(TYPE_ORDER)), encoder_type, encoder)
 
 
-def comparison_table(runs: list[dict]) -> list[dict]:
-    """One row per (encoder_type, encoder), averaging test metrics over seeds.
-
-    Row: ``{"encoder_type", "encoder", "modalities": {modality: [cell, ...]}}``,
-    one cell per fusion (sorted), each cell holding ``fusion``, ``n``, ``seeds``
-    and ``<metric>_mean``, ``<metric>_sd``, ``<metric>_n`` for accuracy, UAR and
-    macro-F1. Ablation runs and duplicated seeds are left out (see the module
-    docstring); :func:`write_report` reports them.
-    """
+def _groups(runs: list[dict]) -> dict[tuple[str, str, str, str, str], list[dict]]:
+    """The table's cells: (type, encoder, modality, fusion, variant) -> runs, ablations and duplicates left out."""
     main_runs, _ = _split_ablations(runs)
     unique_runs, _ = _drop_duplicate_seeds(main_runs)
     varying = _varying_fields(unique_runs)
     grouped: dict[tuple[str, str, str, str, str], list[dict]] = defaultdict(list)
     for run in unique_runs:
         grouped[_cell_key(run, varying)].append(run)
+    return grouped
+
+
+def comparison_table(runs: list[dict]) -> list[dict]:
+    """One row per (encoder_type, encoder), averaging test metrics over replicates.
+
+    Row: ``{"encoder_type", "encoder", "modalities": {modality: [cell, ...]}}``,
+    one cell per fusion (sorted), each cell holding ``fusion``, ``n``, ``unit`` (folds or seeds), ``seeds``
+    and ``<metric>_mean``, ``<metric>_sd``, ``<metric>_n`` for accuracy, UAR and
+    macro-F1. Ablation runs and duplicated seeds are left out (see the module
+    docstring); :func:`write_report` reports them.
+    """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for (encoder_type, encoder, modality, fusion, variant), cell_runs in sorted(grouped.items()):
+    for (encoder_type, encoder, modality, fusion, variant), cell_runs in sorted(_groups(runs).items()):
         row = rows.setdefault((encoder_type, encoder),
                               {"encoder_type": encoder_type, "encoder": encoder, "modalities": {}})
         row["modalities"].setdefault(modality, []).append(_aggregate_cell(fusion, variant, cell_runs))
@@ -225,8 +246,9 @@ def _format_mean_sd(mean: float | None, sd: float | None, n: int) -> str:
 
 def _format_cell(cell: dict[str, Any]) -> str:
     """'concat, lr=0.0001: 0.58 ± 0.02 (UAR 0.55 ± 0.03, n=2)'; a prefix only when there is a fusion or variant."""
+    n = f"{cell['n']} folds" if cell.get("unit") == "folds" else str(cell["n"])
     text = (f"{_format_mean_sd(cell['accuracy_mean'], cell['accuracy_sd'], cell['accuracy_n'])} "
-            f"(UAR {_format_mean_sd(cell['uar_mean'], cell['uar_sd'], cell['uar_n'])}, n={cell['n']})")
+            f"(UAR {_format_mean_sd(cell['uar_mean'], cell['uar_sd'], cell['uar_n'])}, n={n})")
     prefix = ", ".join(p for p in (cell["fusion"] if cell["fusion"] != NO_FUSION else "", cell.get("variant", "")) if p)
     return f"{prefix}: {text}" if prefix else text
 
@@ -247,7 +269,7 @@ def _markdown_row(row: dict[str, Any]) -> str:
 
 def _partition_notes(runs: list[dict[str, Any]]) -> list[str]:
     """Runs whose recorded partition is gone or altered, and cells whose seeds were tested on different speakers."""
-    notes, tested = [], defaultdict(set)
+    notes, tested, old_rule = [], defaultdict(set), []
     for run in runs:
         recorded = run.get("partition")
         if not isinstance(recorded, dict):
@@ -260,12 +282,18 @@ def _partition_notes(runs: list[dict[str, Any]]) -> list[str]:
             continue
         if digest(partition) != recorded.get("sha256"):
             notes.append(f"- `{run.get('path')}`: `{path.name}` changed since the run was trained (sha256 differs).")
+        if run.get("fold") not in (None, "") and fold_rule(partition) < 2:
+            old_rule.append(str(run.get("path")))
         config = run.get("config") or {}
         tested[(*_cell_key(run), config.get("split_seed"), run.get("fold"))].add(tuple(partition.get("test", {}).get("speakers", [])))
     for (encoder_type, encoder, modality, fusion, *_), speakers in sorted(tested.items(), key=str):
         if len(speakers) > 1:
             notes.append(f"- {encoder} {modality} {fusion}: its seeds were tested on {len(speakers)} different sets of speakers "
                          "(runs made on different versions of the store?); the mean mixes test sets.")
+    if old_rule:
+        notes.append(f"- {len(old_rule)} k-fold run(s) were made under fold rule 1 (validation = the next fold, so training on "
+                     "(k-2)/k of the speakers); they are not comparable with rule-2 runs: " + ", ".join(f"`{p}`" for p in old_rule[:5])
+                     + (" ..." if len(old_rule) > 5 else ""))
     return notes
 
 
@@ -297,15 +325,44 @@ def _notes(rows: list[dict], ablations: list[dict], duplicates: list[str], skipp
     return notes
 
 
-def _markdown(rows: list[dict], notes: list[str], num_runs: int) -> str:
+def dataset_of(runs: list[dict[str, Any]]) -> set[str]:
+    """The datasets the runs were trained on: their predictions.json, else their store's attributes (local stores
+    only; a store that cannot be opened adds nothing)."""
+    found = set()
+    for run in runs:
+        predictions = predictions_of(run)
+        if predictions is not None and predictions.get("dataset"):
+            found.add(str(predictions["dataset"]))
+            continue
+        location = (run.get("store") or {}).get("location")
+        if location and Path(location).is_dir():
+            try:
+                from stores.store import FeatureStore
+
+                found.add(str(FeatureStore.open(location).info.get("dataset")))
+            except Exception:  # noqa: BLE001 - a store gone or of another format: the dataset stays unknown
+                pass
+    return found
+
+
+def _is_crema_d(runs: list[dict[str, Any]]) -> bool:
+    datasets = dataset_of(runs)
+    return bool(datasets) and datasets == {"crema-d"}
+
+
+def _markdown(rows: list[dict], notes: list[str], num_runs: int, runs: list[dict] = (), sections: list[str] = ()) -> str:
     """The whole comparison.md text."""
     header = ["Type", "Encoder", *TABLE_COLUMNS.values()]
+    names = class_names_of(list(runs))
+    chance = f"Chance = 1/{len(names)} ≈ {1 / len(names):.2f} for these runs' {len(names)} classes. " if names else ""
+    human = ("Human raters on CREMA-D (Cao et al., 2014): " + ", ".join(f"{MODALITY_LABELS[m]} {r:.1%}" for m, r in HUMAN_RATERS_CREMA_D.items())
+             + ". " if _is_crema_d(list(runs)) else "")
     lines = [
         "# Encoder comparison",
         "",
-        f"Test accuracy (WAR) as mean ± sample sd over replicates; UAR in parentheses; n = replicates (seeds x folds). "
-        f"Built from {num_runs} run(s). Multimodal cells name their fusion. "
-        "Chance = 1/6 ≈ 0.17 on CREMA-D's 6 classes.",
+        f"Test accuracy (WAR) as mean ± sample sd over replicates; UAR in parentheses. A replicate is a fold for k-fold runs "
+        "(shown as n=5 folds: each fold the mean of its seeds, which share its test speakers), else a seed (n=2). "
+        f"Built from {num_runs} run(s). Multimodal cells name their fusion. {chance}{human}".rstrip(),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -315,6 +372,8 @@ def _markdown(rows: list[dict], notes: list[str], num_runs: int) -> str:
         lines.append("| " + " | ".join(MISSING for _ in header) + " |")
     if notes:
         lines += ["", "Notes:", "", *notes]
+    if sections:
+        lines += ["", "## Per class, by intensity, speaker sex and sentence", "", *sections]
     return "\n".join(lines) + "\n"
 
 
@@ -346,7 +405,8 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def write_report(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
-    """Write comparison.md, comparison.csv, comparison_accuracy.png and comparison_uar.png.
+    """Write comparison.md, comparison.csv, comparison_accuracy.png and comparison_uar.png, and per group
+    per_class_<group>.png and confusion_<group>.png (linked from the Markdown).
 
     Returns ``{"markdown", "csv", "accuracy_plot", "uar_plot"}`` -> path.
     """
@@ -357,15 +417,20 @@ def write_report(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
     rows = comparison_table(runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for (_, encoder, modality, fusion, variant), group in sorted(_groups(runs).items()):
+        label = " ".join(p for p in (encoder, modality, fusion if fusion != NO_FUSION else "") if p) + (f", {variant}" if variant else "")
+        sections += section(label, group, out_dir)
     markdown_path = out_dir / "comparison.md"
-    markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped, main_runs), len(runs)),
+    markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped, main_runs), len(runs), main_runs, sections),
                              encoding="utf-8")
+    names = class_names_of(main_runs)
     return {
         "markdown": markdown_path,
         "csv": _write_csv(out_dir / "comparison.csv", rows),
-        "accuracy_plot": plot_comparison(rows, out_dir / "comparison_accuracy.png", metric="accuracy",
-                                         human_reference=True),
-        "uar_plot": plot_comparison(rows, out_dir / "comparison_uar.png", metric="uar"),
+        "accuracy_plot": plot_comparison(rows, out_dir / "comparison_accuracy.png", metric="accuracy", num_classes=len(names) or 6,
+                                         human_reference=_is_crema_d(main_runs)),
+        "uar_plot": plot_comparison(rows, out_dir / "comparison_uar.png", metric="uar", num_classes=len(names) or 6),
     }
 
 

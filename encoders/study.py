@@ -2,10 +2,12 @@
 
 Goncalves & Busso (seed 002) report, per model, macro and micro precision, recall and F1, and mark where the
 audiovisual ladder network beats a competitor by a one-tailed matched-pairs t-test over 20 runs (p < 0.05).
-A preset names the configurations of such a table (the reference first), and the replicates that make its
-runs (actor folds x seeds, `sweep --folds/--seeds` reduce them); `study_table` turns the finished runs into
-the table. The tests come from `encoders.significance.compare_runs`, so a pair is the same (fold, seed) of
-the reference and the other configuration, and runs without a partner are named, never paired across.
+That test treats the 5 folds x 4 seeds as 20 independent replicates; they are not (seeds share a test fold,
+folds share training speakers), and micro P = R = F1 = accuracy repeats one test three times. So the table
+here shows each metric once (accuracy stands for the micro scores), and each comparison with the reference
+is `encoders.significance.compare_runs`: folds as replicates (seeds averaged within a fold), the corrected
+resampled t-test, two-sided unless the preset states a direction, Holm-adjusted over every test of the
+table, with a speaker-bootstrap 95 % interval of the difference. Folds without a partner are named.
 
 Why the ladder's rows are the ones they are: the poster's ablations remove the cross-modal skip connections
 and the unsupervised (reconstruction) loss; the baseline is one model of the comparison study (seed 000/001)
@@ -22,17 +24,17 @@ from typing import Any
 
 from encoders.metrics import mean_sd
 from encoders.report import random_init_notes
-from encoders.significance import CompareError, compare_runs
+from encoders.significance import CompareError, adjust, compare_runs
 
 __all__ = ["Arm", "Preset", "PRESETS", "StudyError", "get_preset", "study_table", "write_study"]
 
 TABLE_METRICS: dict[str, str] = {
-    "macro_precision": "Macro P", "macro_recall": "Macro R", "macro_f1": "Macro F1",
-    "micro_precision": "Micro P", "micro_recall": "Micro R", "micro_f1": "Micro F1",
+    "macro_precision": "Macro P", "macro_recall": "Macro R", "macro_f1": "Macro F1", "accuracy": "Accuracy (= micro P, R, F1)",
 }
-"""Seed 002's columns, in its order (metrics.json test keys -> headers)."""
+"""Seed 002's columns, each once (metrics.json test keys -> headers): its micro P, R and F1 all equal accuracy."""
 
 ALPHA = 0.05
+VERBS = {"two-sided": "differs from", "greater": "is better than", "less": "is worse than"}
 ARM_FIELD = "study_arm"  # the tag study_table gives each run, so compare_runs can select an arm exactly
 
 
@@ -60,8 +62,9 @@ class Preset:
     description: str
     arms: tuple[Arm, ...]
     folds: int = 5
-    seeds: tuple[int, ...] = (0, 1, 2, 3)  # 5 folds x 4 seeds: the study's 20 runs per configuration
+    seeds: tuple[int, ...] = (0, 1, 2, 3)  # 5 folds x 4 seeds: the study's 20 runs per configuration (5 replicates)
     metrics: tuple[str, ...] = tuple(TABLE_METRICS)
+    alternative: str = "two-sided"  # "greater" only for a direction stated before the runs were seen
 
     @property
     def reference(self) -> Arm:
@@ -97,27 +100,42 @@ class ArmResult:
 
 
 def study_table(preset: Preset, runs_by_arm: dict[str, list[dict[str, Any]]]) -> list[ArmResult]:
-    """Mean, sd and n per arm and metric, and the reference's one-tailed tests against every other arm.
+    """Mean, sd and n per arm and metric, and the reference's tests against every other arm, Holm-adjusted together.
 
-    `runs_by_arm` maps an arm's slug to its runs' metrics.json dicts. A metric a run lacks (runs made before
-    metrics.json had micro precision) is left out of that metric's n rather than guessed."""
+    `runs_by_arm` maps an arm's slug to its runs' metrics.json dicts. The mean and sd are over folds (seeds averaged
+    within a fold first); n counts folds. A metric a run lacks is left out of that metric's n rather than guessed."""
     tagged = [{**run, ARM_FIELD: slug} for slug, runs in runs_by_arm.items() for run in runs]
-    results = []
+    results, family = [], []
     for arm in preset.arms:
         runs = runs_by_arm.get(arm.slug, [])
         stats = {}
         for metric in preset.metrics:
-            values = [float(run["test"][metric]) for run in runs if run.get("test", {}).get(metric) is not None]
+            values = fold_means(runs, metric)
             stats[metric] = (*mean_sd(values), len(values)) if values else (None, None, 0)
         result = ArmResult(arm, runs, stats)
         if arm is not preset.reference:
             for metric in preset.metrics:
                 try:
-                    result.tests[metric] = compare_runs(tagged, f"{ARM_FIELD}={preset.reference.slug}", f"{ARM_FIELD}={arm.slug}", metric).as_dict()
+                    comparison = compare_runs(tagged, f"{ARM_FIELD}={preset.reference.slug}", f"{ARM_FIELD}={arm.slug}", metric, preset.alternative)
+                    family.append(comparison)
+                    result.tests[metric] = comparison  # type: ignore[assignment]
                 except CompareError as err:
                     result.tests[metric] = {"error": str(err)}
         results.append(result)
+    adjust(family)
+    for result in results:
+        result.tests = {m: t.as_dict() if not isinstance(t, dict) else t for m, t in result.tests.items()}
     return results
+
+
+def fold_means(runs: list[dict[str, Any]], metric: str) -> list[float]:
+    """One value per fold: the mean of that fold's seeds (runs without a fold form one group: one value)."""
+    by_fold: dict[str, list[float]] = {}
+    for run in runs:
+        value = run.get("test", {}).get(metric)
+        if value is not None:
+            by_fold.setdefault(str(run.get("fold")), []).append(float(value))
+    return [sum(v) / len(v) for v in by_fold.values()]
 
 
 def _mean_sd_text(mean: float | None, sd: float | None, n: int) -> str:
@@ -127,7 +145,7 @@ def _mean_sd_text(mean: float | None, sd: float | None, n: int) -> str:
 
 
 def _significant(test: dict[str, Any]) -> bool:
-    return "error" not in test and test["t_test_p_one_tailed"] < ALPHA
+    return "error" not in test and test["p_holm"] < ALPHA
 
 
 def _cell(result: ArmResult, metric: str) -> str:
@@ -137,19 +155,23 @@ def _cell(result: ArmResult, metric: str) -> str:
         return text
     if "error" in test:
         return f"{text}<br>no test"
-    return f"{text}{' *' if _significant(test) else ''}<br>p = {test['t_test_p_one_tailed']:.3g}"
+    ci = f"<br>Δ {test['mean_difference']:+.3f} [{test['ci95'][0]:+.3f}, {test['ci95'][1]:+.3f}]" if test.get("ci95") else ""
+    return f"{text}{' *' if _significant(test) else ''}<br>p = {test['p']:.3g}, Holm {test['p_holm']:.3g}{ci}"
 
 
 def _markdown(preset: Preset, results: list[ArmResult]) -> str:
     ref = preset.reference
     header = ["Configuration", *(TABLE_METRICS[m] for m in preset.metrics)]
+    family = sum("error" not in t for r in results for t in r.tests.values())
     lines = [
         f"# {preset.name}",
         "",
-        f"{preset.description}. Test metrics of each configuration over its replicates (actor folds x seeds): "
-        "mean ± sample sd (n). Under every other configuration's value: p of the one-tailed matched-pairs t-test "
-        f"that **{ref.label}** is better, over the same (fold, seed) replicates; `*` marks p < {ALPHA:g}. "
-        "Micro P = micro R = micro F1 = accuracy for single-label predictions. Wilcoxon signed-rank p-values are in the CSV.",
+        f"{preset.description}. Test metrics of each configuration: mean ± sample sd over actor folds, each fold the mean "
+        "of its seeds (n = folds). Under every other configuration's value: p of the corrected resampled t-test "
+        f"(Nadeau & Bengio 2003; folds as replicates, H1: **{ref.label}** {VERBS[preset.alternative]} "
+        f"it, {preset.alternative}), the same p Holm-adjusted over the table's {family} tests, and Δ = reference − this "
+        f"configuration with its 95 % speaker-bootstrap interval; `*` marks Holm p < {ALPHA:g}. "
+        "Micro P, R and F1 equal accuracy for single-label predictions, so they are one column.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -161,10 +183,11 @@ def _markdown(preset: Preset, results: list[ArmResult]) -> str:
     for result in results[1:]:
         tests = [t for t in result.tests.values() if "error" not in t]
         if tests:
-            pairs = ", ".join(f"fold {r['fold']} seed {r['seed']}" for r in tests[0]["replicates"])
-            unmatched = [f"fold {r['fold']} seed {r['seed']}" for side in ("unmatched_a", "unmatched_b") for r in tests[0][side]]
-            notes.append(f"- {ref.label} vs {result.arm.label}: {tests[0]['n_pairs']} matched replicates ({pairs})"
-                         + (f"; left out, no partner: {', '.join(unmatched)}" if unmatched else "") + ".")
+            folds = ", ".join(f["fold"] for f in tests[0]["folds"])
+            unmatched = tests[0]["unmatched_a"] + tests[0]["unmatched_b"]
+            notes.append(f"- {ref.label} vs {result.arm.label}: {tests[0]['n_folds']} matched folds ({folds})"
+                         + (f"; left out, no partner: fold {', '.join(unmatched)}" if unmatched else "") + ".")
+            notes.extend(f"- {ref.label} vs {result.arm.label}: {note}" for note in dict.fromkeys(n for t in tests for n in t["notes"]))
         errors = sorted({t["error"] for t in result.tests.values() if "error" in t})
         notes.extend(f"- {ref.label} vs {result.arm.label}: no test: {error}." for error in errors)
     notes.extend(random_init_notes([run for result in results for run in result.runs]))
@@ -173,8 +196,8 @@ def _markdown(preset: Preset, results: list[ArmResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("configuration", "slug", "metric", "mean", "sd", "n", "n_pairs", "mean_difference", "t_statistic",
-              "t_test_p_one_tailed", "wilcoxon_p_one_tailed", "significant")
+CSV_FIELDS = ("configuration", "slug", "metric", "mean", "sd", "n", "n_folds", "mean_difference", "ci95_low", "ci95_high",
+              "t_statistic", "df", "p", "p_holm", "p_naive_paired", "alternative", "significant")
 
 
 def _csv(path: Path, preset: Preset, results: list[ArmResult]) -> Path:
@@ -186,14 +209,12 @@ def _csv(path: Path, preset: Preset, results: list[ArmResult]) -> Path:
                 mean, sd, n = result.stats[metric]
                 test = result.tests.get(metric, {})
                 ok = bool(test) and "error" not in test
-                writer.writerow({
-                    "configuration": result.arm.label, "slug": result.arm.slug, "metric": metric, "mean": mean, "sd": sd, "n": n,
-                    "n_pairs": test.get("n_pairs", "") if ok else "", "mean_difference": test.get("mean_difference", "") if ok else "",
-                    "t_statistic": test.get("t_statistic", "") if ok else "",
-                    "t_test_p_one_tailed": test.get("t_test_p_one_tailed", "") if ok else "",
-                    "wilcoxon_p_one_tailed": test.get("wilcoxon_p_one_tailed", "") if ok else "",
-                    "significant": _significant(test) if ok else "",
-                })
+                ci = (test.get("ci95") or ["", ""]) if ok else ["", ""]
+                row = {"configuration": result.arm.label, "slug": result.arm.slug, "metric": metric, "mean": mean, "sd": sd, "n": n,
+                       "ci95_low": ci[0], "ci95_high": ci[1], "significant": _significant(test) if ok else ""}
+                for key in ("n_folds", "mean_difference", "t_statistic", "df", "p", "p_holm", "p_naive_paired", "alternative"):
+                    row[key] = test.get(key, "") if ok else ""
+                writer.writerow(row)
     return path
 
 
@@ -209,7 +230,7 @@ def write_study(preset: Preset, runs_by_arm: dict[str, list[dict[str, Any]]], ou
     bars = [(r.arm.label, [r.stats[m][0] for m in preset.metrics], [r.stats[m][1] for m in preset.metrics],
              [_significant(r.tests[m]) if m in r.tests else False for m in preset.metrics]) for r in results]
     plot = plot_study(bars, [TABLE_METRICS[m] for m in preset.metrics], out_dir / f"{preset.name}.png",
-                      title=f"{preset.name}: mean ± sd over replicates; * {preset.reference.label} better, p < {ALPHA:g}")
+                      title=f"{preset.name}: mean ± sd over folds; * differs from {preset.reference.label}, Holm p < {ALPHA:g}")
     return {"markdown": markdown, "csv": _csv(out_dir / f"{preset.name}.csv", preset, results), "plot": plot}
 
 

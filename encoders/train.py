@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from encoders import partition as run_partition
+from encoders import predictions as run_predictions
 from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, plan_for, prepare_model
 from encoders.loader import Loader, LoaderConfig, check_workers, default_workers
 from encoders.metrics import classification_metrics
@@ -75,7 +76,7 @@ class TrainConfig:
     weight_decay: float | None = None  # None: the encoder's default, else 0
     seed: int = 0
     split_seed: int | None = None  # None: the split stored with the clips
-    fold: int | None = None  # k-fold by actor: this fold is test, the next one validation, the rest train
+    fold: int | None = None  # k-fold by actor: this fold is test, 15/85 of the other speakers validation, the rest train
     folds: int = 5
     device: str = "auto"
     pretrained: bool = False
@@ -236,7 +237,7 @@ def prepare(recipe: InputRecipe, raw: list[torch.Tensor], plan: DevicePlan | Non
 
 @torch.no_grad()
 def evaluate(model, data: Data, split: str, plan: DevicePlan | str, batch_size: int, ablation: str | None = None, *,
-             loader: Loader | None = None, rank: int = 0, world: int = 1) -> tuple[dict, float]:
+             loader: Loader | None = None, rank: int = 0, world: int = 1, predictions: dict | None = None) -> tuple[dict, float]:
     """Metrics and mean loss of `model` on `split`; under DDP each rank runs its share and all get the whole.
 
     Per-clip losses are summed in the split's order in float64, so a sharded evaluation gives the numbers of
@@ -264,6 +265,8 @@ def evaluate(model, data: Data, split: str, plan: DevicePlan | str, batch_size: 
     order = np.argsort(where, kind="stable")
     y_true = data.splits[split].labels.numpy()[where[order].astype(np.int64)]
     metrics = classification_metrics(y_true, y_pred[order].astype(np.int64), data.class_names)
+    if predictions is not None:  # per clip, in the split's row order (run_predictions.save)
+        predictions[split] = y_pred[order].astype(np.int64)
     return metrics, float(np.sum(losses[order]) / len(order))
 
 
@@ -352,7 +355,8 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
 
     raw_model.load_state_dict(best_state)
     trace.checksum("best_epoch", raw_model.state_dict())
-    scores = {name: evaluate(raw_model, data, name, plan, config.batch_size, loader=loader, rank=rank, world=world) for name in ("train", "val", "test")}
+    predicted: dict = {}
+    scores = {name: evaluate(raw_model, data, name, plan, config.batch_size, loader=loader, rank=rank, world=world, predictions=predicted) for name in ("train", "val", "test")}
     loader.close()
     trace.write(history=history, evaluation={k: {**m, "loss": l} for k, (m, l) in scores.items()})  # the test split once, with the chosen epoch
     if not master:
@@ -394,6 +398,7 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
     }
     metrics["partition"] = {"file": run_partition.PARTITION_FILE, "sha256": run_partition.save(out, data.partition)}
+    run_predictions.save(out, location, data.splits["test"].rows, predicted["test"])  # before metrics.json: a resumed sweep skips runs that have it
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_learning_curve(history, out / "learning_curve.png", title=f"{config.encoder} {config.modality} {config.fusion} seed {config.seed}", best_epoch=best["epoch"])
     plot_confusion(test_metrics["confusion"], data.class_names, out / "confusion_test.png", title=f"test: {config.encoder} {config.modality} {config.fusion}")

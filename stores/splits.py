@@ -20,6 +20,12 @@ ones; and partition sizes stay within one speaker of the fractions (`test_splits
 per-speaker hash compared with thresholds would be stable too, but meets the fractions only in expectation
 (CREMA-D's 14-actor test set would vary by +-3 actors), so it is not used. K-fold by actor follows the same
 rule: new speakers, in hash order, join the fold with the fewest speakers.
+
+K-fold round i (`FOLD_RULE` 2): fold i is the test set; of the remaining speakers, `VAL_SHARE` (15/85, the
+stored split's val : train+val) validate and the rest train, placed by the same rule (generations frozen, a
+keyed hash order of its own, each speaker to the partition furthest below its share, an empty one first). So
+5 folds train on 4/5 x 70/85 of the speakers and 3 folds on 2/3 x 70/85, never one third as under rule 1,
+where validation was simply the next fold. A run records the rule it was made with (partition.json).
 """
 
 from __future__ import annotations
@@ -31,13 +37,16 @@ from collections.abc import Iterable, Sequence
 PARTITIONS = ("train", "val", "test")
 FRACTIONS = (0.70, 0.15, 0.15)
 SPLIT_RULE = 2
+FOLD_RULE = 2
+"""1: validation = the next fold; 2: validation = VAL_SHARE of the speakers outside the test fold."""
+VAL_SHARE = FRACTIONS[1] / (FRACTIONS[0] + FRACTIONS[1])  # 15/85: the same val : train ratio as the stored split
 
 
 class SplitError(ValueError):
     """A speaker sits in two partitions, a split disagrees with a recorded one, or there are too few speakers."""
 
 
-def speaker_key(speaker: str, seed: int) -> str:
+def speaker_key(speaker: str, seed: int | str) -> str:
     """The order in which new speakers are placed: a keyed hash of the speaker alone (stable across machines)."""
     return hashlib.sha256(f"{seed}\x00{speaker}".encode()).hexdigest()
 
@@ -76,10 +85,32 @@ def kfold_by_actor(speakers: Iterable[str], *, k: int = 5, seed: int = 0, existi
     return result
 
 
-def fold_partitions(folds: dict[str, int], *, test_fold: int, k: int) -> dict[str, str]:
-    """Cross-validation round `test_fold`: that fold is test, the next one validation, the rest train."""
-    val_fold = (test_fold + 1) % k
-    return {s: "test" if f == test_fold else "val" if f == val_fold else "train" for s, f in folds.items()}
+def fold_partitions(folds: dict[str, int], *, test_fold: int, k: int, seed: int = 0,
+                    gens: Sequence[Sequence[str]] | None = None) -> dict[str, str]:
+    """Cross-validation round `test_fold` (FOLD_RULE 2): that fold is test; of the other speakers, VAL_SHARE
+    validate and the rest train, placed generation by generation (`gens`, default one generation) so that
+    adding speakers moves none of them."""
+    if not 0 <= test_fold < k:
+        raise SplitError(f"fold {test_fold} is outside 0..{k - 1} for {k} folds")
+    result = {s: "test" for s, f in folds.items() if f == test_fold}
+    rest: dict[str, str] = {}
+    for gen in (gens if gens is not None else [sorted(folds)]):
+        rest = _place_rest(rest, [s for s in gen if s in folds and folds[s] != test_fold], seed)
+    return {**rest, **result}
+
+
+def _place_rest(placed: dict[str, str], new: Sequence[str], seed: int) -> dict[str, str]:
+    """Non-test speakers to train or val: the stored split's rule with shares (1 - VAL_SHARE, VAL_SHARE)."""
+    result = dict(placed)
+    counts = [sum(p == "train" for p in result.values()), sum(p == "val" for p in result.values())]
+    shares = (1.0 - VAL_SHARE, VAL_SHARE)
+    for speaker in sorted(set(new) - set(result), key=lambda s: speaker_key(s, f"val{seed}")):  # type: ignore[arg-type]
+        n = sum(counts) + 1
+        empty = [i for i, c in enumerate(counts) if c == 0]
+        i = empty[0] if empty else max((0, 1), key=lambda j: (shares[j] * n - counts[j], -j))
+        counts[i] += 1
+        result[speaker] = ("train", "val")[i]
+    return result
 
 
 def generations(speaker_of_row: Sequence[str], batches: Sequence[int] = (0,)) -> list[list[str]]:

@@ -291,50 +291,45 @@ def test_runs_that_differ_in_configuration_are_never_averaged_together(tmp_path:
 def _paired_runs(root: Path, name: str, encoder: str, values: dict[tuple[int, int], float]) -> None:
     for (fold, seed), value in values.items():
         _write_run(root, f"{name}-fold{fold}-seed{seed}", encoder=encoder, encoder_type="2D", modality="av",
-                   fusion="concat", seed=seed, fold=f"{fold}/5", ablate=None,
+                   fusion="concat", seed=seed, fold=f"{fold}/5", ablate=None, clips={"train": 300, "val": 60, "test": 90},
                    test={"accuracy": value, "uar": value, "macro_f1": value}, config={"encoder": encoder, "seed": seed})
 
 
-def test_compare_runs_a_one_tailed_paired_t_test_and_wilcoxon_on_matched_replicates(tmp_path: Path) -> None:
-    from scipy import stats
-
-    from encoders.significance import compare_runs
+def test_compare_runs_pairs_folds_and_averages_their_seeds(tmp_path: Path) -> None:
+    from encoders.significance import compare_runs, corrected_t_test
 
     root = tmp_path / "runs"
     a = {(f, s): 0.60 + 0.01 * f + 0.005 * s for f in range(3) for s in range(3)}
     b = {key: value - 0.03 + 0.004 * (key[0] - key[1]) for key, value in a.items() if key != (2, 2)}
-    b[(4, 0)] = 0.1  # a replicate A lacks: left out, named
+    b[(4, 0)] = 0.1  # a fold A lacks: left out, named
     _paired_runs(root, "ladder", "ladder", a)
     _paired_runs(root, "base", "resnet18", b)
     result = compare_runs(collect_runs(root), "encoder=ladder", "encoder=resnet18", metric="macro_f1")
-    assert len(result.replicates) == 8 and ("2/5", "2") in result.unmatched_a and ("4/5", "0") in result.unmatched_b
-    matched = sorted(set(a) & set(b))
-    expected = stats.ttest_rel([a[k] for k in matched], [b[k] for k in matched], alternative="greater")
-    assert result.t_p == pytest.approx(expected.pvalue) and result.t_p < 0.05
-    assert 0 < result.wilcoxon_p < 0.05
-    assert result.mean_difference == pytest.approx(0.03 - 0.004 * sum(f - s for f, s in matched) / 8)
-    reverse = compare_runs(collect_runs(root), "encoder=resnet18", "encoder=ladder")
-    assert reverse.t_p > 0.95  # one-tailed: B is not better than A
+    assert result.folds == ["0/5", "1/5", "2/5"] and result.unmatched_b == ["4/5"] and result.unmatched_a == []
+    assert result.seeds_a == [3, 3, 3] and result.seeds_b == [3, 3, 2]  # fold 2 of B has two seeds: their mean
+    fold_means = [(sum(a[(f, s)] for s in range(3)) / 3, sum(b[(f, s)] for s in range(3) if (f, s) in b) / (3 - (f == 2))) for f in range(3)]
+    assert result.values_a == pytest.approx([m[0] for m in fold_means]) and result.values_b == pytest.approx([m[1] for m in fold_means])
+    assert result.p == pytest.approx(corrected_t_test([x - y for x, y in fold_means], 90 / 300)[2])
+    assert result.ci is None and "no predictions.json" in " ".join(result.notes)  # no per-clip predictions: no interval
 
 
 def test_report_compare_through_the_cli(tmp_path: Path) -> None:
     from tests.conftest import run_cli
 
     root = tmp_path / "runs"
-    _paired_runs(root, "ladder", "ladder", {(f, 0): 0.6 + 0.02 * f for f in range(4)})
+    _paired_runs(root, "ladder", "ladder", {(f, 0): 0.6 + 0.02 * f + 0.01 * (f % 2) for f in range(4)})
     _paired_runs(root, "base", "resnet18", {(f, 0): 0.5 + 0.01 * f for f in range(4)})
-    result = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=resnet18")
+    result = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=resnet18", "--metric", "macro_f1")
     assert result.returncode == 0, result.stderr
-    assert "matched replicates (same fold and seed): 4" in result.stdout and "t-test" in result.stdout
-    assert "Wilcoxon" in result.stdout and "(significant at 0.05)" in result.stdout
-    comparison = json.loads((root / "report" / "compare.json").read_text())
-    assert comparison["n_pairs"] == 4 and comparison["t_test_p_one_tailed"] < 0.05
+    assert "folds matched: 4" in result.stdout and "corrected resampled t-test" in result.stdout and "Holm-adjusted over 1" in result.stdout
+    (comparison,) = json.loads((root / "report" / "compare.json").read_text())
+    assert comparison["n_folds"] == 4 and comparison["alternative"] == "two-sided" and comparison["p_holm"] == comparison["p"]
 
     missing = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=vgg16")
     assert missing.returncode == 2 and "vgg16" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     _paired_runs(root, "other", "vgg16", {(7, 3): 0.5})
     unpaired = run_cli("report", "--runs", str(root), "--compare", "encoder=ladder", "encoder=vgg16")
-    assert unpaired.returncode == 2 and "fold 7/5 seed 3" in unpaired.stderr, unpaired.stderr
+    assert unpaired.returncode == 2 and "7/5 (A missing)" in unpaired.stderr, unpaired.stderr
 
 
 def test_report_notes_altered_partitions_and_seeds_tested_on_different_speakers(tmp_path: Path) -> None:
@@ -359,3 +354,84 @@ def test_report_notes_altered_partitions_and_seeds_tested_on_different_speakers(
     text = write_report(tmp_path / "runs", tmp_path / "out")["markdown"].read_text()
     assert "resnet18 audio none: its seeds were tested on 2 different sets of speakers" in text
     assert "runs/c/metrics.json`: `partition.json` changed since the run was trained" in text
+
+
+# --------------------------------------------------------------------------- labels true for the store, per-class sections
+
+
+def _run_with_predictions(root: Path, name: str, *, fold: int | None, seed: int, labels: list[int], predicted: list[int],
+                          dataset: str = "sample", sex: list[str] | None = None, intensity: list[str] | None = None) -> None:
+    from encoders.metrics import classification_metrics
+
+    n = len(labels)
+    ids = [f"{name}_{k}" for k in range(n)]
+    _write_run(root, name, encoder="resnet18", encoder_type="2D", modality="av", fusion="concat", seed=seed,
+               fold=None if fold is None else f"{fold}/3", ablate=None, class_names=CREMA_D,
+               test=classification_metrics(labels, predicted, CREMA_D),
+               config={"encoder": "resnet18", "seed": seed, "fold": fold, "folds": 3 if fold is not None else 5})
+    (root / name / "predictions.json").write_text(json.dumps({
+        "split": "test", "dataset": dataset, "class_names": CREMA_D, "clip_id": ids, "speaker": [str(k % 2) for k in range(n)],
+        "sentence": ["IEO" if k % 3 else "TIE" for k in range(n)], "intensity": intensity or ["XX"] * n, "sex": sex or [""] * n,
+        "label": labels, "predicted": predicted}))
+
+
+LABELS = [0, 1, 2, 3, 4, 5] * 2
+RIGHT = LABELS
+HALF = [0, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 0]  # the second six all wrong
+
+
+def test_k_fold_cells_count_folds_and_a_run_without_fold_is_not_labelled_folds_5(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for fold in range(3):
+        for seed in range(2):
+            _run_with_predictions(root, f"kfold-f{fold}-s{seed}", fold=fold, seed=seed, labels=LABELS, predicted=RIGHT if seed else HALF)
+    _run_with_predictions(root, "plain", fold=None, seed=0, labels=LABELS, predicted=HALF)
+    cells = {cell["variant"]: cell for cell in comparison_table(collect_runs(root))[0]["modalities"]["av"]}
+    assert set(cells) == {"cv=3 folds", "cv=stored split"}  # never "folds=5" for the run without --fold
+    kfold = cells["cv=3 folds"]
+    assert (kfold["unit"], kfold["n"], kfold["accuracy_mean"], kfold["accuracy_sd"]) == ("folds", 3, pytest.approx(0.75), 0.0)
+    markdown = write_report(root, tmp_path / "report")["markdown"].read_text(encoding="utf-8")
+    assert "concat, cv=3 folds: 0.75 ± 0.00 (UAR 0.75 ± 0.00, n=3 folds)" in markdown and "folds=5" not in markdown
+    assert "### resnet18 av concat, cv=3 folds" in markdown and "6 run(s); mean ± sd over folds." in markdown
+    assert "Chance = 1/6" in markdown and "Human raters" not in markdown  # a sample store is not CREMA-D
+
+
+def test_human_rater_lines_only_for_a_crema_d_store(tmp_path: Path) -> None:
+    texts, plots = {}, {}
+    for dataset in ("crema-d", "grid"):
+        root = tmp_path / dataset
+        for seed in range(2):
+            _run_with_predictions(root, f"r{seed}", fold=None, seed=seed, labels=LABELS, predicted=HALF, dataset=dataset)
+        paths = write_report(root, tmp_path / f"report-{dataset}")
+        texts[dataset], plots[dataset] = paths["markdown"].read_text(encoding="utf-8"), paths["accuracy_plot"].read_bytes()
+    assert "Human raters on CREMA-D (Cao et al., 2014): audio 40.9%" in texts["crema-d"]
+    assert "Human raters" not in texts["grid"] and plots["crema-d"] != plots["grid"]
+
+
+def test_report_has_per_class_sections_by_intensity_sex_and_sentence(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    sex = ["Female"] * 6 + ["Male"] * 6
+    for fold in range(2):
+        _run_with_predictions(root, f"f{fold}", fold=fold, seed=0, labels=LABELS, predicted=HALF, sex=sex,
+                              intensity=["HI", "LO"] * 6)
+    paths = write_report(root, tmp_path / "report")
+    text = paths["markdown"].read_text(encoding="utf-8")
+    part = text.split("## Per class, by intensity, speaker sex and sentence")[1]
+    assert "### resnet18 av concat" in part and "| ANG | 0.50 ± 0.00 | 0.50 ± 0.00 | 2.0 |" in part
+    assert "| ANG | 1.0 | 1.0 | 0.0 | 0.0 | 0.0 | 0.0 |" in part  # mean count per run: one right, one called DIS
+    assert "| Female | 12 | 1.00 | 1.00 | 1.00 |" in part and "| Male | 12 | 0.00 | 0.00 | 0.00 |" in part  # pooled over 2 runs
+    assert "| HI | 12 |" in part and "By sentence" in part
+    for name in ("per_class_resnet18-av-concat.png", "confusion_resnet18-av-concat.png"):
+        assert f"]({name})" in part
+        _assert_sensible_png(tmp_path / "report" / name)
+
+
+def test_per_class_section_says_when_a_field_or_the_predictions_are_missing(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    _run_with_predictions(root, "a", fold=None, seed=0, labels=LABELS, predicted=HALF)
+    _run_with_predictions(root, "b", fold=None, seed=1, labels=LABELS, predicted=RIGHT)
+    text = write_report(root, tmp_path / "report")["markdown"].read_text(encoding="utf-8")
+    assert "By speaker sex: the store's clip table has no speaker sex value, no table." in text
+    (root / "b" / "predictions.json").unlink()
+    text = write_report(root, tmp_path / "report")["markdown"].read_text(encoding="utf-8")
+    assert "1 of the 2 runs have no per-clip predictions" in text

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import zarr
 
+from encoders.metrics import classification_metrics
 from encoders.partition import PARTITION_FILE, digest
+from encoders.predictions import PREDICTIONS_FILE
 from encoders.train import TrainConfig, evaluate_run, train
 from pipeline.audio import MelConfig
 from pipeline.corpora import load_corpus
@@ -53,6 +55,20 @@ def test_a_run_records_the_speakers_and_clips_of_each_partition(run):
         assert recorded[name]["speakers"] == sorted(set(table["speaker"][rows]))
         assert set(recorded[name]["clips"]) <= set(table["clip_id"][rows]) and recorded[name]["clips"]
         assert len(recorded[name]["clips"]) == metrics["clips"][name]
+    assert recorded["fold_rule"] == 2
+
+
+def test_a_run_writes_its_per_clip_test_predictions(run):
+    location, out = run
+    predictions = json.loads((out / PREDICTIONS_FILE).read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    table = FeatureStore.open(location).clip_table()
+    assert predictions["clip_id"] == json.loads((out / PARTITION_FILE).read_text())["test"]["clips"]
+    rows = [list(table["clip_id"]).index(c) for c in predictions["clip_id"]]
+    assert predictions["speaker"] == [str(s) for s in table["speaker"][rows]] and predictions["label"] == table["label"][rows].tolist()
+    assert predictions["sentence"] == [str(s) for s in table["sentence"][rows]] and predictions["dataset"] == "sample"
+    again = classification_metrics(predictions["label"], predictions["predicted"], predictions["class_names"])
+    assert again["confusion"] == metrics["test"]["confusion"]  # the same predictions the run's metrics came from
 
 
 def test_evaluate_uses_the_runs_partition_when_the_store_moved_its_speakers(run, tmp_path):

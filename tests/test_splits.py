@@ -9,7 +9,7 @@ import random
 from encoders.partition import split_column
 from pipeline.records import ClipRecord
 from pipeline.splits import SplitError, actor_disjoint_split, add_to_store, check_disjoint, fold_partitions, kfold_by_actor
-from stores.splits import FRACTIONS, PARTITIONS, generations, replay_split
+from stores.splits import FRACTIONS, PARTITIONS, VAL_SHARE, generations, replay_split
 from stores.store import FeatureStore
 from tests.conftest import run_cli
 
@@ -44,7 +44,32 @@ def test_kfold_covers_every_actor_once_and_rounds_are_disjoint():
     for test_fold in range(5):
         parts = fold_partitions(folds, test_fold=test_fold, k=5)
         assert {s for s, p in parts.items() if p == "test"} == {s for s, f in folds.items() if f == test_fold}
-        assert {s for s, p in parts.items() if p == "val"} == {s for s, f in folds.items() if f == (test_fold + 1) % 5}
+
+
+@pytest.mark.parametrize("k", [3, 5, 10])
+def test_kfold_validation_is_a_share_of_the_other_folds_not_the_next_fold(k):
+    """Rule 2: every speaker in exactly one partition; validation is VAL_SHARE of the non-test speakers, drawn from
+    every other fold; training gets (k-1)/k minus validation (under rule 1, --folds 3 trained on a third)."""
+    folds = kfold_by_actor(SPEAKERS, k=k, seed=0)
+    for test_fold in range(k):
+        parts = fold_partitions(folds, test_fold=test_fold, k=k)
+        assert set(parts) == set(SPEAKERS) and set(parts.values()) == {"train", "val", "test"}
+        val = {s for s, p in parts.items() if p == "val"}
+        assert val != {s for s, f in folds.items() if f == (test_fold + 1) % k}  # not the next fold
+        assert len({folds[s] for s in val}) > 1  # drawn from several folds
+        rest = len(SPEAKERS) - sum(p == "test" for p in parts.values())
+        assert abs(len(val) - VAL_SHARE * rest) < 1
+        train_share = sum(p == "train" for p in parts.values()) / len(SPEAKERS)
+        assert abs(train_share - (k - 1) / k * (1 - VAL_SHARE)) < 1.5 / len(SPEAKERS)
+
+
+def test_kfold_validation_never_moves_as_speakers_are_added():
+    old = kfold_by_actor(SPEAKERS[:40], k=5, seed=3)
+    new = kfold_by_actor(SPEAKERS, k=5, seed=3, existing=old)
+    for test_fold in range(5):
+        before = fold_partitions(old, test_fold=test_fold, k=5, seed=3, gens=[SPEAKERS[:40]])
+        after = fold_partitions(new, test_fold=test_fold, k=5, seed=3, gens=[SPEAKERS[:40], SPEAKERS[40:]])
+        assert {s: after[s] for s in before} == before
 
 
 def test_check_refuses_a_speaker_in_two_partitions():

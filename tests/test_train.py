@@ -253,7 +253,7 @@ def test_k_fold_by_actor_tests_each_fold_once_and_never_leaks_speakers(store):
         table = FeatureStore.open(store).clip_table()
         by_split = {name: set(table["speaker"][split.rows].tolist()) for name, split in data.splits.items()}
         assert not (by_split["train"] & by_split["test"]) and not (by_split["val"] & by_split["test"]) and not (by_split["train"] & by_split["val"])
-        assert len(by_split["test"]) == 2 and len(by_split["val"]) == 2  # 6 actors in 3 folds
+        assert len(by_split["test"]) == 2 and len(by_split["val"]) == 1  # 6 actors in 3 folds; 15/85 of the other 4 validate (at least 1)
         seen_test.append(by_split["test"])
     assert set().union(*seen_test) == set(FeatureStore.open(store).clip_table()["speaker"].tolist())
     with pytest.raises(ValueError, match="outside 0..2"):
@@ -270,6 +270,6 @@ def test_sweep_runs_every_fold_and_seed_and_resumes_without_redoing(store, tmp_p
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))]
     assert sorted((r["fold"], r["seed"]) for r in runs) == [(f"{f}/3", s) for f in range(3) for s in (0, 1)]
     assert {r["config"]["lr"] for r in runs} == {0.002} and {r["config"]["split_seed"] for r in runs} == {5}
-    assert "n=6)" in (out / "report" / "comparison.md").read_text()  # folds and seeds are replicates: 6 runs, one cell
+    assert "n=3 folds)" in (out / "report" / "comparison.md").read_text()  # the fold is the replicate: 3 folds of 2 seeds, one cell
     again = run_cli(*args, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already") == 6, again.stdout
