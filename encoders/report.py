@@ -41,6 +41,7 @@ from typing import Any, Iterable
 from encoders.metrics import mean_sd
 from encoders.partition import digest
 from encoders.plots import plot_comparison
+from encoders.targets_report import DEFAULTS as TARGET_DEFAULTS, perceived_markdown, write_targets_csv
 
 __all__ = ["collect_runs", "comparison_table", "random_init_notes", "write_report", "REPORTED_METRICS"]
 
@@ -120,6 +121,7 @@ def _fusion_of(run: dict[str, Any]) -> str:
 def _settings(run: dict[str, Any]) -> dict[str, str]:
     """Everything of a run's configuration that could change its numbers, as text, plus its store's feature sets."""
     settings = {k: str(v) for k, v in (run.get("config") or {}).items() if k not in NOT_A_VARIANT}
+    settings = {**TARGET_DEFAULTS, **settings}  # runs made before --target learned the intended emotion, hard labels
     for kind, fingerprint in ((run.get("store") or {}).get("fingerprints") or {}).items():
         settings[f"store {kind}"] = str(fingerprint)
     return settings
@@ -139,7 +141,8 @@ def _varying_fields(runs: Iterable[dict[str, Any]]) -> set[str]:
     for settings in all_settings:
         for key in keys:
             values[key].add(settings.get(key, "—"))
-    return {key for key, seen in values.items() if len(seen) > 1}
+    varying = {key for key, seen in values.items() if len(seen) > 1}
+    return varying | set(TARGET_DEFAULTS) if varying & set(TARGET_DEFAULTS) else varying  # name target and label kind together
 
 
 def _cell_key(run: dict[str, Any], varying: Iterable[str] = ()) -> tuple[str, str, str, str, str]:
@@ -358,9 +361,10 @@ def write_report(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown_path = out_dir / "comparison.md"
-    markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped, main_runs), len(runs)),
-                             encoding="utf-8")
-    return {
+    markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped, main_runs), len(runs))
+                             + perceived_markdown(main_runs), encoding="utf-8")  # every target side by side: encoders/targets_report.py
+    targets_csv = write_targets_csv(main_runs, out_dir / "targets.csv")
+    return ({"targets_csv": targets_csv} if targets_csv else {}) | {
         "markdown": markdown_path,
         "csv": _write_csv(out_dir / "comparison.csv", rows),
         "accuracy_plot": plot_comparison(rows, out_dir / "comparison_accuracy.png", metric="accuracy",

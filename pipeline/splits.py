@@ -58,7 +58,7 @@ def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | 
     if not recorded and seed is not None and seed != store.info["split_seed"]:  # a store's first split: its seed
         store.root.attrs["avstore"] = {**store.info, "split_seed": seed}
         wrote = True
-    return rows, wrote or len(store) > clips_before
+    return rows, wrote or len(store) > clips_before or store.votes_written
 
 
 def check_disjoint(records: Iterable[ClipRecord]) -> None:
