@@ -46,6 +46,7 @@ def write_votes(clips: zarr.Group, rows: np.ndarray, records: Sequence[Any], num
     if "votes" not in clips:
         if not wanted:
             return False
+        num_classes = max(num_classes, *(len(c) for v in wanted.values() for c in v.values()))  # the votes' own width
         clips.create_array("votes", shape=(n, len(VOTE_MODALITIES), num_classes), dtype="int16",
                            chunks=(CHUNK_ROWS, len(VOTE_MODALITIES), num_classes), fill_value=0)
         clips.create_array("raters", shape=(n, len(VOTE_MODALITIES)), dtype="int16", chunks=(CHUNK_ROWS, len(VOTE_MODALITIES)), fill_value=0)
