@@ -8,8 +8,8 @@ Three arrays beside the other clip columns, row r for clip r, modality m in VOTE
     clips/agreement  (N, 3)    float32  the largest count / raters (0 without votes)
 
 They are made the first time clips with votes are added (a store of a corpus without votes has none) and keep
-the clip table's length from then on. A re-run that brings votes for clips already stored (extract --meta on
-a store made without it) fills them in; one without votes leaves the stored votes alone.
+the clip table's length from then on. A re-run whose clips carry votes writes them over the stored ones (extract
+--meta on a store made without it fills them in); one without votes leaves the stored votes alone.
 """
 
 from __future__ import annotations
