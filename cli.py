@@ -90,6 +90,8 @@ def summary(
 
 
 def print_summary(records, as_json: bool = False) -> None:
+    from pipeline.votes import summarise as summarise_votes, summary_lines
+
     info = {
         "clips": len(records),
         "speakers": len({r.speaker for r in records}),
@@ -97,6 +99,7 @@ def print_summary(records, as_json: bool = False) -> None:
         "per_split": {s: sum(r.split == s for r in records) for s in ("train", "val", "test")},
         "speakers_per_split": {s: len({r.speaker for r in records if r.split == s}) for s in ("train", "val", "test")},
         "broken": {r.clip_id: r.broken for r in records if r.broken},
+        "perceived": summarise_votes(records),  # per modality: votes, agreement levels, raters' accuracy (pipeline/votes.py)
     }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -110,6 +113,8 @@ def print_summary(records, as_json: bool = False) -> None:
     )
     for clip_id, reason in info["broken"].items():
         typer.echo(f"broken:      {clip_id}: {reason}")
+    for line in summary_lines(info["perceived"], info["clips"]):  # raters' votes, when the corpus has them
+        typer.echo(line)
 
 
 
@@ -537,7 +542,16 @@ def print_metrics(metrics: dict, out: Path) -> None:
         f"test accuracy (WAR) {test['accuracy']:.3f}, UAR {test['uar']:.3f}, macro-F1 {test['macro_f1']:.3f} on {test['n']} clips"
     )
     typer.echo("  per-class recall: " + "  ".join(f"{k} {v['recall']:.2f}" for k, v in test["per_class"].items()))
+    print_targets(metrics.get("targets"))
     typer.echo(f"  run directory: {out} (metrics.json, model.pt, learning_curve.png, confusion_test.png, train.log)")
+
+
+def print_targets(targets: Optional[dict]) -> None:
+    """The run scored against the intended and the three perceived targets, and the raters (encoders/targets.py)."""
+    from encoders.targets import target_lines
+
+    for line in target_lines(targets or {}):
+        typer.echo(line)
 
 
 @app.command()
@@ -574,6 +588,8 @@ def train(
     compile: str = typer.Option("auto", help="torch.compile: auto (CUDA, models of 5M+ parameters), on or off."),
     fuse_on_device: bool = typer.Option(False, "--fuse-on-device", help="Build concat/stack from the stored faces and audio on the device (reads 4/6 of the bytes)."),
     include_broken: bool = typer.Option(False, "--include-broken", help="Also train on ok clips the corpus documents as broken (left out by default; the log says how many)."),
+    target: str = typer.Option("intended", help="What to learn: intended (the actor's emotion) or what raters perceived: perceived-voice, perceived-face, perceived-av."),
+    labels: str = typer.Option("hard", help="hard: the raters' majority (ties: a seeded hash); soft: cross-entropy to the vote distribution (perceived targets)."),
     labelled_fraction: float = typer.Option(1.0, help="ladder: share of the training clips that keep their label, in (0, 1]; the rest train the reconstructions only."),
     noise: float = typer.Option(0.3, help="ladder: SD of the Gaussian noise of the noisy pass."),
     lambdas: str = typer.Option("1", help="ladder: λ_l per depth from the input up, comma-separated; the last repeats."),
@@ -590,13 +606,14 @@ def train(
     config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
                           max_memory_gb=max_memory_gb, loader_workers=loader_workers, amp=amp, compile=compile, fuse_on_device=fuse_on_device,
-                          include_broken=include_broken, **ladder_options(labelled_fraction, noise, lambdas, cross_skips, reconstruction, lld, embed))
+                          include_broken=include_broken, target=target, labels=labels, **ladder_options(labelled_fraction, noise, lambdas, cross_skips, reconstruction, lld, embed))
     try:
         config.resolved()  # bad options fail here, before any run directory or store access
     except ValueError as err:
         fail(str(err))
     fold_name = f"-fold{fold}of{folds}" if fold is not None else ""
-    out = out or Path("runs") / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"
+    target_name = "" if target == "intended" else f"-{target}-{labels}"  # runs of different targets never share a folder
+    out = out or Path("runs") / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}{target_name}"
     if fold is not None and not 0 <= fold < folds:
         fail(f"--fold {fold} is outside 0..{folds - 1} for --folds {folds}; pick a fold in that range")
     if out.exists() and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 creates it
@@ -628,6 +645,7 @@ def evaluate(
     test = report["test"]
     typer.echo(f"{report['encoder']} {report['modality']} {report['fusion']}{' ablated ' + ablate if ablate else ''}: "
                f"test accuracy {test['accuracy']:.3f}, UAR {test['uar']:.3f}, macro-F1 {test['macro_f1']:.3f}")
+    print_targets(report.get("targets"))
 
 
 @app.command()

@@ -51,6 +51,7 @@ from encoders.metrics import mean_sd
 from encoders.partition import digest, fold_rule
 from encoders.plots import HUMAN_RATERS_CREMA_D, MODALITY_LABELS, plot_comparison
 from encoders.predictions import of_run as predictions_of
+from encoders.targets_report import DEFAULTS as TARGET_DEFAULTS, perceived_markdown, write_targets_csv
 
 __all__ = ["collect_runs", "comparison_table", "random_init_notes", "write_report", "REPORTED_METRICS"]
 
@@ -131,6 +132,7 @@ def _settings(run: dict[str, Any]) -> dict[str, str]:
     """Everything of a run's configuration that could change its numbers, as text, plus its store's feature sets."""
     config = run.get("config") or {}
     settings = {k: str(v) for k, v in config.items() if k not in NOT_A_VARIANT}
+    settings = {**TARGET_DEFAULTS, **settings}  # runs made before --target learned the intended emotion, hard labels
     if config:  # `folds` means something only with `fold`: a run on the store's split is not "folds=5"
         settings["cv"] = f"{config.get('folds')} folds" if config.get("fold") is not None else "stored split"
     for kind, fingerprint in ((run.get("store") or {}).get("fingerprints") or {}).items():
@@ -152,7 +154,8 @@ def _varying_fields(runs: Iterable[dict[str, Any]]) -> set[str]:
     for settings in all_settings:
         for key in keys:
             values[key].add(settings.get(key, "—"))
-    return {key for key, seen in values.items() if len(seen) > 1}
+    varying = {key for key, seen in values.items() if len(seen) > 1}
+    return varying | set(TARGET_DEFAULTS) if varying & set(TARGET_DEFAULTS) else varying  # name target and label kind together
 
 
 def _cell_key(run: dict[str, Any], varying: Iterable[str] = ()) -> tuple[str, str, str, str, str]:
@@ -422,10 +425,11 @@ def write_report(runs_dir: Path, out_dir: Path) -> dict[str, Path]:
         label = " ".join(p for p in (encoder, modality, fusion if fusion != NO_FUSION else "") if p) + (f", {variant}" if variant else "")
         sections += section(label, group, out_dir)
     markdown_path = out_dir / "comparison.md"
-    markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped, main_runs), len(runs), main_runs, sections),
-                             encoding="utf-8")
+    markdown_path.write_text(_markdown(rows, _notes(rows, ablations, duplicates, skipped, main_runs), len(runs), main_runs, sections)
+                             + perceived_markdown(main_runs), encoding="utf-8")  # every target side by side: encoders/targets_report.py
+    targets_csv = write_targets_csv(main_runs, out_dir / "targets.csv")
     names = class_names_of(main_runs)
-    return {
+    return ({"targets_csv": targets_csv} if targets_csv else {}) | {
         "markdown": markdown_path,
         "csv": _write_csv(out_dir / "comparison.csv", rows),
         "accuracy_plot": plot_comparison(rows, out_dir / "comparison_accuracy.png", metric="accuracy", num_classes=len(names) or 6,

@@ -37,7 +37,8 @@ from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, 
 from encoders.loader import Loader, LoaderConfig, check_workers, default_workers
 from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
-from encoders.registry import get_model, get_spec
+from encoders.registry import get_model, get_spec, list_models
+from encoders.targets import batch_target, check_target, score_run, soft_targets, training_targets
 from stores.provenance import code_commit, library_versions
 from stores.selection import usable_rows
 from stores.store import FeatureStore, StoreError
@@ -88,6 +89,8 @@ class TrainConfig:
     faces: str | None = None  # feature-set fingerprints, when a store holds several
     audio: str | None = None
     include_broken: bool = False  # train on clips the corpus documents as broken (clips/broken) too
+    target: str = "intended"  # intended | perceived-voice | perceived-face | perceived-av (encoders/targets.py)
+    labels: str = "hard"  # hard (the majority) | soft (cross-entropy to the vote distribution)
     # ---- seed 002's ladder network (encoders/ladder_train.py); ignored by the other encoders ----
     labelled_fraction: float = 1.0  # of the training clips; the rest train only the reconstructions
     ladder_noise: float = 0.3
@@ -104,6 +107,7 @@ class TrainConfig:
             raise ValueError(f"--amp takes {' | '.join(AMP_CHOICES)}, not '{self.amp}'")
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"--compile takes {' | '.join(COMPILE_CHOICES)}, not '{self.compile}'")
+        check_target(self.target, self.labels, get_spec(self.encoder).input_kind if self.encoder in list_models() else "")
         if self.max_memory_gb is not None and self.max_memory_gb < 0:
             raise ValueError(f"--max-memory-gb {self.max_memory_gb} is negative; give 0 to stream everything")
         return dataclasses.replace(
@@ -164,6 +168,7 @@ class Data:
     notes: list[str] = dataclasses.field(default_factory=list)  # what changed in the store since a recorded partition
     split_bytes: int = 0  # the three splits' rows, decoded
     memory_limit: float = 0.0  # bytes the run would hold in memory (memory_limit_bytes)
+    soft: dict = dataclasses.field(default_factory=dict)  # --labels soft: split -> (clips, K) vote distributions
 
     def holding(self) -> str:
         """Where the rows come from, and why: for the log."""
@@ -190,8 +195,9 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None) 
     store_split = run_partition.split_column(store, table, split_seed=config.split_seed, fold=config.fold, folds=config.folds)
     # Clips whose faces AND audio are ok, for every modality: audio, vision and fused runs compare like with like.
     ok, excluded_broken = usable_rows(faces, audio, fused, table["broken"], include_broken=config.include_broken)
+    ok, labels, target_notes = training_targets(store, table, ok, config.target)  # --target: encoders/targets.py
     rows = {name: np.flatnonzero(ok & (store_split == name)) for name in ("train", "val", "test")}
-    notes = []
+    notes = list(target_notes)
     if recorded is not None:
         rows, notes = run_partition.recorded_rows(table, ok, recorded, store_split, location)
     for name, r in rows.items():
@@ -201,7 +207,7 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None) 
     per_row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in arrays)
     split_bytes, memory_limit = per_row * sum(len(r) for r in rows.values()), memory_limit_bytes(config.max_memory_gb, resolve_device(config.device))
     in_memory = split_bytes <= memory_limit
-    splits = {name: StoreSplit(location, sets, recipe, r, table["label"][r], in_memory=in_memory) for name, r in rows.items()}
+    splits = {name: StoreSplit(location, sets, recipe, r, labels[r], in_memory=in_memory) for name, r in rows.items()}
     first = to_model_inputs(recipe, [torch.from_numpy(read_rows(a, rows["train"][:1])) for a in arrays])[0]
     return Data(
         recipe=recipe,
@@ -212,10 +218,11 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None) 
         fingerprints={k: store.root[f"features/{v}"].attrs["fingerprint"] for k, v in sets.items()},
         speakers={name: len(set(table["speaker"][r].tolist())) for name, r in rows.items()},
         excluded_broken=excluded_broken,
-        partition=run_partition.record(table, rows),
+        partition={**run_partition.record(table, rows), "target": {"target": config.target, "labels": config.labels}},
         notes=notes,
         split_bytes=split_bytes,
         memory_limit=memory_limit,
+        soft=soft_targets(store, table, rows, config.target) if config.labels == "soft" else {},
     )
 
 
@@ -312,6 +319,10 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
         log.info("clips the corpus flags as broken (clips/broken) are included (--include-broken)")
     else:
         log.info("%d usable clip(s) the corpus flags as broken (clips/broken) left out; --include-broken lets them in", data.excluded_broken)
+    for note in data.notes:  # e.g. clips without votes for a perceived --target
+        log.info(note)
+    if config.target != "intended" or config.labels != "hard":
+        log.info("target: %s, %s labels (best epoch by validation UAR against its majority labels)", config.target, config.labels)
 
     history, best, best_state, epoch_seconds, wait_seconds = [], None, None, [], []
     for epoch in range(1, config.epochs + 1):
@@ -328,7 +339,7 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
             waited += time.perf_counter() - asked
             with plan.autocast():
                 logits = step_model(*prepare(data.recipe, raw, plan))
-                loss = loss_fn(logits.float(), labels)
+                loss = loss_fn(logits.float(), batch_target(data.soft, labels, positions))  # --labels soft: the vote distributions
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -397,6 +408,7 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
         "versions": library_versions(),
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
     }
+    metrics["targets"] = score_run(raw_model, data, plan, config, location)  # every target side by side: encoders/targets.py
     metrics["partition"] = {"file": run_partition.PARTITION_FILE, "sha256": run_partition.save(out, data.partition)}
     run_predictions.save(out, location, data.splits["test"].rows, predicted["test"])  # before metrics.json: a resumed sweep skips runs that have it
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -491,7 +503,8 @@ def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = 
     result, loss = evaluate(model, data, "test", plan, config.batch_size, ablation)
     name = f"evaluate{'-ablate-' + ablation if ablation else ''}"
     report = {**{k: metrics[k] for k in ("encoder", "encoder_type", "modality", "fusion", "seed", "best_epoch")}, "ablate": ablation, "test": {**result, "loss": loss},
-              "partition": metrics.get("partition"), "warnings": data.notes}
+              "partition": metrics.get("partition"), "warnings": data.notes,
+              "targets": score_run(model, data, plan, config, store or metrics["store"]["location"], ablation)}
     (run / f"{name}.json").write_text(json.dumps(report, indent=2))
     plot_confusion(result["confusion"], data.class_names, run / f"confusion_{name}.png", title=f"test{' (' + ablation + ' zeroed)' if ablation else ''}: {config.encoder}")
     return report

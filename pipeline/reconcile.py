@@ -34,6 +34,7 @@ class ClipTableChanges:
     renumbered: dict[int, tuple[int, int]] = field(default_factory=dict)  # row -> (stored label, its class's number)
     speakers: dict[int, tuple[str, str]] = field(default_factory=dict)  # row -> (stored speaker, corpus speaker)
     clip_ids: dict[int, str] = field(default_factory=dict)  # row -> clip id, for the messages
+    votes_classes: list[str] = field(default_factory=list)  # the class order of the records' votes (the corpus's list)
 
     def numbered(self, records: list[ClipRecord]) -> list[ClipRecord]:
         """`records` with labels numbered by the store's class list (a corpus's own numbering may differ)."""
@@ -41,7 +42,25 @@ class ClipTableChanges:
         missing = sorted({r.emotion for r in records} - set(index))
         if missing:
             raise LabelError(f"labels {', '.join(missing)} are not in the class list {','.join(self.class_names)}; declare them with --classes")
-        return [r if r.label == index[r.emotion] else dataclasses.replace(r, label=index[r.emotion]) for r in records]
+        return [r if r.label == index[r.emotion] and not self._reorders(r) else
+                dataclasses.replace(r, label=index[r.emotion], votes=self._votes_in_store_order(r.votes)) for r in records]
+
+    def _reorders(self, record: ClipRecord) -> bool:
+        return bool(record.votes) and bool(self.votes_classes) and self.votes_classes != self.class_names
+
+    def _votes_in_store_order(self, votes: dict[str, list[int]]) -> dict[str, list[int]]:
+        """Vote counts come in the corpus's class order; the store keeps its own (a corpus's order may differ
+        once classes were appended), so each count moves to its class's stored number."""
+        if not votes or not self.votes_classes or self.votes_classes == self.class_names:
+            return votes
+        where = [self.class_names.index(name) for name in self.votes_classes]
+        moved = {}
+        for modality, counts in votes.items():
+            counts_in_store = [0] * len(self.class_names)
+            for k, count in zip(where, counts):
+                counts_in_store[k] += count
+            moved[modality] = counts_in_store
+        return moved
 
     def messages(self) -> list[str]:
         """One line per kind of change, with counts and a few examples."""
@@ -70,12 +89,13 @@ def plan_changes(table: dict[str, np.ndarray], stored_classes: list[str], record
                  *, declared: bool, store: str) -> ClipTableChanges:
     """Compare `records` with the clip table (`FeatureStore.clip_table()`); raises LabelError when the corpus's
     class list would renumber the store's. `corpus_classes=None`: the store's list, grown by the records' labels."""
+    votes_classes = list(corpus_classes or [])  # the records' votes count in the corpus's own order
     if corpus_classes is None:
         corpus_classes, declared = list(dict.fromkeys(r.emotion for r in records)), False
     respelled = respellings(stored_classes)
     stored = [respelled.get(name, name) for name in stored_classes]
     names = merge_class_lists(stored, corpus_classes, declared=declared, store=store)
-    changes = ClipTableChanges(class_names=names, appended=names[len(stored):], respelled=respelled)
+    changes = ClipTableChanges(class_names=names, appended=names[len(stored):], respelled=respelled, votes_classes=votes_classes)
     index = {name: k for k, name in enumerate(names)}
     row_of = {str(clip_id): row for row, clip_id in enumerate(table["clip_id"])}
     for record in records:

@@ -13,6 +13,9 @@ from typing import Any
 CREMA_D_EMOTIONS: tuple[str, ...] = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")
 """Alphabetical, so ANG=0 DIS=1 FEA=2 HAP=3 NEU=4 SAD=5 everywhere in avstore."""
 
+VOTE_MODALITIES: tuple[str, ...] = ("voice", "face", "av")
+"""What raters saw when they voted (CREMA-D's queryType 1, 2, 3): the voice alone, the face alone, both."""
+
 
 @dataclass(frozen=True)
 class ClipRecord:
@@ -33,6 +36,8 @@ class ClipRecord:
     split: str = ""
     broken: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    votes: dict[str, list[int]] = field(default_factory=dict)
+    """Raters' perceived emotion: modality (VOTE_MODALITIES) -> vote count per class, in the corpus's class order."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

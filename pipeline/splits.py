@@ -78,7 +78,7 @@ def add_to_store(store: FeatureStore, records: list[ClipRecord], *, seed: int | 
     if moved:
         told.append(f"split: {len(moved)} clip(s) of corrected speakers moved to their speaker's partition "
                     f"(stable rule for speakers new to the store; no speaker is in two partitions)")
-    return rows, bool(wrote or changes or len(store) > clips_before), told
+    return rows, bool(wrote or changes or len(store) > clips_before or store.votes_written), told
 
 
 def check_disjoint(records: Iterable[ClipRecord]) -> None:

@@ -5,6 +5,7 @@ Layout::
     <store>/                     attrs["avstore"]: format version, dataset, class names, split seed
       clips/                     one row per clip, in the order clips were first added (never reordered)
         clip_id label emotion speaker sentence intensity split video_path broken extra_json
+        votes raters agreement   raters' perceived emotion, when the corpus has it (stores/clip_votes.py)
       features/<kind>-<fp>/      a feature set: kind is faces | audio | fusion-<name>; fp the fingerprint
         <arrays>                 row r belongs to clip r; attrs: params, fingerprint, versions, who, when
         status reason            per row: ok / no_face / no_audio / decode_error / too_short / too_long
@@ -27,6 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 import zarr
 
+from stores.clip_votes import write_votes
 from stores.codecs import chunk_compressors, chunk_filters, use_shaped_delta
 from stores.fingerprint import fingerprint
 from stores.location import locate
@@ -116,6 +118,7 @@ class FeatureStore:
         self.location = location
         self.writable = writable
         self.touched: dict[str, set[int]] = {}  # feature set name -> rows written by this process (for checksums)
+        self.votes_written = False  # add_clips wrote raters' votes (clips/votes, stores/clip_votes.py)
 
     # ---- opening -------------------------------------------------------------------------------------
     @classmethod
@@ -184,7 +187,9 @@ class FeatureStore:
                 for array in feature_set.group.array_values():
                     array.resize((start + len(new), *array.shape[1:]))
             existing.update({r.clip_id: int(row) for r, row in zip(new, rows)})
-        return np.asarray([existing[r.clip_id] for r in records], dtype=np.int64)
+        all_rows = np.asarray([existing[r.clip_id] for r in records], dtype=np.int64)
+        self.votes_written = write_votes(self.root["clips"], all_rows, records, len(self.class_names))  # raters' votes: stores/clip_votes.py
+        return all_rows
 
     def extend_class_names(self, names: list[str], renamed: dict[str, str] | None = None) -> None:
         """Grow the class list to `names`. Stored numbers never change: `names` must start with the current list,

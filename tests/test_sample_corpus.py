@@ -235,7 +235,16 @@ def test_same_seed_gives_identical_bytes_in_another_folder(corpus, twin):
     root, _ = corpus
     digests, twin_digests = file_digests(root), file_digests(twin)
     assert digests == twin_digests
-    assert len(digests) == 2 * NORMAL_CLIPS + 2 * 2 + 2 + 1  # flv+wav each; 2 broken with both, 2 flv only; json
+    assert len(digests) == 2 * NORMAL_CLIPS + 2 * 2 + 2 + 2  # flv+wav each; 2 broken with both, 2 flv only; json; votes csv
+
+
+def test_every_clip_has_generated_votes_in_crema_d_format(corpus):
+    from pipeline.votes import read_tabulated_votes
+
+    root, ids = corpus
+    votes = read_tabulated_votes(root / "tabulatedVotes.csv")
+    assert sorted(votes) == ids  # the broken clips too: raters saw them before anyone decoded them
+    assert all(set(v) == {"voice", "face", "av"} and all(6 <= sum(c) <= 12 for c in v.values()) for v in votes.values())
 
 
 def test_different_seed_gives_different_bytes(corpus, other_seed):

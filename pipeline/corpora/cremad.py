@@ -8,7 +8,8 @@ Layout as distributed::
 
 When `AudioWAV/` lacks a clip, the video's own audio track is used instead. The metadata tables of the
 dataset's repository (`VideoDemographics.csv`, `tabulatedVotes.csv`) can be joined with `meta=DIR`:
-actor demographics and the crowd's perceived emotion per presentation mode (voice, face, audio-visual).
+actor demographics and the crowd's perceived emotion per presentation mode (voice, face, audio-visual): the
+majority and agreement in `extra`, every rater's vote in `votes` (pipeline/votes.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from pipeline.corpora import Corpus, CorpusError
 from pipeline.records import CREMA_D_EMOTIONS, ClipRecord
+from pipeline.votes import read_tabulated_votes
 
 log = logging.getLogger(__name__)
 
@@ -116,21 +118,29 @@ def read_perceived_emotions(meta: Path) -> dict[str, dict[str, str | float]]:
 
 
 def join_metadata(records: list[ClipRecord], meta: Path) -> list[ClipRecord]:
-    """Attach demographics and perceived emotions from the dataset's tables in `meta`."""
-    if not (meta / "VideoDemographics.csv").is_file():
-        raise CorpusError(f"'{meta}' lacks VideoDemographics.csv; pass --meta pointing at CREMA-D's metadata tables")
-    demographics = read_demographics(meta)
-    perceived = read_perceived_emotions(meta) if (meta / "tabulatedVotes.csv").is_file() else {}
+    """Attach demographics, perceived emotions and every rater's vote from the dataset's tables in `meta`.
+
+    Either table may be missing (the sample corpus writes only tabulatedVotes.csv), not both."""
+    has_demographics, has_votes = (meta / "VideoDemographics.csv").is_file(), (meta / "tabulatedVotes.csv").is_file()
+    if not (has_demographics or has_votes):
+        raise CorpusError(f"'{meta}' lacks VideoDemographics.csv and tabulatedVotes.csv; pass --meta pointing at CREMA-D's metadata tables")
+    demographics = read_demographics(meta) if has_demographics else {}
+    perceived = read_perceived_emotions(meta) if has_votes else {}
+    votes = read_tabulated_votes(meta / "tabulatedVotes.csv") if has_votes else {}
     joined = []
     for record in records:
         extra = {**record.extra, **demographics.get(record.speaker, {}), **perceived.get(record.clip_id, {})}
-        joined.append(ClipRecord(**{**record.to_dict(), "extra": extra}))
+        joined.append(ClipRecord(**{**record.to_dict(), "extra": extra, "votes": votes.get(record.clip_id, record.votes)}))
     return joined
 
 
 def load_sample(root: Path, meta: Path | None = None) -> list[ClipRecord]:
-    """The generated sample corpus: CREMA-D's layout; its deliberately broken clips are listed in SAMPLE.json."""
+    """The generated sample corpus: CREMA-D's layout; its deliberately broken clips are listed in SAMPLE.json.
+
+    Its generated votes (`tabulatedVotes.csv` beside VideoFlash/) are read without --meta; --meta DIR reads DIR's."""
     described = Path(root) / "SAMPLE.json"
+    if meta is None and (Path(root) / "tabulatedVotes.csv").is_file():
+        meta = Path(root)
     broken = {}
     if described.is_file():
         broken = {b["id"]: f"generated to fail with {b['expect']}" for b in json.loads(described.read_text()).get("broken", [])}

@@ -1,7 +1,8 @@
 """Any other corpus, from a CSV manifest: one row per clip.
 
 Columns: `video` (path), `label` (an emotion name), `speaker`; optional `audio` (path), `split`
-(train/val/test, kept as given), `id`, `sentence`, `intensity`. Relative paths are relative to the CSV's
+(train/val/test, kept as given), `id`, `sentence`, `intensity`, and raters' votes `votes_voice`, `votes_face`,
+`votes_av` (label:count pairs, e.g. "ANG:3 NEU:1"; pipeline/votes.py). Relative paths are relative to the CSV's
 folder. A file saved by a spreadsheet reads the same: a byte-order mark, CRLF line ends, spaces around
 column names and values, and column names in any case are accepted.
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from pipeline.corpora import Corpus, CorpusError
 from pipeline.labels import EMOTIONS, class_name, corpus_class_list, declared_classes
 from pipeline.records import ClipRecord
+from pipeline.votes import manifest_votes
 
 REQUIRED = ("video", "label", "speaker")
 SPLITS = ("train", "val", "test")
@@ -58,6 +60,7 @@ def load(root: Path, meta: Path | None = None, classes: str | None = None) -> li
                 sentence=row.get("sentence") or "",
                 intensity=row.get("intensity") or "",
                 split=split,
+                votes=manifest_votes(row, class_names, f"manifest '{path}' line {number}"),  # optional votes_* columns
             )
         )
     ids = [r.clip_id for r in records]

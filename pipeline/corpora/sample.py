@@ -9,6 +9,7 @@ unchanged:
                                                               2-3 s, mp3 audio track
     out/AudioWAV/<same>.wav                                   16 kHz mono int16, the same sound
     out/SAMPLE.json                                           the parameters and the broken clips
+    out/tabulatedVotes.csv                                    generated raters' votes, in CREMA-D's format
 
 Why it looks the way it does:
 
@@ -21,6 +22,13 @@ Why it looks the way it does:
   with the emotion index and whose loudness follows an emotion-specific contour.
 * Everything is a pure function of `seed` and the clip's name, and ffmpeg runs with bit-exact flags on
   one thread, so one seed always gives the same bytes: stores built from it can be compared by hash.
+* Raters' votes (CREMA-D's `tabulatedVotes.csv`, so perceived-emotion targets run offline) follow a known rule:
+  each clip gets 6-12 raters per modality (voice, face, av); each rater names the intended emotion with
+  probability VOTE_ACCURACY[modality] (0.40 / 0.58 / 0.64, CREMA-D's own rates), its look-alike
+  (VOTE_CONFUSION: ANG<->DIS, FEA<->SAD, HAP<->NEU) with probability VOTE_CONFUSABLE, and any of the other four
+  emotions with equal shares of the rest. So the expected raters' accuracy against the intended emotion is
+  VOTE_ACCURACY, and the majority is now and then the look-alike, more often for the voice. The votes come from
+  their own random stream: the media bytes are those of a corpus without votes.
 * `with_broken=True` adds four clips that each trigger one of the failures the pipeline must survive
   (CREMA-D itself has a few such clips): a file cut short, a missing audio track, no face, too short.
 """
@@ -43,7 +51,8 @@ import numpy as np
 import skimage.data
 
 from pipeline.media import ffmpeg_exe
-from pipeline.records import CREMA_D_EMOTIONS
+from pipeline.records import CREMA_D_EMOTIONS, VOTE_MODALITIES
+from pipeline.votes import write_tabulated_votes
 
 SENTENCES: tuple[str, ...] = (
     "IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI",
@@ -57,7 +66,7 @@ FIRST_ACTOR = 1001
 FLV_QUALITY = 5
 """ffmpeg's -q:v for the flv encoder: sharp enough that the mouth cue survives, ~100 kB per clip."""
 
-ACTOR_LOOK, DURATION, CONTENT = 1, 2, 3
+ACTOR_LOOK, DURATION, CONTENT, VOTES = 1, 2, 3, 4
 """What a random stream is for: each purpose gets its own, so changing one never shifts another."""
 
 BROKEN_ACTOR, BROKEN_SENTENCE = 0, SENTENCES.index("WSI")
@@ -85,6 +94,13 @@ HEAD_OUTLINE = (
 """Hair, face, neck and collar traced by hand: the part of the photograph without its wall."""
 MOUTH_CENTRE = (224, 145)
 LEFT_BROW_CENTRE, RIGHT_BROW_CENTRE = (202, 92), (248, 92)
+
+
+VOTE_ACCURACY: dict[str, float] = {"voice": 0.40, "face": 0.58, "av": 0.64}
+VOTE_CONFUSABLE = 0.25
+VOTE_CONFUSION: dict[str, str] = {"ANG": "DIS", "DIS": "ANG", "FEA": "SAD", "SAD": "FEA", "HAP": "NEU", "NEU": "HAP"}
+VOTE_RATERS = (6, 12)
+"""Raters per clip and modality, drawn uniformly between these (inclusive)."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +185,7 @@ def write_sample_corpus(
         with ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda spec: _write_clip(out, Path(scratch), spec, looks[spec.actor], seed), specs))
     _write_manifest(out, actors, sentences, seed, with_broken, specs)
+    write_tabulated_votes(out / "tabulatedVotes.csv", {spec.clip_id: sample_votes(spec, seed) for spec in specs})
     return sorted(spec.clip_id for spec in specs)
 
 
@@ -206,6 +223,26 @@ def _clip_rng(
     """A generator owned by one clip, so its content doesn't depend on which clips come before it."""
     defect_code = 1 + [d for _, d in BROKEN_CLIPS].index(defect) if defect else 0
     return np.random.default_rng([seed, purpose, actor, sentence, emotion, defect_code])
+
+
+def vote_probabilities(emotion: int, modality: str) -> np.ndarray:
+    """What one rater of `modality` names for a clip of intended `emotion`: a distribution over the six emotions."""
+    name = CREMA_D_EMOTIONS[emotion]
+    alike = CREMA_D_EMOTIONS.index(VOTE_CONFUSION[name])
+    rest = (1.0 - VOTE_ACCURACY[modality] - VOTE_CONFUSABLE) / (len(CREMA_D_EMOTIONS) - 2)
+    p = np.full(len(CREMA_D_EMOTIONS), rest)
+    p[emotion], p[alike] = VOTE_ACCURACY[modality], VOTE_CONFUSABLE
+    return p
+
+
+def sample_votes(spec: ClipSpec, seed: int) -> dict[str, list[int]]:
+    """One clip's votes per modality, from the clip's own VOTES stream (the rule of the module docstring)."""
+    rng = _clip_rng(seed, spec.actor, spec.sentence, spec.emotion, purpose=VOTES, defect=spec.defect)
+    votes = {}
+    for modality in VOTE_MODALITIES:
+        raters = int(rng.integers(VOTE_RATERS[0], VOTE_RATERS[1] + 1))
+        votes[modality] = rng.multinomial(raters, vote_probabilities(spec.emotion, modality)).tolist()
+    return votes
 
 
 def _write_manifest(
