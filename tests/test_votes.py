@@ -121,9 +121,11 @@ def test_crema_d_meta_needs_one_of_its_tables(tmp_path):
 
 def test_manifest_takes_optional_vote_columns(tmp_path):
     csv = tmp_path / "m.csv"
-    csv.write_text("video,label,speaker,votes_av,votes_voice\na.mp4,happy,s1,happy:3 sad:1,\nb.mp4,sad,s2,,sad:2;happy:2\n")
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).touch()  # a manifest's files must exist (checked before any work)
+    csv.write_text("video,label,speaker,votes_av,votes_voice\na.mp4,happy,s1,happy:3 SAD:1,\nb.mp4,sad,s2,,sad:2;HAP:2\n")
     a, b = load_corpus("manifest", csv)
-    assert a.votes == {"av": [3, 1]} and b.votes == {"voice": [2, 2]}  # classes happy=0, sad=1
+    assert a.votes == {"av": [3, 1]} and b.votes == {"voice": [2, 2]}  # classes HAP=0, SAD=1, any spelling of the table
     csv.write_text("video,label,speaker,votes_face\na.mp4,happy,s1,angry:3\n")
     with pytest.raises(CorpusError, match=r"line 2, column votes_face: 'angry:3' is not label:count"):
         load_corpus("manifest", csv)
@@ -152,3 +154,16 @@ def test_the_store_keeps_votes_in_its_clip_table_and_fills_them_in_later(tmp_pat
 
 def test_summary_of_records_without_votes_is_empty():
     assert summarise([ClipRecord(clip_id="a", video_path="v", label=0, emotion="ANG", speaker="1")]) == {}
+
+
+def test_votes_move_to_the_stores_class_order_when_the_corpus_numbers_classes_otherwise():
+    """A store that learned HAP after NEU numbers it 2; a corpus listing ANG, HAP, NEU counts its votes in that order.
+    Without the move, HAP's votes would be stored as NEU's."""
+    from pipeline.reconcile import plan_changes
+
+    table = {"clip_id": np.array(["old"]), "emotion": np.array(["NEU"]), "label": np.array([1]), "speaker": np.array(["s1"])}
+    record = ClipRecord(clip_id="new", video_path="v", label=1, emotion="HAP", speaker="s2", votes={"av": [1, 2, 3]})
+    changes = plan_changes(table, ["ANG", "NEU"], [record], ["ANG", "HAP", "NEU"], declared=False, store="s.zarr")
+    assert changes.class_names == ["ANG", "NEU", "HAP"]
+    (numbered,) = changes.numbered([record])
+    assert numbered.label == 2 and numbered.votes == {"av": [1, 3, 2]}  # ANG 1, NEU 3, HAP 2
