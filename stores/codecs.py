@@ -13,6 +13,17 @@ One upstream defect is worked around, for writing only: zarr's numcodecs wrapper
 chunk flattened, so a codec after a `Delta` (here a `transpose`) fails to encode. `ShapedDelta` restores the
 chunk's shape; its bytes and metadata are those of `numcodecs.delta`, and it decodes with zarr's own code.
 It is registered under that name for this process, so stores reopened for writing (resume, new clips) use it.
+
+Two chains (CHAINS), chosen per feature set by `chain_for(kind)` (issue 24). `compact`: the colour, vertical
+and horizontal differences above, the smallest; faces and audio. `quick`: the colour and horizontal
+differences only, for the fused tensors a trainer reads most (a 3D concat row is 4.8 MB): ~15% larger, but
+the loader undoes it with two running sums and one interleave, 7.9 -> 5 ms per 3D concat row (bench/results/
+codecs.md). Plain zarr decodes every `numcodecs.delta` with numpy's serial cumsum (~2 ns a byte, ~10 ms per
+3D concat row on one core), so through plain zarr no delta chain is fast; only zstd alone is (~7 ms), and it
+would take the store to ~3.4 MB per clip. Stores made before keep the chain their metadata names.
+
+Every chunk carries zstd's frame checksum (xxhash64 of the decoded bytes), so plain zarr and the loader both
+refuse a damaged chunk instead of decoding it into wrong values (before issue 24 only the shard index had one).
 """
 
 from __future__ import annotations
@@ -56,19 +67,25 @@ def use_shaped_delta() -> None:
 use_shaped_delta()
 
 
-def chunk_filters(clip_shape: tuple[int, ...], dtype: str) -> list:
+def chunk_filters(clip_shape: tuple[int, ...], dtype: str, chain: str = "compact") -> list:
     """The array-to-array codecs of one row's chunk (shape (1, *clip_shape)), before bytes + zstd.
 
     uint8 with channels last (..., H, W, C<=8: crops, middle, fused images and videos): the colour difference
-    (the flattened delta runs along C), then vertical (H innermost), then horizontal (W innermost), stored
-    channel-planar (C, ..., H, W). Other uint8 (grey spectrogram images): the horizontal difference.
-    Anything else (float16 mel, float32): zstd alone, since a float difference would not be exact.
+    (the flattened delta runs along C), then (`compact` only) vertical (H innermost), then horizontal (W
+    innermost), stored channel-planar (C, ..., H, W). Other uint8 (grey spectrogram images): the horizontal
+    difference. Anything else (float16 mel, float32): zstd alone, since a float difference would not be exact.
     """
+    if chain not in CHAINS:
+        raise ValueError(f"unknown codec chain '{chain}'; choose one of {', '.join(CHAINS)}")
     if np.dtype(dtype) != np.uint8 or len(clip_shape) < 2:
         return []
     if len(clip_shape) < 3 or clip_shape[-1] > 8:
         return [ShapedDelta(dtype="u1")]
-    chunk = (1, *clip_shape)
+    return CHAINS[chain]((1, *clip_shape))
+
+
+def _compact(chunk: tuple[int, ...]) -> list:
+    """Colour, vertical, horizontal differences (issue 12): the smallest chain measured."""
     c, w, h, rest = len(chunk) - 1, len(chunk) - 2, len(chunk) - 3, tuple(range(1, len(chunk) - 3))
     planar = (0, c, *rest, h, w)
     for columns in ((0, c, *rest, w, h), (0, *rest, w, c, h)):  # H innermost; the second where the first is unsafe
@@ -77,6 +94,24 @@ def chunk_filters(clip_shape: tuple[int, ...], dtype: str) -> list:
             return [ShapedDelta(dtype="u1"), TransposeCodec(order=columns), ShapedDelta(dtype="u1"),
                     TransposeCodec(order=rows), ShapedDelta(dtype="u1")]
     return [ShapedDelta(dtype="u1")]
+
+
+def _quick(chunk: tuple[int, ...]) -> list:
+    """Colour, then horizontal differences in the channel-planar layout (issue 24): fast to undo."""
+    planar = (0, len(chunk) - 1, *range(1, len(chunk) - 1))
+    if _flattens_in_c_order(chunk, planar):
+        return [ShapedDelta(dtype="u1"), TransposeCodec(order=planar), ShapedDelta(dtype="u1")]
+    return [ShapedDelta(dtype="u1")]
+
+
+CHAINS: dict[str, Callable[[tuple[int, ...]], list]] = {"compact": _compact, "quick": _quick}
+"""Filter chains of channels-last uint8 chunks, by name (the name is not stored: the metadata lists the codecs)."""
+
+
+def chain_for(kind: str) -> str:
+    """The chain of a feature set's new arrays: `quick` for fused tensors (what 2D/3D concat training reads),
+    `compact` for the rest (within 2.5 MB per clip at the defaults, both together: bench/results/codecs.md)."""
+    return "quick" if kind.startswith("fusion-") else "compact"
 
 
 def _flattens_in_c_order(chunk: tuple[int, ...], *orders: tuple[int, ...]) -> bool:
@@ -98,8 +133,12 @@ def _flattens_in_c_order(chunk: tuple[int, ...], *orders: tuple[int, ...]) -> bo
     return all(v.flags.c_contiguous or not v.flags.f_contiguous for v in views)
 
 
+ZSTD_CHECKSUM = True
+"""zstd's frame checksum on every chunk (4 bytes): a damaged chunk fails to decode, in zarr and in the loader."""
+
+
 def chunk_compressors() -> list:
-    return [ZstdCodec(level=ZSTD_LEVEL)]
+    return [ZstdCodec(level=ZSTD_LEVEL, checksum=ZSTD_CHECKSUM)]
 
 
 def _numpy_cumsum(values: np.ndarray, out: np.ndarray) -> None:
@@ -126,11 +165,26 @@ def undo_filters(encoded: np.ndarray, filters: list, out: np.ndarray, cumsum: Ca
             continue
         direct = k == 0 and out.flags.c_contiguous  # the last step writes the row itself
         summed = out.reshape(-1) if direct else np.empty(x.size, np.uint8)
-        cumsum(np.ascontiguousarray(x).reshape(-1), summed)  # the flattened delta's inverse, in C order
+        cumsum(_c_order(x).reshape(-1), summed)  # the flattened delta's inverse, in C order
         if direct:
             return
         x = summed.reshape(entering[k])
     out[...] = x
+
+
+def _c_order(x: np.ndarray) -> np.ndarray:
+    """x as a C-contiguous array. Channel planes viewed channels-last (the quick chain's last step) are
+    interleaved by OpenCV's merge, ~15x numpy's strided copy (0.4 vs 5.8 ms for a 3D concat row)."""
+    if x.flags.c_contiguous:
+        return x
+    channels = x.shape[-1]
+    planar = x.transpose(0, x.ndim - 1, *range(1, x.ndim - 1))
+    if x.ndim >= 3 and 1 < channels <= 4 and planar.flags.c_contiguous:
+        import cv2
+
+        planes = planar.reshape(channels, -1, x.shape[-2])
+        return cv2.merge([planes[c] for c in range(channels)]).reshape(x.shape)
+    return np.ascontiguousarray(x)
 
 
 def is_fast(codec: Any) -> bool:
