@@ -164,6 +164,9 @@ def undo_filters(encoded: np.ndarray, filters: list, out: np.ndarray, cumsum: Ca
             x = x.transpose(np.argsort(filters[k].order))  # a view, copied once by the next delta or into out
             continue
         direct = k == 0 and out.flags.c_contiguous  # the last step writes the row itself
+        if direct and _planes_of(x) is not None:  # the quick chain's colour delta, from channel planes
+            _undo_colour_delta(_planes_of(x), out, cumsum)
+            return
         summed = out.reshape(-1) if direct else np.empty(x.size, np.uint8)
         cumsum(_c_order(x).reshape(-1), summed)  # the flattened delta's inverse, in C order
         if direct:
@@ -172,18 +175,49 @@ def undo_filters(encoded: np.ndarray, filters: list, out: np.ndarray, cumsum: Ca
     out[...] = x
 
 
-def _c_order(x: np.ndarray) -> np.ndarray:
-    """x as a C-contiguous array. Channel planes viewed channels-last (the quick chain's last step) are
-    interleaved by OpenCV's merge, ~15x numpy's strided copy (0.4 vs 5.8 ms for a 3D concat row)."""
-    if x.flags.c_contiguous:
-        return x
+def _planes_of(x: np.ndarray) -> np.ndarray | None:
+    """The (C, n) channel planes behind a channels-last view `x` of C-contiguous planar memory, if it is one."""
     channels = x.shape[-1]
     planar = x.transpose(0, x.ndim - 1, *range(1, x.ndim - 1))
-    if x.ndim >= 3 and 1 < channels <= 4 and planar.flags.c_contiguous:
+    if x.ndim >= 3 and 1 < channels <= 4 and not x.flags.c_contiguous and planar.flags.c_contiguous:
+        return planar.reshape(channels, -1)
+    return None
+
+
+def _undo_colour_delta(planes: np.ndarray, out: np.ndarray, cumsum: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """out = the inverse of a delta over the channels-last C-order flattening, whose values sit in channel planes.
+
+    Per pixel, the running sum gains the pixel's C deltas, so its last channel is the running sum of the
+    pixel sums (one cumsum over a third of the values) and the others follow by plane additions; the planes are
+    then interleaved by OpenCV. ~2.5x faster than interleaving first and summing every value in turn."""
+    import cv2
+
+    c, n = planes.shape
+    total = planes[0].copy()
+    for k in range(1, c):
+        np.add(total, planes[k], out=total)  # uint8: wraps, as the deltas do
+    last = np.empty(n, np.uint8)
+    cumsum(total, last)
+    channels = [np.empty(n, np.uint8) for _ in range(c - 1)] + [last]
+    channels[0][0] = planes[0][0]
+    np.add(last[:-1], planes[0][1:], out=channels[0][1:])  # the previous pixel's last channel plus this delta
+    for k in range(1, c - 1):
+        np.add(channels[k - 1], planes[k], out=channels[k])
+    width = out.shape[-2]
+    merged = cv2.merge([ch.reshape(-1, width) for ch in channels])
+    out.reshape(-1, width, c)[...] = merged
+
+
+def _c_order(x: np.ndarray) -> np.ndarray:
+    """x as a C-contiguous array. Channel planes viewed channels-last are interleaved by OpenCV's merge, ~15x
+    numpy's strided copy (0.4 vs 5.8 ms for a 3D concat row)."""
+    if x.flags.c_contiguous:
+        return x
+    planes = _planes_of(x)
+    if planes is not None:
         import cv2
 
-        planes = planar.reshape(channels, -1, x.shape[-2])
-        return cv2.merge([planes[c] for c in range(channels)]).reshape(x.shape)
+        return cv2.merge([p.reshape(-1, x.shape[-2]) for p in planes]).reshape(x.shape)
     return np.ascontiguousarray(x)
 
 

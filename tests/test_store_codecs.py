@@ -18,7 +18,7 @@ from pipeline.corpora.sample import write_sample_corpus
 from pipeline.faces import FaceConfig
 from pipeline.run import ExtractConfig, run_extract
 from pipeline.splits import assign_splits
-from stores.codecs import chunk_filters
+from stores.codecs import CHAINS, chunk_filters
 from stores.store import SHARD_ROWS, FeatureStore, _create_array, _is_big
 from stores.torchdata import ShardReader, read_rows
 from tests.conftest import run_cli
@@ -87,14 +87,15 @@ print(json.dumps(out))
     assert json.loads(result.stdout.splitlines()[-1]) == expected
 
 
-@pytest.mark.parametrize("clip_shape", [(4, 48, 48, 3), (1, 48, 48, 3), (48, 48, 3), (32, 64, 3), (2, 1, 48, 48, 3), (4, 32, 32, 6), (4, 48, 48), (64, 64)])
-def test_every_chain_round_trips_through_zarr_and_the_direct_reader(tmp_path, clip_shape):
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+@pytest.mark.parametrize("clip_shape", [(4, 48, 48, 3), (1, 48, 48, 3), (48, 48, 3), (32, 64, 3), (2, 1, 48, 48, 3), (4, 32, 32, 6), (4, 32, 32, 2), (4, 48, 48), (64, 64)])
+def test_every_chain_round_trips_through_zarr_and_the_direct_reader(tmp_path, clip_shape, chain):
     """Shapes the options can make (--frames 1, --size, the stack fusion). With T=1 the planar transposed view
     is Fortran-contiguous and numcodecs' Delta would difference it in memory order: that chain is not used."""
     rng = np.random.default_rng(0)
     values = np.cumsum(rng.integers(0, 4, (5, *clip_shape), dtype=np.uint8), axis=-2, dtype=np.uint8)  # smooth-ish
     group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
-    _create_array(group, "a", 5, clip_shape, "uint8")[:] = values
+    _create_array(group, "a", 5, clip_shape, "uint8", chain)[:] = values
     array = zarr.open_group(tmp_path / "s.zarr", mode="r")["a"]
     assert [c.to_dict()["name"] for c in array.metadata.codecs[0].codecs][-2:] == ["bytes", "zstd"]
     assert np.array_equal(array[:], values)
