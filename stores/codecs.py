@@ -145,33 +145,41 @@ def _numpy_cumsum(values: np.ndarray, out: np.ndarray) -> None:
     np.cumsum(values, dtype=np.uint8, out=out)
 
 
-def undo_filters(encoded: np.ndarray, filters: list, out: np.ndarray, cumsum: Callable[[np.ndarray, np.ndarray], None] = _numpy_cumsum) -> None:
+def undo_filters(encoded: np.ndarray, filters: list, out: np.ndarray, cumsum: Callable[[np.ndarray, np.ndarray], None] = _numpy_cumsum,
+                 work: np.ndarray | None = None) -> None:
     """Decode one chunk's filters in numpy, as zarr does: `encoded` is the flat uint8 after zstd, `out` the chunk
     (shape (1, *clip_shape)).
 
     For the training loader's direct shard reads (stores/torchdata.ShardReader): zarr's per-chunk machinery
     costs more than these few array passes. Only `is_fast` codecs are handled. `cumsum(flat, out)` is the
-    running uint8 sum that undoes a delta (the loader passes torch's, ~4x numpy's on one thread).
+    running uint8 sum that undoes a delta (the loader passes torch's, ~4x numpy's on one thread). `encoded` is
+    overwritten, and `work` (as many bytes, optional) used, as scratch: the loader reuses both for every row,
+    since fresh pages cost about as much as the sums (a 3D concat row is 4.8 MB).
     """
     shape, entering = tuple(out.shape), []
     for codec in filters:
         entering.append(shape)
         if isinstance(codec, TransposeCodec):
             shape = tuple(shape[i] for i in codec.order)
+    if not encoded.flags.writeable:
+        encoded = encoded.copy()
     x = encoded.reshape(shape)
+    buffers = [encoded.reshape(-1), work.reshape(-1)[: encoded.size] if work is not None and work.size >= encoded.size else np.empty(encoded.size, np.uint8)]
+    holding = 0  # the buffer x lives in; a delta writes into the other one
     for k in range(len(filters) - 1, -1, -1):
         if isinstance(filters[k], TransposeCodec):
             x = x.transpose(np.argsort(filters[k].order))  # a view, copied once by the next delta or into out
             continue
         direct = k == 0 and out.flags.c_contiguous  # the last step writes the row itself
-        if direct and _planes_of(x) is not None:  # the quick chain's colour delta, from channel planes
-            _undo_colour_delta(_planes_of(x), out, cumsum)
+        planes = _planes_of(x) if direct else None
+        if planes is not None:  # the quick chain's colour delta, from channel planes
+            _undo_colour_delta(planes, out, cumsum, buffers[1 - holding])
             return
-        summed = out.reshape(-1) if direct else np.empty(x.size, np.uint8)
+        summed = out.reshape(-1) if direct else buffers[1 - holding]
         cumsum(_c_order(x).reshape(-1), summed)  # the flattened delta's inverse, in C order
         if direct:
             return
-        x = summed.reshape(entering[k])
+        x, holding = summed.reshape(entering[k]), 1 - holding
     out[...] = x
 
 
@@ -184,28 +192,29 @@ def _planes_of(x: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _undo_colour_delta(planes: np.ndarray, out: np.ndarray, cumsum: Callable[[np.ndarray, np.ndarray], None]) -> None:
+def _undo_colour_delta(planes: np.ndarray, out: np.ndarray, cumsum: Callable[[np.ndarray, np.ndarray], None], spare: np.ndarray) -> None:
     """out = the inverse of a delta over the channels-last C-order flattening, whose values sit in channel planes.
 
     Per pixel, the running sum gains the pixel's C deltas, so its last channel is the running sum of the
-    pixel sums (one cumsum over a third of the values) and the others follow by plane additions; the planes are
-    then interleaved by OpenCV. ~2.5x faster than interleaving first and summing every value in turn."""
+    pixel sums (one cumsum over a 1/C of the values) and the others follow by plane additions; OpenCV then
+    interleaves the planes straight into `out`. `spare` (C planes' bytes, not overlapping `planes`) is scratch.
+    """
     import cv2
 
     c, n = planes.shape
-    total = planes[0].copy()
+    rows = spare.reshape(-1)[: c * n].reshape(c, n)  # rows[0]: pixel sums, then the first channel; rows[c - 1]: the last
+    np.copyto(rows[0], planes[0])
     for k in range(1, c):
-        np.add(total, planes[k], out=total)  # uint8: wraps, as the deltas do
-    last = np.empty(n, np.uint8)
-    cumsum(total, last)
-    channels = [np.empty(n, np.uint8) for _ in range(c - 1)] + [last]
-    channels[0][0] = planes[0][0]
-    np.add(last[:-1], planes[0][1:], out=channels[0][1:])  # the previous pixel's last channel plus this delta
+        np.add(rows[0], planes[k], out=rows[0])  # uint8: wraps, as the deltas do
+    cumsum(rows[0], rows[c - 1])
+    rows[0][0] = planes[0][0]
+    np.add(rows[c - 1][:-1], planes[0][1:], out=rows[0][1:])  # the previous pixel's last channel plus this delta
     for k in range(1, c - 1):
-        np.add(channels[k - 1], planes[k], out=channels[k])
+        np.add(rows[k - 1], planes[k], out=rows[k])
     width = out.shape[-2]
-    merged = cv2.merge([ch.reshape(-1, width) for ch in channels])
-    out.reshape(-1, width, c)[...] = merged
+    merged = cv2.merge([row.reshape(-1, width) for row in rows], out.reshape(-1, width, c))
+    if not np.shares_memory(merged, out):  # OpenCV wrote elsewhere (it should not)
+        out.reshape(-1, width, c)[...] = merged
 
 
 def _c_order(x: np.ndarray) -> np.ndarray:
