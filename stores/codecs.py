@@ -17,10 +17,11 @@ It is registered under that name for this process, so stores reopened for writin
 Two chains (CHAINS), chosen per feature set by `chain_for(kind)` (issue 24). `compact`: the colour, vertical
 and horizontal differences above, the smallest; faces and audio. `quick`: the colour and horizontal
 differences only, for the fused tensors a trainer reads most (a 3D concat row is 4.8 MB): ~15% larger, but
-the loader undoes it with two running sums and one interleave, 7.9 -> 5 ms per 3D concat row (bench/results/
-codecs.md). Plain zarr decodes every `numcodecs.delta` with numpy's serial cumsum (~2 ns a byte, ~10 ms per
-3D concat row on one core), so through plain zarr no delta chain is fast; only zstd alone is (~7 ms), and it
-would take the store to ~3.4 MB per clip. Stores made before keep the chain their metadata names.
+the loader undoes it with one running sum over the planes, one over a third of the values and one interleave
+(undo_filters): about half the CPU of the compact chain per row (bench/results/codecs.md). Plain zarr decodes
+every `numcodecs.delta` with numpy's serial cumsum (~2 ns a byte, ~10 ms per 3D concat row on one core), so
+through plain zarr no delta chain is fast; only zstd alone is, and it would take the store to ~3.4 MB per
+clip. Stores made before keep the chain their metadata names.
 
 Every chunk carries zstd's frame checksum (xxhash64 of the decoded bytes), so plain zarr and the loader both
 refuse a damaged chunk instead of decoding it into wrong values (before issue 24 only the shard index had one).
