@@ -191,7 +191,8 @@ class ShardReader:
         kinds = [type(c) for c in shard.codecs]
         if (tuple(shard.chunk_shape) != (1, *array.shape[1:]) or len(kinds) < 2 or kinds[-2:] != [BytesCodec, ZstdCodec]
                 or not all(is_fast(c) for c in shard.codecs[:-2])
-                or shard.index_location.value != "end" or getattr(array.metadata.chunk_key_encoding, "separator", None) != "/"):
+                or shard.index_location.value != "end" or [type(c).__name__ for c in shard.index_codecs] != ["BytesCodec", "Crc32cCodec"]
+                or getattr(array.metadata.chunk_key_encoding, "separator", None) != "/"):
             return None
         return cls(Path(array.store.root) / array.path / "c", int(array.metadata.chunk_grid.chunk_shape[0]), "/".join(["0"] * (array.ndim - 1)),
                    int(array.metadata.fill_value), shard.codecs[:-2], array.path, str(array.store.root))
