@@ -171,11 +171,11 @@ class Data:
     soft: dict = dataclasses.field(default_factory=dict)  # --labels soft: split -> (clips, K) vote distributions
 
     def holding(self) -> str:
-        """Where the rows come from, and why: for the log."""
-        size = f"splits {self.split_bytes / 1e9:.2f} GB"
+        """Where the rows come from, and why: one line of the log."""
+        size, limit = f"splits {self.split_bytes / 1e9:.2f} GB", f"in-memory limit {self.memory_limit / 1e9:.2f} GB"
         if self.splits["train"].memory is not None:
-            return f"in memory ({size})"
-        return f"streamed ({size} > in-memory limit {self.memory_limit / 1e9:.2f} GB; --max-memory-gb raises it)"
+            return f"in memory ({size} <= {limit}; --max-memory-gb lowers it)"
+        return f"streamed ({size} > {limit}; --max-memory-gb raises it)"
 
 
 def load_data(location: str, config: TrainConfig, recorded: dict | None = None) -> Data:
@@ -309,12 +309,13 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
     generator = torch.Generator().manual_seed(config.seed)
     loader = Loader(data.splits, LoaderConfig(workers=config.loader_workers), device)
     n_params = sum(p.numel() for p in raw_model.parameters())
+    log.info("data: %s", data.holding())
     log.info("encoder %s (%s params), modality %s, fusion %s%s, device %s x %d (%s, amp %s, compiled %s), inputs %s, "
-             "train/val/test clips %s, speakers %s, %s, %d loader workers",
+             "train/val/test clips %s, speakers %s, %d loader workers",
              config.encoder, f"{n_params:,}", config.modality, config.fusion, " (fused on the device)" if data.recipe.fuse_on_device else "",
              device, world, "channels-last" if plan.memory_format is torch.channels_last else "contiguous", plan.amp_dtype, plan.compile,
              data.image_size, [len(s) for s in data.splits.values()], list(data.speakers.values()),
-             data.holding(), config.loader_workers)
+             config.loader_workers)
     if config.include_broken:
         log.info("clips the corpus flags as broken (clips/broken) are included (--include-broken)")
     else:

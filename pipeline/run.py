@@ -37,6 +37,7 @@ from pipeline.records import ClipRecord
 from pipeline.sources import file_signature, source_changed
 from pipeline.splits import add_to_store
 from pipeline.workers import local_cluster, start_import_server
+from stores.codecs import chain_for
 from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
@@ -134,7 +135,7 @@ def clip_task(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_
     keep_freed_memory()
     *results, fused = process_clip(record, config, want_faces, want_audio, device, want_lld)
     encoded = [None if r is None else dataclasses.replace(r, arrays=encode_large_arrays(r.arrays)) for r in results]
-    return (*encoded, {name: encode_large_arrays(arrays) for name, arrays in fused.items()})
+    return (*encoded, {name: encode_large_arrays(arrays, chain_for(f"fusion-{name}")) for name, arrays in fused.items()})
 
 
 CLIPS_PER_TASK = 4
@@ -462,7 +463,7 @@ def flush(store: FeatureStore, feature_set: FeatureSet, items: list) -> None:
             continue
         values = [(result.arrays or {}).get(name) for _, result in items]
         if any(isinstance(v, EncodedRow) for v in values):
-            arrays[name] = [encode_row(v) if isinstance(v, np.ndarray) else v for v in values]
+            arrays[name] = [encode_row(v, chain_for(feature_set.kind)) if isinstance(v, np.ndarray) else v for v in values]
             continue
         array = feature_set[name]
         arrays[name] = np.zeros((len(items), *array.shape[1:]), array.dtype)

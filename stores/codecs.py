@@ -13,6 +13,18 @@ One upstream defect is worked around, for writing only: zarr's numcodecs wrapper
 chunk flattened, so a codec after a `Delta` (here a `transpose`) fails to encode. `ShapedDelta` restores the
 chunk's shape; its bytes and metadata are those of `numcodecs.delta`, and it decodes with zarr's own code.
 It is registered under that name for this process, so stores reopened for writing (resume, new clips) use it.
+
+Two chains (CHAINS), chosen per feature set by `chain_for(kind)` (issue 24). `compact`: the colour, vertical
+and horizontal differences above, the smallest; faces and audio. `quick`: the colour and horizontal
+differences only, for the fused tensors a trainer reads most (a 3D concat row is 4.8 MB): ~15% larger, but
+the loader undoes it with one running sum over the planes, one over a third of the values and one interleave
+(undo_filters): about half the CPU of the compact chain per row (bench/results/codecs.md). Plain zarr decodes
+every `numcodecs.delta` with numpy's serial cumsum (~2 ns a byte, ~10 ms per 3D concat row on one core), so
+through plain zarr no delta chain is fast; only zstd alone is, and it would take the store to ~3.4 MB per
+clip. Stores made before keep the chain their metadata names.
+
+Every chunk carries zstd's frame checksum (xxhash64 of the decoded bytes), so plain zarr and the loader both
+refuse a damaged chunk instead of decoding it into wrong values (before issue 24 only the shard index had one).
 """
 
 from __future__ import annotations
@@ -56,19 +68,25 @@ def use_shaped_delta() -> None:
 use_shaped_delta()
 
 
-def chunk_filters(clip_shape: tuple[int, ...], dtype: str) -> list:
+def chunk_filters(clip_shape: tuple[int, ...], dtype: str, chain: str = "compact") -> list:
     """The array-to-array codecs of one row's chunk (shape (1, *clip_shape)), before bytes + zstd.
 
     uint8 with channels last (..., H, W, C<=8: crops, middle, fused images and videos): the colour difference
-    (the flattened delta runs along C), then vertical (H innermost), then horizontal (W innermost), stored
-    channel-planar (C, ..., H, W). Other uint8 (grey spectrogram images): the horizontal difference.
-    Anything else (float16 mel, float32): zstd alone, since a float difference would not be exact.
+    (the flattened delta runs along C), then (`compact` only) vertical (H innermost), then horizontal (W
+    innermost), stored channel-planar (C, ..., H, W). Other uint8 (grey spectrogram images): the horizontal
+    difference. Anything else (float16 mel, float32): zstd alone, since a float difference would not be exact.
     """
+    if chain not in CHAINS:
+        raise ValueError(f"unknown codec chain '{chain}'; choose one of {', '.join(CHAINS)}")
     if np.dtype(dtype) != np.uint8 or len(clip_shape) < 2:
         return []
     if len(clip_shape) < 3 or clip_shape[-1] > 8:
         return [ShapedDelta(dtype="u1")]
-    chunk = (1, *clip_shape)
+    return CHAINS[chain]((1, *clip_shape))
+
+
+def _compact(chunk: tuple[int, ...]) -> list:
+    """Colour, vertical, horizontal differences (issue 12): the smallest chain measured."""
     c, w, h, rest = len(chunk) - 1, len(chunk) - 2, len(chunk) - 3, tuple(range(1, len(chunk) - 3))
     planar = (0, c, *rest, h, w)
     for columns in ((0, c, *rest, w, h), (0, *rest, w, c, h)):  # H innermost; the second where the first is unsafe
@@ -77,6 +95,24 @@ def chunk_filters(clip_shape: tuple[int, ...], dtype: str) -> list:
             return [ShapedDelta(dtype="u1"), TransposeCodec(order=columns), ShapedDelta(dtype="u1"),
                     TransposeCodec(order=rows), ShapedDelta(dtype="u1")]
     return [ShapedDelta(dtype="u1")]
+
+
+def _quick(chunk: tuple[int, ...]) -> list:
+    """Colour, then horizontal differences in the channel-planar layout (issue 24): fast to undo."""
+    planar = (0, len(chunk) - 1, *range(1, len(chunk) - 1))
+    if _flattens_in_c_order(chunk, planar):
+        return [ShapedDelta(dtype="u1"), TransposeCodec(order=planar), ShapedDelta(dtype="u1")]
+    return [ShapedDelta(dtype="u1")]
+
+
+CHAINS: dict[str, Callable[[tuple[int, ...]], list]] = {"compact": _compact, "quick": _quick}
+"""Filter chains of channels-last uint8 chunks, by name (the name is not stored: the metadata lists the codecs)."""
+
+
+def chain_for(kind: str) -> str:
+    """The chain of a feature set's new arrays: `quick` for fused tensors (what 2D/3D concat training reads),
+    `compact` for the rest (within 2.5 MB per clip at the defaults, both together: bench/results/codecs.md)."""
+    return "quick" if kind.startswith("fusion-") else "compact"
 
 
 def _flattens_in_c_order(chunk: tuple[int, ...], *orders: tuple[int, ...]) -> bool:
@@ -98,39 +134,101 @@ def _flattens_in_c_order(chunk: tuple[int, ...], *orders: tuple[int, ...]) -> bo
     return all(v.flags.c_contiguous or not v.flags.f_contiguous for v in views)
 
 
+ZSTD_CHECKSUM = True
+"""zstd's frame checksum on every chunk (4 bytes): a damaged chunk fails to decode, in zarr and in the loader."""
+
+
 def chunk_compressors() -> list:
-    return [ZstdCodec(level=ZSTD_LEVEL)]
+    return [ZstdCodec(level=ZSTD_LEVEL, checksum=ZSTD_CHECKSUM)]
 
 
 def _numpy_cumsum(values: np.ndarray, out: np.ndarray) -> None:
     np.cumsum(values, dtype=np.uint8, out=out)
 
 
-def undo_filters(encoded: np.ndarray, filters: list, out: np.ndarray, cumsum: Callable[[np.ndarray, np.ndarray], None] = _numpy_cumsum) -> None:
+def undo_filters(encoded: np.ndarray, filters: list, out: np.ndarray, cumsum: Callable[[np.ndarray, np.ndarray], None] = _numpy_cumsum,
+                 work: np.ndarray | None = None) -> None:
     """Decode one chunk's filters in numpy, as zarr does: `encoded` is the flat uint8 after zstd, `out` the chunk
     (shape (1, *clip_shape)).
 
     For the training loader's direct shard reads (stores/torchdata.ShardReader): zarr's per-chunk machinery
     costs more than these few array passes. Only `is_fast` codecs are handled. `cumsum(flat, out)` is the
-    running uint8 sum that undoes a delta (the loader passes torch's, ~4x numpy's on one thread).
+    running uint8 sum that undoes a delta (the loader passes torch's, ~4x numpy's on one thread). `encoded` is
+    overwritten, and `work` (as many bytes, optional) used, as scratch: the loader reuses both for every row,
+    since fresh pages cost about as much as the sums (a 3D concat row is 4.8 MB).
     """
     shape, entering = tuple(out.shape), []
     for codec in filters:
         entering.append(shape)
         if isinstance(codec, TransposeCodec):
             shape = tuple(shape[i] for i in codec.order)
+    if not encoded.flags.writeable:
+        encoded = encoded.copy()
     x = encoded.reshape(shape)
+    buffers = [encoded.reshape(-1), work.reshape(-1)[: encoded.size] if work is not None and work.size >= encoded.size else np.empty(encoded.size, np.uint8)]
+    holding = 0  # the buffer x lives in; a delta writes into the other one
     for k in range(len(filters) - 1, -1, -1):
         if isinstance(filters[k], TransposeCodec):
             x = x.transpose(np.argsort(filters[k].order))  # a view, copied once by the next delta or into out
             continue
         direct = k == 0 and out.flags.c_contiguous  # the last step writes the row itself
-        summed = out.reshape(-1) if direct else np.empty(x.size, np.uint8)
-        cumsum(np.ascontiguousarray(x).reshape(-1), summed)  # the flattened delta's inverse, in C order
+        planes = _planes_of(x) if direct else None
+        if planes is not None:  # the quick chain's colour delta, from channel planes
+            _undo_colour_delta(planes, out, cumsum, buffers[1 - holding])
+            return
+        summed = out.reshape(-1) if direct else buffers[1 - holding]
+        cumsum(_c_order(x).reshape(-1), summed)  # the flattened delta's inverse, in C order
         if direct:
             return
-        x = summed.reshape(entering[k])
+        x, holding = summed.reshape(entering[k]), 1 - holding
     out[...] = x
+
+
+def _planes_of(x: np.ndarray) -> np.ndarray | None:
+    """The (C, n) channel planes behind a channels-last view `x` of C-contiguous planar memory, if it is one."""
+    channels = x.shape[-1]
+    planar = x.transpose(0, x.ndim - 1, *range(1, x.ndim - 1))
+    if x.ndim >= 3 and 1 < channels <= 4 and not x.flags.c_contiguous and planar.flags.c_contiguous:
+        return planar.reshape(channels, -1)
+    return None
+
+
+def _undo_colour_delta(planes: np.ndarray, out: np.ndarray, cumsum: Callable[[np.ndarray, np.ndarray], None], spare: np.ndarray) -> None:
+    """out = the inverse of a delta over the channels-last C-order flattening, whose values sit in channel planes.
+
+    Per pixel, the running sum gains the pixel's C deltas, so its last channel is the running sum of the
+    pixel sums (one cumsum over a 1/C of the values) and the others follow by plane additions; OpenCV then
+    interleaves the planes straight into `out`. `spare` (C planes' bytes, not overlapping `planes`) is scratch.
+    """
+    import cv2
+
+    c, n = planes.shape
+    rows = spare.reshape(-1)[: c * n].reshape(c, n)  # rows[0]: pixel sums, then the first channel; rows[c - 1]: the last
+    np.copyto(rows[0], planes[0])
+    for k in range(1, c):
+        np.add(rows[0], planes[k], out=rows[0])  # uint8: wraps, as the deltas do
+    cumsum(rows[0], rows[c - 1])
+    rows[0][0] = planes[0][0]
+    np.add(rows[c - 1][:-1], planes[0][1:], out=rows[0][1:])  # the previous pixel's last channel plus this delta
+    for k in range(1, c - 1):
+        np.add(rows[k - 1], planes[k], out=rows[k])
+    width = out.shape[-2]
+    merged = cv2.merge([row.reshape(-1, width) for row in rows], out.reshape(-1, width, c))
+    if not np.shares_memory(merged, out):  # OpenCV wrote elsewhere (it should not)
+        out.reshape(-1, width, c)[...] = merged
+
+
+def _c_order(x: np.ndarray) -> np.ndarray:
+    """x as a C-contiguous array. Channel planes viewed channels-last are interleaved by OpenCV's merge, ~15x
+    numpy's strided copy (0.4 vs 5.8 ms for a 3D concat row)."""
+    if x.flags.c_contiguous:
+        return x
+    planes = _planes_of(x)
+    if planes is not None:
+        import cv2
+
+        return cv2.merge([p.reshape(-1, x.shape[-2]) for p in planes]).reshape(x.shape)
+    return np.ascontiguousarray(x)
 
 
 def is_fast(codec: Any) -> bool:

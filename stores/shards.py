@@ -24,7 +24,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec, 
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from stores.codecs import ZSTD_LEVEL, chunk_compressors, chunk_filters, undo_filters
+from stores.codecs import ZSTD_CHECKSUM, ZSTD_LEVEL, chunk_compressors, chunk_filters, undo_filters
 
 EMPTY = 2**64 - 1
 """Offset and length of a chunk a shard does not hold (it reads as the fill value)."""
@@ -32,23 +32,25 @@ EMPTY = 2**64 - 1
 
 @dataclass(frozen=True)
 class EncodedRow:
-    """One row of a large array as the bytes of its chunk: `shape` and `dtype` are the row's."""
+    """One row of a large array as the bytes of its chunk: `shape` and `dtype` are the row's, `chain` the
+    filter chain that encoded it (stores/codecs.CHAINS)."""
 
     data: bytes
     shape: tuple[int, ...]
     dtype: str
+    chain: str = "compact"
 
 
-def encode_row(values: np.ndarray) -> EncodedRow:
+def encode_row(values: np.ndarray, chain: str = "compact") -> EncodedRow:
     """The chunk bytes zarr writes for `values` as one row of an array made by stores/store.py: the filters of
     chunk_filters (wrapping uint8 differences of the C-order flattening, and transposes), the bytes in C order,
-    little-endian, then zstd at ZSTD_LEVEL.
+    little-endian, then zstd at ZSTD_LEVEL with its frame checksum.
 
     Every difference is taken on a transposed view, in the memory the row already has (`delta_in_c_order`), and
     only the final layout is copied once: zarr copies each transpose's result, ~6 ms for a 4.8 MB fused video."""
     x = np.ascontiguousarray(values)[None]  # the chunk holds one row
     order = tuple(range(x.ndim))  # where the chain's transposes have taken the axes so far
-    for codec in chunk_filters(values.shape, str(values.dtype)):
+    for codec in chunk_filters(values.shape, str(values.dtype), chain):
         if isinstance(codec, TransposeCodec):
             order = tuple(order[i] for i in codec.order)
             continue
@@ -56,7 +58,7 @@ def encode_row(values: np.ndarray) -> EncodedRow:
         delta_in_c_order(x.transpose(order), out.transpose(order))
         x = out
     data = final_layout(x, order).astype(x.dtype.newbyteorder("<"), copy=False)
-    return EncodedRow(Zstd(level=ZSTD_LEVEL).encode(data), tuple(values.shape), str(values.dtype))
+    return EncodedRow(Zstd(level=ZSTD_LEVEL, checksum=ZSTD_CHECKSUM).encode(data), tuple(values.shape), str(values.dtype), chain)
 
 
 def delta_in_c_order(src: np.ndarray, dst: np.ndarray) -> None:
@@ -88,7 +90,7 @@ def final_layout(x: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
 def decode_row(row: EncodedRow) -> np.ndarray:
     out = np.empty((1, *row.shape), row.dtype)
     raw = np.frombuffer(Zstd().decode(row.data), np.dtype(row.dtype).newbyteorder("<"))
-    filters = chunk_filters(row.shape, row.dtype)
+    filters = chunk_filters(row.shape, row.dtype, row.chain)
     if filters:
         undo_filters(raw.view(np.uint8), filters, out)
     else:
@@ -96,17 +98,18 @@ def decode_row(row: EncodedRow) -> np.ndarray:
     return out[0]
 
 
-def encode_large_arrays(arrays: dict[str, np.ndarray] | None) -> dict | None:
-    """`arrays` with every array the store shards (stores/store.py) replaced by its EncodedRow."""
+def encode_large_arrays(arrays: dict[str, np.ndarray] | None, chain: str = "compact") -> dict | None:
+    """`arrays` with every array the store shards (stores/store.py) replaced by its EncodedRow under `chain`
+    (the feature set's: stores/codecs.chain_for)."""
     from stores.store import _is_big
 
     if arrays is None:
         return None
-    return {name: encode_row(v) if isinstance(v, np.ndarray) and _is_big(v.shape) else v for name, v in arrays.items()}
+    return {name: encode_row(v, chain) if isinstance(v, np.ndarray) and _is_big(v.shape) else v for name, v in arrays.items()}
 
 
-def takes_encoded_rows(array: zarr.Array) -> bool:
-    """Whether `array` is sharded by rows with exactly encode_row's chain, its index at the end with a crc32c."""
+def takes_encoded_rows(array: zarr.Array, chain: str = "compact") -> bool:
+    """Whether `array` is sharded by rows with exactly encode_row's `chain`, its index at the end with a crc32c."""
     codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
         return False
@@ -114,7 +117,7 @@ def takes_encoded_rows(array: zarr.Array) -> bool:
     bytes_codec, compressor = shard.codecs[-2:] if len(shard.codecs) >= 2 else (None, None)
     expected = chunk_compressors()[0]
     return (tuple(shard.chunk_shape) == (1, *clip_shape) and shard.index_location.value == "end"
-            and [c.to_dict() for c in shard.codecs[:-2]] == [c.to_dict() for c in chunk_filters(clip_shape, str(array.dtype))]
+            and [c.to_dict() for c in shard.codecs[:-2]] == [c.to_dict() for c in chunk_filters(clip_shape, str(array.dtype), chain)]
             and isinstance(bytes_codec, BytesCodec) and getattr(bytes_codec.endian, "value", "little") == "little"
             and isinstance(compressor, ZstdCodec) and compressor.level == expected.level and compressor.checksum == expected.checksum
             and [type(c) for c in shard.index_codecs] == [BytesCodec, Crc32cCodec]

@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from stores.clip_votes import write_votes
-from stores.codecs import chunk_compressors, chunk_filters, use_shaped_delta
+from stores.codecs import chain_for, chunk_compressors, chunk_filters, use_shaped_delta
 from stores.fingerprint import fingerprint
 from stores.location import locate
 from stores.shards import EncodedRow, decode_row, takes_encoded_rows, write_encoded_rows
@@ -43,6 +43,23 @@ CLIP_COLUMNS = ("clip_id", "label", "emotion", "speaker", "sentence", "intensity
 
 class StoreError(ValueError):
     """The store is missing, of another format, or lacks what was asked; the message says what to do."""
+
+
+class DamagedChunkError(StoreError):
+    """A stored chunk fails its checksum: the file changed on disk after it was written. Raised instead of
+    handing a trainer wrong values; the message names the file, the rows and the repair."""
+
+    def __init__(self, message: str) -> None:
+        # a DataLoader worker's error comes back as its type around the worker's traceback: keep our one line
+        if "\n" in message and "DamagedChunkError: " in message:
+            message = message.rsplit("DamagedChunkError: ", 1)[1].strip().splitlines()[0]
+        super().__init__(message)
+
+    @classmethod
+    def of(cls, file: str, array: str, rows: list[int], store: str) -> "DamagedChunkError":
+        listed = ", ".join(map(str, rows[:8])) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+        return cls(f"'{file}' is damaged: row(s) {listed} of {array} fail their checksum; run `python cli.py verify --store {store}` "
+                   f"to list every damaged file, then re-extract those clips (delete the damaged files, run `python cli.py extract` again)")
 
 
 ArraySpec = dict[str, tuple[tuple[int, ...], str]]
@@ -98,14 +115,14 @@ def _is_big(shape: tuple[int, ...]) -> bool:
     return int(np.prod(shape)) >= 4096
 
 
-def _create_array(group: zarr.Group, name: str, n_rows: int, clip_shape: tuple[int, ...], dtype: str) -> zarr.Array:
+def _create_array(group: zarr.Group, name: str, n_rows: int, clip_shape: tuple[int, ...], dtype: str, chain: str = "compact") -> zarr.Array:
     shape = (n_rows, *clip_shape)
     if dtype == "str":
         return group.create_array(name, shape=shape, dtype=str, chunks=(META_CHUNK_ROWS, *clip_shape), fill_value="")
     if _is_big(clip_shape):
         return group.create_array(
             name, shape=shape, dtype=dtype, chunks=(1, *clip_shape), shards=(SHARD_ROWS, *clip_shape), fill_value=0,
-            filters=chunk_filters(clip_shape, dtype), compressors=chunk_compressors(),
+            filters=chunk_filters(clip_shape, dtype, chain), compressors=chunk_compressors(),
         )
     return group.create_array(name, shape=shape, dtype=dtype, chunks=(META_CHUNK_ROWS, *clip_shape), fill_value=0)
 
@@ -253,7 +270,7 @@ class FeatureStore:
         group.attrs.update({"kind": kind, "fingerprint": fp, "params": json.loads(json.dumps(params)), **provenance})
         n = len(self)
         for name, (clip_shape, dtype) in {**arrays, "status": ((), "str"), "reason": ((), "str"), "done": ((), "uint8")}.items():
-            _create_array(group, name, n, tuple(clip_shape), dtype)
+            _create_array(group, name, n, tuple(clip_shape), dtype, chain_for(kind))
         return FeatureSet(f"{kind}-{fp}", group)
 
     # ---- writing rows ------------------------------------------------------------------------------------
@@ -269,7 +286,7 @@ class FeatureStore:
             array = feature_set[name]
             if not isinstance(values, list):
                 _write_rows(array, rows, np.asarray(values)[order])
-            elif takes_encoded_rows(array):  # rows encoded where they were computed (stores/shards.py)
+            elif takes_encoded_rows(array, next((r.chain for r in values if r is not None), "compact")):  # rows encoded where they were computed (stores/shards.py)
                 write_encoded_rows(array, rows, [values[k] for k in order])
             else:  # a store made with another chain: decoded here, then written through zarr
                 decoded = [np.zeros(array.shape[1:], array.dtype) if row is None else decode_row(row) for row in values]

@@ -9,7 +9,7 @@ from zarr.codecs import ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from stores.codecs import use_shaped_delta
+from stores.codecs import CHAINS, chunk_filters, use_shaped_delta
 from stores.shards import EncodedRow, decode_row, encode_large_arrays, encode_row, read_shard, takes_encoded_rows, write_encoded_rows
 from stores.store import SHARD_ROWS, _create_array
 
@@ -30,18 +30,21 @@ def stored_chunk(array: zarr.Array, row: int) -> bytes | None:
     return read_shard(sync(array.store_path.store.get(key, prototype=default_buffer_prototype())), SHARD_ROWS, key)[row % SHARD_ROWS]
 
 
+@pytest.mark.parametrize("chain", sorted(CHAINS))
 @pytest.mark.parametrize("clip_shape,dtype", SHAPES)
-def test_a_row_encoded_on_a_worker_is_byte_for_byte_the_chunk_zarr_writes(tmp_path, clip_shape, dtype):
+def test_a_row_encoded_on_a_worker_is_byte_for_byte_the_chunk_zarr_writes(tmp_path, clip_shape, dtype, chain):
     use_shaped_delta()
     group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
     values = smooth(clip_shape, dtype, 0)
-    by_zarr = _create_array(group, "by_zarr", 40, clip_shape, dtype)
+    by_zarr = _create_array(group, "by_zarr", 40, clip_shape, dtype, chain)
     by_zarr[3] = values
-    encoded = encode_row(values)
+    encoded = encode_row(values, chain)
     assert encoded.data == stored_chunk(by_zarr, 3)
     assert np.array_equal(decode_row(encoded), values)
-    placed = _create_array(group, "placed", 40, clip_shape, dtype)
-    assert takes_encoded_rows(placed)
+    placed = _create_array(group, "placed", 40, clip_shape, dtype, chain)
+    assert takes_encoded_rows(placed, chain)
+    if chunk_filters(clip_shape, dtype, "compact") != chunk_filters(clip_shape, dtype, "quick"):
+        assert not takes_encoded_rows(placed, ({"compact", "quick"} - {chain}).pop())  # the other chain's bytes are decoded first
     write_encoded_rows(placed, np.asarray([3, 33]), [encoded, encoded])
     assert np.array_equal(placed[3], values) and np.array_equal(placed[33], values)  # zarr reads what the writer placed
     assert not placed[4].any()

@@ -18,9 +18,10 @@ from pipeline.corpora.sample import write_sample_corpus
 from pipeline.faces import FaceConfig
 from pipeline.run import ExtractConfig, run_extract
 from pipeline.splits import assign_splits
-from stores.codecs import chunk_filters
+from stores.codecs import CHAINS, chunk_filters
 from stores.store import SHARD_ROWS, FeatureStore, _create_array, _is_big
 from stores.torchdata import ShardReader, read_rows
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +87,15 @@ print(json.dumps(out))
     assert json.loads(result.stdout.splitlines()[-1]) == expected
 
 
-@pytest.mark.parametrize("clip_shape", [(4, 48, 48, 3), (1, 48, 48, 3), (48, 48, 3), (32, 64, 3), (2, 1, 48, 48, 3), (4, 32, 32, 6), (4, 48, 48), (64, 64)])
-def test_every_chain_round_trips_through_zarr_and_the_direct_reader(tmp_path, clip_shape):
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+@pytest.mark.parametrize("clip_shape", [(4, 48, 48, 3), (1, 48, 48, 3), (48, 48, 3), (32, 64, 3), (2, 1, 48, 48, 3), (4, 32, 32, 6), (4, 32, 32, 2), (4, 48, 48), (64, 64)])
+def test_every_chain_round_trips_through_zarr_and_the_direct_reader(tmp_path, clip_shape, chain):
     """Shapes the options can make (--frames 1, --size, the stack fusion). With T=1 the planar transposed view
     is Fortran-contiguous and numcodecs' Delta would difference it in memory order: that chain is not used."""
     rng = np.random.default_rng(0)
     values = np.cumsum(rng.integers(0, 4, (5, *clip_shape), dtype=np.uint8), axis=-2, dtype=np.uint8)  # smooth-ish
     group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
-    _create_array(group, "a", 5, clip_shape, "uint8")[:] = values
+    _create_array(group, "a", 5, clip_shape, "uint8", chain)[:] = values
     array = zarr.open_group(tmp_path / "s.zarr", mode="r")["a"]
     assert [c.to_dict()["name"] for c in array.metadata.codecs[0].codecs][-2:] == ["bytes", "zstd"]
     assert np.array_equal(array[:], values)
@@ -118,3 +120,59 @@ def test_a_store_reopened_for_writing_encodes_with_the_new_chain(tmp_path):
     values = np.arange(2 * 2 * 48 * 48 * 3, dtype=np.uint8).reshape(2, 2, 48, 48, 3)
     reopened[1:3] = values
     assert np.array_equal(zarr.open_group(tmp_path / "s.zarr", mode="r")["crops"][1:3], values)
+
+
+def test_fused_tensors_get_the_quick_chain_and_every_chunk_carries_a_checksum(store):
+    """issue 24: the fused arrays a trainer reads most decode with two deltas, the others keep three."""
+    for path, array in _large_arrays(FeatureStore.open(store).root).items():
+        inner = array.metadata.codecs[0].codecs
+        assert inner[-1].to_dict() == {"name": "zstd", "configuration": {"level": 1, "checksum": True}}, path
+        deltas = sum(c.to_dict()["name"] == "numcodecs.delta" for c in inner)
+        if array.dtype == np.uint8 and array.shape[-1] == 3:  # channels last
+            assert deltas == (2 if "/fusion-" in path else 3), path
+
+
+def _damage_one_chunk(store: str, array: str, row: int) -> str:
+    """64 random bytes over the middle of row `row`'s chunk inside its shard; the shard index stays intact."""
+    from stores.shards import read_shard
+    from zarr.core.buffer import default_buffer_prototype
+
+    a = zarr.open_group(store, mode="r")[array]
+    file = f"{store}/{array}/c/{row // SHARD_ROWS}/" + "/".join(["0"] * (a.ndim - 1))
+    data = bytearray(open(file, "rb").read())
+    chunk = read_shard(default_buffer_prototype().buffer.from_bytes(bytes(data)), SHARD_ROWS, file)[row % SHARD_ROWS]
+    at = data.index(chunk) + len(chunk) // 2
+    data[at : at + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    with open(file, "wb") as f:
+        f.write(bytes(data))
+    return file
+
+
+@pytest.mark.slow
+def test_a_damaged_chunk_is_refused_by_plain_zarr_and_by_train_in_one_line(store, tmp_path):
+    """issue 24: 64 random bytes in one shard silently changed 6,123 values and `train` ran on them to exit 0."""
+    import shutil
+
+    damaged = str(tmp_path / "damaged.zarr")
+    shutil.copytree(store, damaged)
+    root = zarr.open_group(damaged, mode="r")
+    video = next(f"features/{g}/video" for g in root["features"].group_keys() if g.startswith("fusion-concat"))
+    row = int(np.flatnonzero(root["clips/split"][:] == "train")[-1])  # not the first: the streamed run reads it in a worker
+    file = _damage_one_chunk(damaged, video, row)
+    plain = subprocess.run([sys.executable, "-c", f"""
+import warnings; warnings.simplefilter("ignore")
+import zarr
+a = zarr.open_array({damaged!r} + "/" + {video!r}, mode="r")
+a[{0 if row else 1}]  # another row of the same shard reads
+try:
+    a[{row}]
+except Exception as err:
+    print("refused:", type(err).__name__, err)
+"""], capture_output=True, text=True, timeout=120)
+    assert "refused:" in plain.stdout and "checksum" in plain.stdout, plain.stdout + plain.stderr
+    for extra in ([], ["--max-memory-gb", "0", "--loader-workers", "1"]):  # in memory (read in the trainer), streamed (in a worker)
+        result = run_cli("train", "--store", damaged, "--encoder", "simple3d", "--modality", "av", "--fusion", "concat", "--epochs", "1",
+                         "--batch-size", "4", "--device", "cpu", "--no-progress", "--out", str(tmp_path / f"run{len(extra)}"), *extra)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert file in errors[0] and f"row(s) {row} " in errors[0] and "cli.py verify" in errors[0], errors[0]

@@ -205,6 +205,23 @@ def test_loader_workers_zero_streams_in_process(store, tmp_path):
     assert metrics["inputs"]["in_memory"] is False and metrics["test"]["n"] == 6 and np.isfinite(metrics["train"]["loss"])
 
 
+@pytest.mark.slow
+def test_the_log_says_whether_the_splits_are_held_or_streamed_and_why_and_both_train(store, tmp_path):
+    """issue 24: the splits are held only within the budget (--max-memory-gb; default half the available RAM,
+    on CPU at most 0.5 GB), else streamed by the loader's workers; one line of train.log says which and why."""
+    from encoders.train import train
+
+    said = {}
+    for budget in (0.0, 100.0):  # tiny: streamed; large: in memory
+        out = tmp_path / f"run-{budget:g}"
+        metrics = train(store, TrainConfig(encoder="simple3d", modality="av", fusion="concat", epochs=1, batch_size=4, max_memory_gb=budget,
+                                           loader_workers=1), out, progress=False)
+        assert metrics["inputs"]["in_memory"] is (budget > 0) and metrics["test"]["n"] == 6 and np.isfinite(metrics["train"]["loss"])
+        said[budget] = [line.split(" ", 1)[1] for line in (out / "train.log").read_text().splitlines() if " data: " in line]
+    assert len(said[0.0]) == 1 and said[0.0][0].startswith("data: streamed (splits ") and "> in-memory limit 0.00 GB; --max-memory-gb raises it)" in said[0.0][0]
+    assert len(said[100.0]) == 1 and said[100.0][0].startswith("data: in memory (splits ") and "<= in-memory limit 100.00 GB" in said[100.0][0]
+
+
 # ---- 2. DDP: the numbers ----------------------------------------------------------------------------------
 def torchrun(store: str, out: Path, trace: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
