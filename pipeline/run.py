@@ -324,6 +324,7 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
     if scheduler is None:
         cluster = local_cluster(workers)
     client = Client(cluster or scheduler)
+    interrupted = False
     try:
         n_workers = max(workers, len(client.scheduler_info()["workers"]))
         per_task = clips_per_task(len(tasks), n_workers)
@@ -361,11 +362,25 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
             for new in submit(1):
                 running.add(new)
         environments.extend(client.run(numeric_environment).values())
+    except KeyboardInterrupt:
+        interrupted = cluster is not None  # a shared cluster (--scheduler) is left as it is
+        if interrupted:
+            silence_logs()
+            client.run(silence_logs, on_error="ignore")
+        raise
     finally:
         bar.close()
         client.close()
         if cluster is not None:
             cluster.close()
+        if interrupted:
+            logging.disable(logging.NOTSET)
+
+
+def silence_logs() -> None:
+    """Ctrl-C closes our local cluster mid-task, and its processes log each connection that closes under them
+    (a traceback each, over the one line that says what was kept: cli.py extract). Nothing they say then is news."""
+    logging.disable(logging.CRITICAL)
 
 
 WRITE_QUEUE = 2
