@@ -138,6 +138,11 @@ def lock_present(store: str | Path | Location) -> bool:
     return locate(store).exists(LOCK_NAME)
 
 
+def holder_gone(holder: dict) -> bool:
+    """Whether the lock's writer is known to be dead: a process of this host that no longer exists."""
+    return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
+
+
 def lock_holder(store: str | Path | Location) -> dict | None:
     """Who holds the store's writer lock (pid, host, since), {} if unreadable; None when no lock is there."""
     lock = WriterLock(store)

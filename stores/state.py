@@ -25,7 +25,7 @@ from pathlib import Path
 
 from stores.integrity import CHECKSUMS, checksums_match_listing
 from stores.location import Location, locate
-from stores.lock import LOCK_NAME, lock_holder
+from stores.lock import LOCK_NAME, holder_gone, lock_holder
 from stores.store import FeatureStore, StoreError
 
 UNFINISHED = ".avstore-unfinished"
@@ -57,8 +57,7 @@ def store_state(location: str | Path | Location) -> StoreState:
     url = where.url
     holder = lock_holder(where)
     if holder is not None:
-        dead = holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
-        if dead:
+        if holder_gone(holder):
             return StoreState(url, f"its writer (pid {holder.get('pid')}, since {holder.get('since')}) was killed mid-write",
                               "re-run that extract (or embed) to finish it", {"lock": holder})
         return StoreState(url, f"it is being written by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}",
@@ -130,12 +129,3 @@ def _read_json(where: Location, rel: str) -> dict:
     except (OSError, ValueError):
         return {}
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
