@@ -319,16 +319,16 @@ def open_store(store: str):
 
 def check_finished_store(store: str, allow_partial: bool) -> None:
     """Refuse a store being written or never finished (stores/state.py); with --allow-partial, warn once."""
-    from stores.state import store_state
+    from stores.state import PartialStoreError, check_finished
 
     try:
-        state = store_state(store)
+        state = check_finished(store, allow_partial=allow_partial)
+    except PartialStoreError as err:
+        fail(str(err))
     except OSError as err:
         unreadable(f"store '{store}'", err)
     if state.finished:
         return
-    if not allow_partial:
-        fail(state.message() + " (or train on the clips committed so far with --allow-partial)")
     typer.echo(f"warning: {state.message()}; --allow-partial: training on the clips committed so far "
                "(recorded in metrics.json and train.log)", err=True)
 

@@ -47,7 +47,7 @@ class StoreState:
         return self.problem is None
 
     def message(self) -> str:
-        """One line: the problem and the fix (the CLI adds the --allow-partial escape)."""
+        """One line: the problem and the fix (check_finished adds the --allow-partial escape)."""
         return f"store '{self.location}' is not finished: {self.problem}; {self.fix}"
 
 
@@ -65,12 +65,12 @@ def store_state(location: str | Path | Location) -> StoreState:
     if where.exists(UNFINISHED):
         marker = _read_json(where, UNFINISHED)
         return StoreState(url, f"an extract that started {marker.get('since', '?')} was interrupted before it finished",
-                          "re-run the same extract command to finish it (committed clips are kept)", {"marker": marker})
+                          "re-run the same extract command to finish it", {"marker": marker})
     if not where.exists(CHECKSUMS):
         return StoreState(url, f"no extract run has finished on it (no {CHECKSUMS})", "re-run the extract command to finish it")
     if not checksums_match_listing(where):
         return StoreState(url, f"its files changed since its last finished run ({CHECKSUMS} does not list them)",
-                          "re-run the extract command to finish it, or `python cli.py verify` to see what changed")
+                          "re-run the extract command to finish it (`python cli.py verify` shows what changed)")
     return StoreState(url, None)
 
 
@@ -79,7 +79,7 @@ def check_finished(location: str | Path | Location, *, allow_partial: bool = Fal
     state = store_state(location)
     if not state.finished and not allow_partial:
         FeatureStore.open(str(locate(location).url))  # no store there at all: that message, not this one
-        raise PartialStoreError(state.message() + " (or train on the clips committed so far with --allow-partial)")
+        raise PartialStoreError(state.message() + ", or pass --allow-partial to train on the clips committed so far")
     return state
 
 
