@@ -205,7 +205,7 @@ def extract(
     except (StoreLockedError, StoreError, LocationError, SplitError, PermissionError) as err:  # our own checks of the input
         fail(str(err))
     except KeyboardInterrupt:
-        extract_interrupted(store, config)
+        extract_interrupted(store, config, len(records))
     typer.echo(
         f"{result.clips} clips: {result.computed} processed (faces {result.faces_computed}, audio {result.audio_computed}"
         f"{f', lld {result.lld_computed}' if lld else ''}), "
@@ -225,13 +225,13 @@ def extract(
         raise typer.Exit(code=code)
 
 
-def extract_interrupted(store: str, config) -> None:
+def extract_interrupted(store: str, config, n_records: int) -> None:
     """Ctrl-C: one line saying what is kept and how to go on, exit 130 (the shell's code for SIGINT).
     The writer finished the batch it held, so every clip counted is whole; the rest are redone by a re-run."""
     from pipeline.run import committed_clips
 
     done, clips = committed_clips(store, config)
-    typer.echo(f"interrupted: {done} of {clips} clips committed in {store}; re-run the same command to resume "
+    typer.echo(f"interrupted: {done} of {clips or n_records} clips committed in {store}; re-run the same command to resume "
                "(committed clips are kept; until then train refuses this store)", err=True)
     raise typer.Exit(code=130)
 
