@@ -40,6 +40,19 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def store_or_default(store: Optional[str], dataset: str = "crema-d") -> str:
+    """--store as given, else the default store of `dataset` (data/stores/<dataset>.zarr, or the old default
+    stores/<dataset>.zarr where only that exists, said once on stderr)."""
+    if store:
+        return store
+    from stores.location import default_store
+
+    store, note = default_store(dataset)
+    if note:
+        typer.echo(note, err=True)
+    return store
+
+
 def load_records(dataset: str, root: Path, meta: Optional[Path], split_seed: Optional[int], assign: bool = True,
                  classes: Optional[str] = None):
     """The corpus's records; `assign=False` leaves the split to the store (extract), keeping a corpus's own."""
@@ -141,7 +154,7 @@ def default_device(device: str) -> str:
 def extract(
     dataset: str = typer.Option(..., help=DATASETS_HELP),
     root: Optional[Path] = typer.Option(None, help="Corpus folder (default data/<dataset>; for `manifest`: the CSV)."),
-    store: Optional[str] = typer.Option(None, help="Store path or URL (default stores/<dataset>.zarr)."),
+    store: Optional[str] = typer.Option(None, help="Store path or URL (default data/stores/<dataset>.zarr)."),
     meta: Optional[Path] = typer.Option(None, help="CREMA-D metadata tables to join (demographics, perceived emotion)."),
     frames: int = typer.Option(16, min=1, help="T: face crops and spectrogram chunks per clip."),
     size: int = typer.Option(224, min=32, help="Side of every face crop and spectrogram image."),
@@ -172,7 +185,7 @@ def extract(
     Exit code 0 when every clip is ok or has an expected media status (no_face, face_lost, no_audio,
     decode_error, too_short, too_long); 1 when a clip ended in `error` (a bug) or no clip is usable; 2 for bad input.
 
-    Example: python cli.py extract --dataset crema-d --root data/crema-d --store stores/crema-d.zarr
+    Example: python cli.py extract --dataset crema-d --root data/crema-d --store data/stores/crema-d.zarr
     """
     started = time.perf_counter()  # the start-up printed below counts from here
     from pipeline.audio import MelConfig
@@ -191,7 +204,7 @@ def extract(
     if unknown:
         fail(f"unknown fusion '{unknown[0]}'; choose from: {', '.join(FUSION_NAMES)}")
     root = root or Path("data") / dataset
-    store = store or f"stores/{dataset}.zarr"
+    store = store_or_default(store, dataset)
     device = default_device(device)
     records = load_records(dataset, root, meta, split_seed, assign=False, classes=classes)
     class_names, classes_declared = class_list(dataset, records, classes)
@@ -209,6 +222,8 @@ def extract(
                              commit_every=commit_every, retry_failed=retry_failed, started=started, classes_declared=classes_declared)
     except (StoreLockedError, StoreError, LocationError, SplitError, LabelError, PermissionError) as err:  # our own checks of the input
         fail(str(err))
+    except KeyboardInterrupt:
+        extract_interrupted(store, config, len(records))
     for line in result.changes:  # labels or speakers the corpus corrected, classes new to the store
         typer.echo(line)
     typer.echo(
@@ -237,9 +252,20 @@ def extract(
         raise typer.Exit(code=code)
 
 
+def extract_interrupted(store: str, config, n_records: int) -> None:
+    """Ctrl-C: one line saying what is kept and how to go on, exit 130 (the shell's code for SIGINT).
+    The writer finished the batch it held, so every clip counted is whole; the rest are redone by a re-run."""
+    from pipeline.run import committed_clips
+
+    done, clips = committed_clips(store, config)
+    typer.echo(f"interrupted: {done} of {clips or n_records} clips committed in {store}; re-run the same command to resume "
+               "(committed clips are kept; until then train refuses this store)", err=True)
+    raise typer.Exit(code=130)
+
+
 @app.command()
 def embed(
-    store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL (extracted already)."),
+    store: Optional[str] = typer.Option(None, help="Store path or URL, extracted already (default data/stores/crema-d.zarr)."),
     backbone: str = typer.Option("vgg16", help="vgg16 (fc7, 4096-d, ImageNet input), vggface (the same, VGG-Face's BGR input) or facenet (InceptionResnetV1, 512-d)."),
     weights: Optional[Path] = typer.Option(None, help="State dict of the backbone (torch.save); without it: random init, recorded and flagged."),
     size: Optional[int] = typer.Option(None, min=32, help="Input side the crops are resized to (default: the backbone's, 224 / 160)."),
@@ -250,8 +276,9 @@ def embed(
 ) -> None:
     """Per-frame face embeddings of the stored crops from a frozen backbone (seed 002's visual input); no video decoded.
 
-    Example: python cli.py embed --store stores/crema-d.zarr --backbone vggface --weights vgg_face.pt
+    Example: python cli.py embed --store data/stores/crema-d.zarr --backbone vggface --weights vgg_face.pt
     """
+    store = store_or_default(store)
     from encoders.embed import EmbedConfig, run_embed
     from stores.location import LocationError
     from stores.lock import StoreLockedError
@@ -317,6 +344,22 @@ def open_store(store: str):
         unreadable(f"store '{store}'", err)
 
 
+def check_finished_store(store: str, allow_partial: bool) -> None:
+    """Refuse a store being written or never finished (stores/state.py); with --allow-partial, warn once."""
+    from stores.state import PartialStoreError, check_finished
+
+    try:
+        state = check_finished(store, allow_partial=allow_partial)
+    except PartialStoreError as err:
+        fail(str(err))
+    except OSError as err:
+        unreadable(f"store '{store}'", err)
+    if state.finished:
+        return
+    typer.echo(f"warning: {state.message()}; --allow-partial: training on the clips committed so far "
+               "(recorded in metrics.json and train.log)", err=True)
+
+
 def unreadable(what: str, err: OSError) -> None:
     """A store that exists but can't be read (permissions, network): one line, not a traceback."""
     fail(f"cannot read {what} ({type(err).__name__}: {err}); check the path or URL and the credentials (AWS_* variables)")
@@ -324,10 +367,11 @@ def unreadable(what: str, err: OSError) -> None:
 
 @app.command()
 def info(
-    store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL."),
+    store: Optional[str] = typer.Option(None, help="Store path or URL (default data/stores/crema-d.zarr)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """What a store holds: clips by status, feature sets with parameters and fingerprints, arrays, bytes on disk."""
+    store = store_or_default(store)
     from stores.diff import describe_environment
     from stores.inspect import describe_store
 
@@ -351,8 +395,9 @@ def info(
 
 
 @app.command()
-def verify(store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL.")) -> None:
+def verify(store: Optional[str] = typer.Option(None, help="Store path or URL (default data/stores/crema-d.zarr).")) -> None:
     """Re-hash every file against the checksums written at commit; exit 1 and name the damage if any."""
+    store = store_or_default(store)
     from stores.integrity import CHECKSUMS, has_checksums, verify as verify_store
 
     open_store(store)
@@ -377,7 +422,7 @@ def publish(
 ) -> None:
     """Copy a finished store to a shared place, verify it there, and make it visible only once complete.
 
-    Example: python cli.py publish --store stores/crema-d.zarr --to s3://lab-features/crema-d.zarr
+    Example: python cli.py publish --store data/stores/crema-d.zarr --to s3://lab-features/crema-d.zarr
     """
     from stores.location import LocationError
     from stores.publish import PublishError, publish as publish_store
@@ -435,7 +480,7 @@ def preview(
     """A PNG contact sheet: per clip a few face crops beside their spectrogram chunks, labelled with the clip
     id, status, face coverage and split. Clips most likely to be wrong come first.
 
-    Example: python cli.py preview --store stores/crema-d.zarr --out preview.png --status face_lost
+    Example: python cli.py preview --store data/stores/crema-d.zarr --out preview.png --status face_lost
     """
     from pipeline.extract import STATUSES
     from stores.preview import write_preview
@@ -499,7 +544,7 @@ def ladder_options(labelled_fraction: float, noise: float, lambdas: str, cross_s
                 ladder_reconstruction=reconstruction, lld=lld, embed=embed)
 
 
-def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
+def run_training(store: str, config, out: Path, progress: bool = True, allow_partial: bool = False) -> dict:
     """Train; a fusion the store lacks is first derived from its stored crops and chunks, and cached."""
     from encoders.ladder_train import LadderOptionError
     from encoders.train import MissingFusionError, train
@@ -509,7 +554,7 @@ def run_training(store: str, config, out: Path, progress: bool = True) -> dict:
 
     for attempt in range(2):
         try:
-            return train(store, config, out, progress=progress)
+            return train(store, config, out, progress=progress, allow_partial=allow_partial)
         except MissingFusionError as err:
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 fail(f"{err} first; under torchrun the ranks cannot derive it themselves")
@@ -569,7 +614,7 @@ def train(
     encoder: str = typer.Option(..., help="Encoder name; `python cli.py encoders` lists them."),
     fusion: Optional[str] = typer.Option(None, help="concat, concat224, stack, sum (2D/3D), ffls, fslf, ofos, rfas (3D), or none (unimodal, xattn, late). Default: concat for av, none otherwise."),
     modality: Optional[str] = typer.Option(None, help="audio, vision or av (default av)."),
-    store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL (opened read-only)."),
+    store: Optional[str] = typer.Option(None, help="Store path or URL, opened read-only (default data/stores/crema-d.zarr)."),
     epochs: int = typer.Option(20, min=1),
     batch_size: int = typer.Option(16, min=1),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the encoder's)."),
@@ -598,11 +643,13 @@ def train(
     lld: Optional[str] = typer.Option(None, help="ladder: LLD feature-set fingerprint, when the store holds several."),
     embed: Optional[str] = typer.Option(None, help="ladder: embedding feature-set fingerprint, when the store holds several."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Train on a store that is being written or was never finished (refused otherwise); the run records how many clips it used."),
 ) -> None:
     """Train one encoder from the store; the best validation epoch is tested once.
 
-    Example: python cli.py train --encoder vgg16 --fusion concat --store stores/crema-d.zarr
+    Example: python cli.py train --encoder vgg16 --fusion concat --store data/stores/crema-d.zarr
     """
+    store = store_or_default(store)
     config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
                           max_memory_gb=max_memory_gb, loader_workers=loader_workers, amp=amp, compile=compile, fuse_on_device=fuse_on_device,
@@ -617,9 +664,12 @@ def train(
     if fold is not None and not 0 <= fold < folds:
         fail(f"--fold {fold} is outside 0..{folds - 1} for --folds {folds}; pick a fold in that range")
     if out.exists() and os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 creates it
+        if not (out / "metrics.json").is_file():  # runs now write elsewhere until they finish (encoders/train.py)
+            fail(f"run directory '{out}' exists but holds no metrics.json (a failed attempt, or not a run); delete it (rm -r '{out}') or pass another --out")
         fail(f"run directory '{out}' exists; pass another --out or delete it")
     open_store(store)
-    metrics = run_training(store, config, out, progress)
+    check_finished_store(store, allow_partial)
+    metrics = run_training(store, config, out, progress, allow_partial=allow_partial)
     if metrics:  # under torchrun, rank 0 alone reports
         print_metrics(metrics, out)
 
@@ -692,7 +742,7 @@ def report(
 
 @app.command()
 def sweep(
-    store: str = typer.Option("stores/crema-d.zarr", help="Store path or URL."),
+    store: Optional[str] = typer.Option(None, help="Store path or URL (default data/stores/crema-d.zarr)."),
     encoders: Optional[str] = typer.Option(None, help="Comma-separated encoders (default resnet18,simple3d)."),
     modalities: Optional[str] = typer.Option(None, help="Comma-separated modalities (default audio,vision,av)."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (default 0,1; a preset's own otherwise)."),
@@ -707,6 +757,7 @@ def sweep(
     device: str = typer.Option("auto"),
     out: Path = typer.Option(Path("runs/sweep"), help="Folder for the runs and the report."),
     progress: bool = typer.Option(True),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Train on a store that is being written or was never finished (refused otherwise); each run records how many clips it used."),
 ) -> None:
     """Encoders x modalities x folds x seeds in one command, ending with the comparison table and plots.
 
@@ -714,11 +765,13 @@ def sweep(
     Example (seed 002's protocol, reduced): sweep --encoders resnet18 --modalities av --folds 5 --seeds 0,1,2,3
     Seed 002's table: sweep --preset ladder-crema-d (ladder, its two ablations and resnet18 av concat; 5 folds x 4 seeds)
     """
+    store = store_or_default(store)
     study = preset_spec(preset, given=[n for n, v in (("--encoders", encoders), ("--modalities", modalities)) if v]) if preset else None
     open_store(store)
+    check_finished_store(store, allow_partial)
     common = dict(epochs=epochs, batch_size=batch_size, device=default_device(device), lr=lr, pretrained=pretrained, split_seed=split_seed)
     if study:
-        run_preset(store, study, seeds, folds, common, out, progress)
+        run_preset(store, study, seeds, folds, common, out, progress, allow_partial)
         return
     seed_list = parse_seeds(seeds or "0,1")
     plan = []
@@ -733,7 +786,7 @@ def sweep(
                                           folds=folds or 5, **common)
                     fold_name = "" if fold is None else f"-fold{fold}of{folds}"
                     plan.append((config, out / f"{config.encoder}-{config.modality}-{config.fusion}-seed{seed}{fold_name}"))
-    run_plan(store, plan, progress)
+    run_plan(store, plan, progress, allow_partial)
     from encoders.report import write_report
 
     paths = write_report(out, out / "report")
@@ -754,7 +807,7 @@ def get_spec_kind(encoder: str) -> str:
     return get_spec(encoder).input_kind
 
 
-def run_plan(store: str, plan: list, progress: bool) -> None:
+def run_plan(store: str, plan: list, progress: bool, allow_partial: bool = False) -> None:
     """Train every (config, run folder) of `plan` whose metrics.json is missing; a finished run is kept, unless it was
     made with another configuration than planned (refused: the table would mix them)."""
     import dataclasses
@@ -773,7 +826,7 @@ def run_plan(store: str, plan: list, progress: bool) -> None:
             continue
         shutil.rmtree(run_dir, ignore_errors=True)
         typer.echo(f"[{k}/{len(plan)}] {run_dir.name}")
-        print_metrics(run_training(store, config, run_dir, progress), run_dir)
+        print_metrics(run_training(store, config, run_dir, progress, allow_partial), run_dir)
 
 
 def preset_spec(name: str, given: list[str]):
@@ -788,7 +841,8 @@ def preset_spec(name: str, given: list[str]):
     return spec
 
 
-def run_preset(store: str, spec, seeds: Optional[str], folds: Optional[int], common: dict, out: Path, progress: bool) -> None:
+def run_preset(store: str, spec, seeds: Optional[str], folds: Optional[int], common: dict, out: Path, progress: bool,
+               allow_partial: bool = False) -> None:
     """A study's table: every arm of the preset over folds x seeds (the preset's unless given), then its table."""
     from encoders.report import collect_runs
     from encoders.study import write_study
@@ -804,7 +858,7 @@ def run_preset(store: str, spec, seeds: Optional[str], folds: Optional[int], com
                 plan.append((config, run_dir))
                 arm_dirs.setdefault(arm.slug, []).append(run_dir)
     typer.echo(f"preset {spec.name}: {len(spec.arms)} configurations x {folds} folds x {len(seed_list)} seeds = {len(plan)} runs")
-    run_plan(store, plan, progress)
+    run_plan(store, plan, progress, allow_partial)
     paths = write_study(spec, {slug: [run for d in dirs for run in collect_runs(d)] for slug, dirs in arm_dirs.items()}, out / "report")
     typer.echo(paths["markdown"].read_text())
     typer.echo("written: " + ", ".join(str(p) for p in paths.values()))

@@ -1,6 +1,6 @@
 """Bytes per clip and decode costs of the store's large arrays under lossless codec chains (issues 12, 24).
 
-    python bench/codecs.py --store stores/sample.zarr --store stores/grid.zarr [--rows 4] [--repeat 3]
+    python bench/codecs.py --store data/stores/sample.zarr --store data/stores/grid.zarr [--rows 4] [--repeat 3]
 
 For every sharded array of each store, the first `--rows` committed rows are rewritten through zarr, as the
 store writes them (one row per inner chunk, shards of SHARD_ROWS), into a scratch store under each candidate

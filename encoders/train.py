@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from encoders.registry import get_model, get_spec, list_models
 from encoders.targets import batch_target, check_target, score_run, soft_targets, training_targets
 from stores.provenance import code_commit, library_versions
 from stores.selection import usable_rows
+from stores.state import StoreState, check_finished, describe_partial, partial_record
 from stores.store import FeatureStore, StoreError
 from stores.torchdata import (
     InputRecipe, StoreSplit, ablate, fusion_set, read_rows, recipe_for, select_feature_sets, to_model_inputs,
@@ -178,9 +180,13 @@ class Data:
         return f"streamed ({size} > {limit}; --max-memory-gb raises it)"
 
 
-def load_data(location: str, config: TrainConfig, recorded: dict | None = None) -> Data:
-    """The run's data; `recorded` (a run's partition.json) selects exactly the clips that run used."""
+def load_data(location: str, config: TrainConfig, recorded: dict | None = None, *, allow_partial: bool = False) -> Data:
+    """The run's data; `recorded` (a run's partition.json) selects exactly the clips that run used.
+
+    A store being written or never finished is refused (PartialStoreError) unless `allow_partial`: its
+    committed clips look like a small finished store, and a run would silently train on a fraction of them."""
     store = FeatureStore.open(location)
+    check_finished(location, allow_partial=allow_partial)
     spec = get_spec(config.encoder)
     recipe = recipe_for(spec.input_kind, config.modality, config.fusion, square_only=spec.square_input, fuse_on_device=config.fuse_on_device)
     faces, audio = select_feature_sets(store, config.faces, config.audio)
@@ -278,15 +284,51 @@ def evaluate(model, data: Data, split: str, plan: DevicePlan | str, batch_size: 
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------
-def train(location: str, config: TrainConfig, out: Path, *, progress: bool = True) -> dict:
-    """Train, keep the best validation epoch, test it once, and write the run directory `out`."""
+def train(location: str, config: TrainConfig, out: Path, *, progress: bool = True, allow_partial: bool = False) -> dict:
+    """Train, keep the best validation epoch, test it once, and write the run directory `out`.
+
+    The store must be finished (stores/state.py) unless `allow_partial`, and a run that is allowed records what
+    it used against what the store holds (metrics.json `partial_store`, and train.log). The run is written into
+    a hidden sibling of `out` (`.<name>.incomplete`) renamed to `out` once complete: a failed run leaves no
+    `out` to block its retry, and its files stay in the sibling until that retry replaces them."""
+    state = check_finished(location, allow_partial=allow_partial)  # before anything is written
+    master = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 alone writes
+    if master and out.exists():
+        raise FileExistsError(f"run directory '{out}' exists; pass another out or delete it")
+    work = out.with_name(f".{out.name}.incomplete")
+    if master:
+        shutil.rmtree(work, ignore_errors=True)  # a failed attempt's leftovers
     if get_spec(config.encoder).input_kind == "sequences":  # seed 002: semi-supervised losses, its own loop
         from encoders.ladder_train import train_ladder
 
-        return train_ladder(location, config, out, progress=progress)
+        metrics = train_ladder(location, config, work, progress=progress)
+    else:
+        metrics = train_model(location, config, work, progress=progress)
+    if master and metrics:
+        record_partial(state, location, work, metrics)
+        work.rename(out)
+    return metrics
+
+
+def record_partial(state: StoreState, location: str, run: Path, metrics: dict) -> None:
+    """A run on an unfinished store (--allow-partial): its clip counts against the store's, in metrics.json
+    (`partial_store`, for the report) and in train.log."""
+    record = partial_record(state, FeatureStore.open(location), metrics["clips"], metrics["speakers"])
+    if record is None:
+        return
+    metrics["partial_store"] = record
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    line = f"{time.strftime('%H:%M:%S')} warning: {describe_partial(record)}"
+    with open(run / "train.log", "a") as log:
+        log.write(line + "\n")
+    print(line, file=sys.stderr)
+
+
+def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool = True) -> dict:
+    """train() for every encoder but the ladder: writes `out` (which must not exist)."""
     config = config.resolved()
     seed_everything(config.seed)
-    data = load_data(location, config)  # before anything is written or any rank waits: bad input fails on every rank
+    data = load_data(location, config, allow_partial=True)  # train() checked the store; bad input fails here, on every rank
     rank, world, device = start_distributed(config.device)
     master = rank == 0  # only rank 0 logs and writes
     if master:
@@ -489,7 +531,7 @@ def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = 
     config = TrainConfig(**metrics["config"])
     checkpoint = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     recorded = run_partition.load(run)
-    data = load_data(store or metrics["store"]["location"], config, recorded)
+    data = load_data(store or metrics["store"]["location"], config, recorded, allow_partial=recorded is not None)  # the run's own clips
     changed = {k: (v, data.fingerprints.get(k)) for k, v in metrics["store"]["fingerprints"].items() if data.fingerprints.get(k) != v}
     if changed:
         kind, (was, now) = next(iter(changed.items()))

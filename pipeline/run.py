@@ -43,6 +43,7 @@ from stores.location import Location, locate
 from stores.lock import WriterLock
 from stores.provenance import provenance
 from stores.shards import EncodedRow, encode_large_arrays, encode_row
+from stores.state import mark_finished, mark_unfinished
 from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError, store_exists
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ def run_extract(
     where.prepare_for_writing()
     with WriterLock(where) as lock:
         incremental = not lock.took_over and checksums_match_listing(where)  # the last list is current: refresh it
+        mark_unfinished(where)  # before the first write: readers refuse the store until this run has finished (stores/state.py)
         remove_partial_files(where)
         store = open_writer(location, dataset, class_names, split_seed)
         sets_before = len(store.feature_sets())
@@ -291,6 +293,7 @@ def run_extract(
         wrote = wrote or summary.computed or summary.fusions_computed or len(store.feature_sets()) > sets_before
         if wrote or not checksums_match_listing(where):
             summary.files_hashed = len(refresh_checksums(where, store.touched) if incremental else write_checksums(where))
+        mark_finished(where)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -327,6 +330,7 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
     if scheduler is None:
         cluster = local_cluster(workers)
     client = Client(cluster or scheduler)
+    interrupted = False
     try:
         n_workers = max(workers, len(client.scheduler_info()["workers"]))
         per_task = clips_per_task(len(tasks), n_workers)
@@ -364,11 +368,25 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
             for new in submit(1):
                 running.add(new)
         environments.extend(client.run(numeric_environment).values())
+    except KeyboardInterrupt:
+        interrupted = cluster is not None  # a shared cluster (--scheduler) is left as it is
+        if interrupted:
+            silence_logs()
+            client.run(silence_logs, on_error="ignore")
+        raise
     finally:
         bar.close()
         client.close()
         if cluster is not None:
             cluster.close()
+        if interrupted:
+            logging.disable(logging.NOTSET)
+
+
+def silence_logs() -> None:
+    """Ctrl-C closes our local cluster mid-task, and its processes log each connection that closes under them
+    (a traceback each, over the one line that says what was kept: cli.py extract). Nothing they say then is news."""
+    logging.disable(logging.CRITICAL)
 
 
 WRITE_QUEUE = 2
@@ -564,9 +582,24 @@ def derive_fusion(location: str, name: str, faces_fingerprint: str, audio_finger
         store = FeatureStore.open(location, mode="r+")
         faces = next(s for s in store.feature_sets("faces") if s.fingerprint == faces_fingerprint)
         audio = next(s for s in store.feature_sets("audio") if s.fingerprint == audio_fingerprint)
+        mark_unfinished(where)
         _, n = materialise_fusion(store, name, faces, audio, seed=seed, progress=progress, who=provenance())
         write_checksums(where)
+        mark_finished(where)
     return n
+
+
+def committed_clips(location: str | Path, config: ExtractConfig) -> tuple[int, int]:
+    """(clips whose faces and audio of `config` are committed, clips in the store): what an interrupted run leaves."""
+    try:
+        store = FeatureStore.open(str(location))
+    except StoreError:
+        return 0, 0  # stopped before the store was made
+    faces = store.find("faces", face_params(config.faces))
+    audio = store.find("audio", audio_params(config.mel, config.faces.frames, config.faces.size))
+    if faces is None or audio is None:
+        return 0, len(store)
+    return int((faces.done() & audio.done()).sum()), len(store)
 
 
 def remove_partial_files(location: Location | Path) -> None:

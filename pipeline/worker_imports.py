@@ -14,6 +14,13 @@ pinned to one thread inside its task (numeric.py).
 """
 
 import os
+import signal
+
+# Ctrl-C reaches every process of the terminal's group, the workers too: each printed a 33-line traceback over
+# the client's one-line summary. The client alone handles it (cli.py extract) and closes the cluster. The fork
+# server hands its children the SIGINT handler it found after its preload (multiprocessing.forkserver.main), so
+# workers forked from it ignore the signal; one a nanny respawns later does not (rare, and only noisier).
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_name] = "1"

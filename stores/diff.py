@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from stores.integrity import has_checksums, read_checksums
-from stores.lock import lock_present
+from stores.integrity import read_checksums
+from stores.state import store_state
 from stores.location import locate
 from stores.store import CLIP_COLUMNS, FeatureSet, FeatureStore
 
@@ -242,7 +242,7 @@ class _Sums:
 def _trusted_checksums(location: str) -> _Sums | None:
     """The store's checksums if they describe its files as they are now (written by a finished run)."""
     where = locate(location)
-    if lock_present(where) or not has_checksums(where):
+    if not store_state(where).finished:  # being written, or a run stopped after writing: the list may be stale
         return None
     meta: dict[str, str] = {}
     units: dict[tuple[str, int], set] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 from stores.location import Location, locate
 
 CHECKSUMS = "avstore-checksums.json"
-IGNORED = {CHECKSUMS, ".avstore-writer.lock"}
+IGNORED = {CHECKSUMS, ".avstore-writer.lock", ".avstore-unfinished"}  # the writer's lock and marker (stores/state.py)
 
 
 def _files(location: Location) -> dict[str, int]:

@@ -15,6 +15,7 @@ Local paths (and file:// URLs) keep Zarr's LocalStore, exactly as before remote 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ EXCLUSIVE_CREATE = {"s3", "s3a"}
 """Remote protocols whose "create only if absent" write is known to be honoured (S3's `If-None-Match: *`,
 checked against moto and documented by AWS since 2024). The writer lock needs it, so extract writes only to
 local paths and these; other protocols can still be read and published to."""
+
+WRITER_FILES = {".avstore-writer.lock", ".avstore-unfinished"}
+"""What a writer puts in a store before anything else (stores/lock.py, stores/state.py): a folder holding one is avstore's."""
 
 READ_BATCH_BYTES = 256 << 20
 """Remote files are fetched concurrently in batches of about this many bytes (hashing, diff, publish)."""
@@ -119,6 +123,14 @@ class Location:
         else:
             self.fs.pipe_file(self.path(rel), data)
 
+    def remove(self, rel: str) -> None:
+        """Delete file `rel` if it is there."""
+        if self.is_local:
+            (self.local_path / rel).unlink(missing_ok=True)
+        elif self.exists(rel):
+            self.fs.rm_file(self.path(rel))
+            self.fs.invalidate_cache(self.path(rel))
+
     def read_many(self, rels: list[str]) -> Iterator[tuple[str, bytes]]:
         """(rel, content) for each file; remote files are fetched concurrently, a batch at a time."""
         if self.is_local:
@@ -138,8 +150,38 @@ class Location:
                 batch, batch_bytes = [], 0
 
     # ---- before writing ---------------------------------------------------------------------------------
+    def check_store_target(self) -> None:
+        """Refuse, before anything is written, a place that holds something other than a store: a plain file,
+        or a folder with other files and no avstore store (extract wrote its store in among them)."""
+        if self.is_local:
+            path = self.local_path
+            if path.exists() and not path.is_dir():
+                raise LocationError(f"--store '{self.url}' is a file, not a store folder; give a new folder (e.g. data/stores/x.zarr) or an existing store")
+            names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        else:
+            if self.fs.isfile(self.root):
+                raise LocationError(f"--store '{self.url}' is an object, not a store prefix; give a new prefix or an existing store")
+            self.fs.invalidate_cache(self.root)
+            try:
+                names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False))
+            except FileNotFoundError:
+                names = []
+        if not names or set(names) & WRITER_FILES:
+            return  # new, or ours (a writer's lock or marker: an interrupted extract, maybe before its zarr.json)
+        if "zarr.json" not in names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise LocationError(f"--store '{self.url}' is a folder that holds other files ({shown}), not an avstore store; "
+                                "give a new folder (e.g. data/stores/x.zarr) or an existing store")
+        try:
+            attributes = json.loads(self.read_bytes("zarr.json")).get("attributes", {})
+        except (OSError, ValueError):
+            attributes = {}
+        if "avstore" not in attributes:
+            raise LocationError(f"--store '{self.url}' is a Zarr store but not avstore's (no 'avstore' attribute); give a new folder or an avstore store")
+
     def prepare_for_writing(self) -> None:
         """Make the root exist (local) or check it can take a writer (remote); raise LocationError if not."""
+        self.check_store_target()
         if self.is_local:
             self.local_path.mkdir(parents=True, exist_ok=True)
             return
@@ -156,13 +198,28 @@ class Location:
             )
 
 
+DEFAULT_STORE_DIR = "data/stores"
+OLD_DEFAULT_STORE_DIR = "stores"
+"""Where stores went without --store before: inside the `stores` Python package, so `rm -rf stores/*` deleted code."""
+
+
+def default_store(dataset: str) -> tuple[str, str | None]:
+    """The store used when no --store is given, and a note when it is the old default location (still read and
+    resumed there, so an existing store is never silently replaced by an empty new one)."""
+    new, old = f"{DEFAULT_STORE_DIR}/{dataset}.zarr", f"{OLD_DEFAULT_STORE_DIR}/{dataset}.zarr"
+    if not Path(new).exists() and Path(old).is_dir():
+        return old, (f"note: using {old}, the old default store location (the default is now {new}); "
+                     f"to move it: mkdir -p {DEFAULT_STORE_DIR} && mv {old} {new}")
+    return new, None
+
+
 def locate(store: str | Path | Location) -> Location:
     """Turn a --store value (path or URL) into a Location; LocationError when its scheme can't be used."""
     if isinstance(store, Location):
         return store
     url = str(store)
     if not url:
-        raise LocationError("empty --store; give a folder (stores/x.zarr) or a URL (s3://bucket/x.zarr)")
+        raise LocationError("empty --store; give a folder (data/stores/x.zarr) or a URL (s3://bucket/x.zarr)")
     try:
         fs, root = url_to_fs(url)
     except ImportError as err:

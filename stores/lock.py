@@ -136,3 +136,16 @@ class WriterLock:
 def lock_present(store: str | Path | Location) -> bool:
     """Whether a writer lock (live or stale) sits in the store: such a store is not a finished one."""
     return locate(store).exists(LOCK_NAME)
+
+
+def holder_gone(holder: dict) -> bool:
+    """Whether the lock's writer is known to be dead: a process of this host that no longer exists."""
+    return holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1)))
+
+
+def lock_holder(store: str | Path | Location) -> dict | None:
+    """Who holds the store's writer lock (pid, host, since), {} if unreadable; None when no lock is there."""
+    lock = WriterLock(store)
+    if not lock.location.exists(LOCK_NAME):
+        return None
+    return lock._holder()[0]

@@ -143,8 +143,11 @@ class FeatureStore:
         """Open an existing store (a path or an fsspec URL); `mode="r"` for consumers (the default), "r+" for the
         writer. Reading writes nothing, so a chmod a-w folder or a bucket without write permission is fine."""
         location = str(location)
+        where = locate(location)
+        if where.is_local and where.local_path.is_file():
+            raise StoreError(f"'{location}' is a file, not a store (a folder); check --store")
         try:
-            group = zarr.open_group(locate(location).zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
+            group = zarr.open_group(where.zarr_store(read_only=mode == "r"), mode=mode, zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise StoreError(f"no avstore store at '{location}'; run `python cli.py extract` first or check --store") from None
         info = group.attrs.get("avstore")

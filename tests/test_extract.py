@@ -355,3 +355,62 @@ def test_a_one_minute_take_is_recorded_as_too_long(grid_dir, tmp_path):
     result = run_cli("extract", "--dataset", "manifest", "--root", str(manifest), "--store", str(tmp_path / "s.zarr"), "--workers", "0", *SMALL)
     assert result.returncode == 0, result.stderr
     assert "faces:too_long 1" in result.stdout and "faces:ok 2" in result.stdout
+
+
+def test_a_plain_file_or_a_foreign_folder_as_store_is_refused_in_one_line_and_left_untouched(corpus, tmp_path):
+    """Issue 25: a file gave a 49-line traceback; a folder of other files got the store written in among them."""
+    plain = tmp_path / "notes.txt"
+    plain.write_text("mine")
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "a.jpg").write_bytes(b"jpeg")
+    (foreign / "half.partial").write_bytes(b"not ours")  # extract deletes *.partial files in a store it resumes
+    other_zarr = tmp_path / "other.zarr"
+    zarr.open_group(str(other_zarr), mode="w").attrs["owner"] = "someone else"
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for target, says in ((plain, "is a file"), (foreign, "holds other files"), (other_zarr, "not avstore's")):
+        result = run_cli("extract", "--dataset", "sample", "--root", str(corpus), "--store", str(target), "--workers", "0", *SMALL)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert says in result.stderr and "--store" in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written, nothing deleted
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_extract_is_one_line_exit_130_and_train_refuses_the_store_until_a_re_run_finishes_it(corpus, tmp_path):
+    """Issue 25: Ctrl-C printed 55-66 lines of worker tracebacks and never said how to go on; `train` then used
+    the clips committed so far as if they were the corpus. The signal goes to the whole process group, as a
+    terminal's Ctrl-C does, so the Dask workers get it too."""
+    store = tmp_path / "s.zarr"
+    args = ["extract", "--dataset", "sample", "--root", str(corpus), "--store", str(store), "--workers", "2", *SMALL]
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args, "--commit-every", "2"], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline, done = time.time() + 180, 0
+    while time.time() < deadline and proc.poll() is None and done < 1:
+        try:
+            faces = [g for k, g in zarr.open_group(str(store), mode="r")["features"].groups() if k.startswith("faces-")]
+            done = int(faces[0]["done"][:].sum()) if faces else 0
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            done = 0
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    lines = [line for line in err.strip().splitlines() if not port_busy_warning(line)]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    committed = int(re.search(r"interrupted: (\d+) of 22 clips committed", lines[0]).group(1))
+    assert 1 <= committed < 22 and "re-run the same command to resume" in lines[0], lines
+    refused = run_cli("train", "--encoder", "resnet18", "--store", str(store), "--out", str(tmp_path / "run"))
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr[-2000:]
+    assert "interrupted" in refused.stderr and "re-run" in refused.stderr and "--allow-partial" in refused.stderr
+    assert not (tmp_path / "run").exists()
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{22 - committed} processed" in resumed.stdout, resumed.stdout
+    from stores.state import store_state
+
+    assert store_state(store).finished
+
+
+def port_busy_warning(line: str) -> bool:
+    """Dask's three-line warning when another cluster on this machine holds port 8787 (shared test machines)."""
+    return "UserWarning: Port 8787 is already in use" in line or line in ("Perhaps you already have a cluster running?",) or line.startswith("Hosting the HTTP server on port")

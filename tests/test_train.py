@@ -273,3 +273,74 @@ def test_sweep_runs_every_fold_and_seed_and_resumes_without_redoing(store, tmp_p
     assert "n=3 folds)" in (out / "report" / "comparison.md").read_text()  # the fold is the replicate: 3 folds of 2 seeds, one cell
     again = run_cli(*args, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already") == 6, again.stdout
+
+
+@pytest.mark.slow
+def test_a_store_being_written_or_left_unfinished_is_refused_unless_allow_partial_which_records_the_counts(store, tmp_path):
+    """Issue 25: `train` on a store while its extract ran, or after it was interrupted, exited 0 having trained on
+    the clips committed so far (160 of 288, 7/2/2 of 12 speakers), and nothing said so."""
+    import shutil
+
+    from stores.lock import WriterLock
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    args = ["--encoder", "resnet18", "--modality", "audio", "--store", str(copy), "--epochs", "1", "--batch-size", "8", "--no-progress"]
+    with WriterLock(copy):  # an extract is writing it
+        busy = run_cli("train", *args, "--out", str(tmp_path / "busy"))
+    assert busy.returncode == 2 and busy.stderr.strip().count("\n") == 0, busy.stderr[-2000:]
+    assert "is being written by pid" in busy.stderr and "--allow-partial" in busy.stderr and not (tmp_path / "busy").exists()
+    from stores.state import PartialStoreError, mark_unfinished
+
+    # what an interrupted extract leaves: one speaker's rows not committed, and the writer's marker
+    writable = FeatureStore.open(copy, mode="r+")
+    table = writable.clip_table()
+    speaker = sorted(set(table["speaker"][table["split"] == "train"].tolist()))[0]
+    rows = np.flatnonzero(table["speaker"] == speaker)
+    writable.uncommit_rows(writable.feature_sets("faces")[0], rows)
+    mark_unfinished(copy)
+    with pytest.raises(PartialStoreError, match="interrupted"):  # the Python readers refuse it too
+        load_data(str(copy), TrainConfig(encoder="resnet18", modality="audio", fusion="none"))
+    sweep = run_cli("sweep", "--store", str(copy), "--encoders", "resnet18", "--modalities", "audio", "--seeds", "0", "--epochs", "1",
+                    "--out", str(tmp_path / "sweep"), "--no-progress")
+    assert sweep.returncode == 2 and "interrupted" in sweep.stderr and sweep.stderr.strip().count("\n") == 0, sweep.stderr[-2000:]
+    assert not (tmp_path / "sweep").exists()
+    allowed = run_cli("train", *args, "--out", str(tmp_path / "run"), "--allow-partial")
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    partial = metrics["partial_store"]
+    assert partial["clips_in_store"] == len(table["clip_id"]) and partial["clips_committed"] == len(table["clip_id"]) - len(rows)
+    assert partial["clips_used"] == sum(metrics["clips"].values()) <= partial["clips_committed"]
+    assert (partial["speakers_used"], partial["speakers_in_store"]) == (5, 6)
+    assert f"trained on {partial['clips_used']} of {partial['clips_in_store']} clips" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_failed_train_leaves_its_out_free_for_the_retry(store, tmp_path):
+    """Issue 25: a crashed run left --out behind, and the retry with the same --out was refused."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "run"
+    args = ["train", "--encoder", "resnet18", "--modality", "audio", "--store", store, "--epochs", "1", "--batch-size", "8",
+            "--loader-workers", "0", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(tmp_path.glob("*/train.log")) and not any(tmp_path.glob(".*/train.log")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # the run dies once it has started writing its run directory
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (out / "metrics.json").exists()
+    retry = run_cli(*args)
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    assert (out / "metrics.json").is_file() and [p.name for p in tmp_path.iterdir()] == ["run"]
+    left = tmp_path / "left-by-an-old-avstore"
+    left.mkdir()
+    (left / "train.log").write_text("")
+    refused = run_cli(*[a if a != str(out) else str(left) for a in args])
+    assert refused.returncode == 2 and "holds no metrics.json" in refused.stderr and "rm -r" in refused.stderr
