@@ -4,8 +4,9 @@ Structure (the poster's; sizes and λ values it does not give are ours, stated):
 * Inputs: the ComParE LLD frames (B, F, 130), valid up to each clip's `lld_frames` (32 ms windows, 16 ms step),
   and the per-frame face embeddings (B, T, D), valid where a face was found. Each frame is z-scored with the
   training split's statistics (`fit_input_stats`).
-* Layer 0 of each modality is learned from the whole sequence, not from fixed means: a projection, a
-  bidirectional GRU over the valid frames and masked attention pooling (`SequenceEncoder`), batch-normalised
+* Layer 0 of each modality is learned from the whole sequence, not from fixed means: a learned projection of
+  every frame (of each 4 LLD frames together, a strided convolution), a bidirectional GRU over the valid steps
+  and masked attention pooling (`SequenceEncoder`), batch-normalised
   without affine like every ladder layer. A clip with no valid step (a modality ablated, `--ablate`) gets
   z0 = 0, the training average of that layer.
 * Above it, ladder layers (Rasmus et al., 2015): z = BN(W h) without affine, h = ReLU(γ ⊙ (z + β)); an encoder
@@ -55,6 +56,7 @@ class LadderConfig:
     modality_layers: tuple[int, ...] = (256, 128)
     cross_layers: tuple[int, ...] = (128,)
     sequence_width: int = 128  # layer 0: the learned summary of each modality's sequence
+    lld_stride: int = 4  # LLD frames per GRU step (4 x 16 ms); every face-embedding step is one
     noise: float = 0.3
     lambdas: tuple[float, ...] = (1.0,)  # λ_l by depth from the input up; the last repeats
     combinator: str = "vanilla"  # vanilla (Rasmus et al.'s, per unit) | dense (a dense map of the skip)
@@ -66,8 +68,8 @@ class LadderConfig:
             raise ValueError(f"ladder noise {self.noise:g} / lambdas {list(self.lambdas)}: give non-negative numbers, e.g. --noise 0.3 --lambdas 1,1,0.1")
         if self.combinator not in COMBINATORS:
             raise ValueError(f"ladder combinator '{self.combinator}' is unknown; choose {' | '.join(COMBINATORS)}")
-        if self.sequence_width < 2 or min((*self.modality_layers, *self.cross_layers), default=1) < 1:
-            raise ValueError("ladder layer widths must be positive (and the sequence width at least 2)")
+        if self.sequence_width < 2 or self.lld_stride < 1 or min((*self.modality_layers, *self.cross_layers), default=1) < 1:
+            raise ValueError("ladder layer widths and the LLD stride must be positive (and the sequence width at least 2)")
 
     def lam(self, depth: int) -> float:
         return self.lambdas[min(depth, len(self.lambdas) - 1)]
@@ -79,26 +81,35 @@ def batch_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class SequenceEncoder(nn.Module):
-    """(B, L, D) frames and a (B, L) validity mask -> (B, width): projection, bidirectional GRU, attention pooling.
+    """(B, L, D) frames and a (B, L) validity mask -> (B, width): a learned projection of each group of `stride`
+    frames (a strided convolution: every frame counts, in its order), a bidirectional GRU over the groups, and
+    attention pooling.
 
-    The GRU runs up to each clip's last valid frame (packed: the LLDs' zero padding costs nothing); invalid
-    frames inside that range are zeros, and pooling weighs the valid frames only. The GRU runs in float32
-    under autocast too (cuDNN's RNN kernels and packed sequences)."""
+    The GRU runs up to each clip's last valid group (packed: the LLDs' zero padding costs nothing); invalid
+    frames are zeros, a group is valid when any of its frames is, and pooling weighs the valid groups only.
+    The GRU runs in float32 under autocast too (cuDNN's RNN kernels and packed sequences)."""
 
-    def __init__(self, dim: int, width: int):
+    def __init__(self, dim: int, width: int, stride: int = 1):
         super().__init__()
-        self.project = nn.Linear(dim, width)
+        self.stride = stride
+        self.project = nn.Conv1d(dim, width, kernel_size=stride, stride=stride)
         self.gru = nn.GRU(width, width // 2, batch_first=True, bidirectional=True)
         self.score = nn.Linear(2 * (width // 2), 1)
         self.width = 2 * (width // 2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        steps = torch.arange(x.shape[1], device=x.device)
-        lengths = torch.where(mask, steps + 1, 0).amax(1).clamp_min(1)  # up to the last valid frame
-        h = F.relu(self.project(x)) * mask[..., None]
+        valid = mask.any(0).nonzero()
+        keep = int(valid.max()) + 1 if len(valid) else 1
+        x, mask = x[:, :keep], mask[:, :keep]  # the batch's common padding: never read
+        pad = -x.shape[1] % self.stride
+        x, mask = F.pad(x * mask[..., None], (0, 0, 0, pad)), F.pad(mask, (0, pad))
+        mask = mask.unflatten(1, (-1, self.stride)).any(2)
+        steps = torch.arange(mask.shape[1], device=x.device)
+        lengths = torch.where(mask, steps + 1, 0).amax(1).clamp_min(1)  # up to the last valid group
+        h = F.relu(self.project(x.transpose(1, 2))).transpose(1, 2) * mask[..., None]
         with torch.autocast(x.device.type, enabled=False):
             packed = pack_padded_sequence(h.float(), lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=x.shape[1])
+            out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=mask.shape[1])
         scores = self.score(out).squeeze(-1).masked_fill(~mask, float("-inf"))
         weights = torch.nan_to_num(torch.softmax(scores, dim=1))  # a clip with no valid frame: all zero
         return (weights[..., None] * out).sum(1)
@@ -192,7 +203,8 @@ class LadderNetwork(nn.Module):
     def __init__(self, *, audio_dim: int, video_dim: int, num_classes: int, config: LadderConfig = LadderConfig()):
         super().__init__()
         self.config = config
-        self.audio_seq, self.video_seq = SequenceEncoder(audio_dim, config.sequence_width), SequenceEncoder(video_dim, config.sequence_width)
+        self.audio_seq = SequenceEncoder(audio_dim, config.sequence_width, config.lld_stride)
+        self.video_seq = SequenceEncoder(video_dim, config.sequence_width)
         width = self.audio_seq.width
         self.audio_norm, self.video_norm = nn.BatchNorm1d(width, affine=False), nn.BatchNorm1d(width, affine=False)
         sizes = [width, *config.modality_layers]

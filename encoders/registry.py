@@ -13,6 +13,10 @@ Input conventions, which the trainer follows:
 * ``"video"`` models take ``(B, C, T, H, W)``.
 * ``"pair-image"`` and ``"pair-video"`` models are called as ``model(vision, audio)``: the first with
   one face image and the whole-clip spectrogram, the second with T face crops and T spectrogram chunks.
+* ``"sequences"`` models (seed 002's ladder) are called as ``model(lld, lld_mask, embedding, found)``: ComParE
+  LLD frames ``(B, F, 130)`` with their validity ``(B, F)``, face embeddings ``(B, T, D)`` with ``(B, T)``;
+  ``in_channels`` is ``D``. A model with its own training objective (``own_objective = True``) returns
+  ``{"loss", "terms"}`` when also given ``labels=`` (-1 for an unlabelled clip).
 
 Every model returns raw logits ``(B, num_classes)``; none applies a softmax (the study's seed code
 applied softmax before the cross-entropy loss, a defect not carried over).

@@ -11,6 +11,13 @@ only), bf16 autocast (default on CUDA) and compilation; the CPU tests run the sa
 device. Under torchrun every rank takes an equal share of each epoch, evaluation is split over the ranks
 and gathered, and rank 0 alone logs and writes. `AVSTORE_TRAIN_TRACE=<folder>` makes every rank write its
 steps and parameter checksums there (rank<N>.json), so tests can check those numbers.
+
+One loop for every encoder, seed 002's ladder included: a model with its own objective (`own_objective`: the
+ladder's supervised plus reconstruction losses) computes it when called with the labels, and one that
+standardises its inputs gets the training split's statistics first (`fit_input_stats`). `--labelled-fraction`
+hides the labels of a seeded share of the training clips (-1): the ladder still reconstructs them, the
+cross-entropy of other encoders leaves them out. An encoder's own settings are `encoder_options`, checked and
+built by the registry (encoders/registry.py), never TrainConfig fields.
 """
 
 from __future__ import annotations

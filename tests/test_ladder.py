@@ -19,7 +19,7 @@ import cli
 from encoders.embed import EmbedConfig, run_embed
 from encoders.ladder import COMBINATORS, LadderConfig, LadderNetwork, supervised_loss
 from encoders.registry import get_model
-from encoders.train import TrainConfig, labelled_mask, train
+from encoders.train import TrainConfig, evaluate_run, labelled_mask, train
 from pipeline.audio import MelConfig
 from pipeline.compare import LldConfig
 from pipeline.corpora import load_corpus
@@ -181,9 +181,10 @@ def test_labelled_fraction_keeps_half_of_every_class():
 
 
 # The end-to-end tests share one small store: 4 actors x 1 sentence (24 clips: 2 actors train, 1 validates, 1 is
-# the held-out test actor), 4 frames of 32 px, and facenet embeddings at 80 px (its smallest input; 512-d, so
-# the ladder is ~1 M parameters), and the concat fusion the preset's resnet18 baseline reads. Torch runs on one thread here and in the CLI subprocesses: on a loaded 2-core
-# machine two OpenMP threads per process made every step of these tiny networks 10-25 times slower.
+# the held-out test actor, in the stored split and in each of 4 actor folds), 4 frames of 32 px, facenet embeddings
+# at 80 px (its smallest input; 512-d, so the ladder is ~0.6 M parameters), and the concat fusion the preset's
+# resnet18 baseline reads. Torch runs on one thread here and in the CLI subprocesses: on a loaded 2-core machine
+# two OpenMP threads per process made every step of these tiny networks 10-25 times slower.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -216,29 +217,49 @@ def store(corpus, tmp_path_factory) -> str:
     return location
 
 
-LADDER = ("train", "--encoder", "ladder", "--epochs", "10", "--batch-size", "8", "--device", "cpu", "--no-progress", "--lr", "0.003")
+LADDER = ("train", "--encoder", "ladder", "--epochs", "20", "--batch-size", "8", "--device", "cpu", "--no-progress", "--lr", "0.01")
+FOLDS = 4  # one actor per fold: every clip is tested once, by a model trained on two other actors
 
 
 @pytest.mark.slow
-def test_ladder_beats_chance_on_a_held_out_actor_and_flags_random_embeddings(store, tmp_path):
-    result = run_cli(*LADDER, "--store", store, "--out", str(tmp_path / "run"))
+def test_ladder_learns_held_out_actors_and_evaluates_with_a_modality_ablated(store, tmp_path):
+    """All 24 clips are tested over the 4 actor folds. A random predictor gets 14 or more of 24 right with
+    probability 4.6e-6 (binomial, p = 1/6); one actor's 6 clips above 1/6 + 0.15 (2 right) was chance's 26 %."""
+    result = run_cli(*LADDER, "--folds", str(FOLDS), "--fold", "0", "--store", store, "--out", str(tmp_path / "fold0"))
     assert result.returncode == 0, result.stderr
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["speakers"]["test"] == 1 and metrics["test"]["accuracy"] > 1 / 6 + 0.15, metrics["test"]["accuracy"]
-    assert metrics["store"]["embeddings_random_init"] and metrics["warnings"]
-    assert {"lld", "embed"} <= set(metrics["store"]["fingerprints"])
+    runs = [json.loads((tmp_path / "fold0" / "metrics.json").read_text())]
+    for fold in range(1, FOLDS):  # in-process: a CLI start costs ~6 s of imports
+        config = TrainConfig(encoder="ladder", modality="av", fusion="none", epochs=20, batch_size=8, lr=0.01, device="cpu", fold=fold, folds=FOLDS)
+        runs.append(train(store, config, tmp_path / f"fold{fold}", progress=False))
+    tested = [c for k in range(FOLDS) for c in json.loads((tmp_path / f"fold{k}" / "partition.json").read_text())["test"]["clips"]]
+    assert len(tested) == len(set(tested)) == 24
+    correct = sum(round(run["test"]["accuracy"] * run["test"]["n"]) for run in runs)
+    assert correct >= 14, [run["test"]["accuracy"] for run in runs]
+    assert runs[0]["store"]["embeddings_random_init"] and runs[0]["warnings"] and {"lld", "embed"} <= set(runs[0]["store"]["fingerprints"])
+
+    # the ladder is evaluated like every encoder: --ablate marks one modality absent
+    ablated = run_cli("evaluate", "--run", str(tmp_path / "fold0"), "--ablate", "audio")
+    assert ablated.returncode == 0, ablated.stderr
+    report = json.loads((tmp_path / "fold0" / "evaluate-ablate-audio.json").read_text())
+    assert report["ablate"] == "audio" and report["test"]["n"] == runs[0]["test"]["n"] and report["test"]["loss"] != runs[0]["test"]["loss"]
+    same = evaluate_run(tmp_path / "fold1")
+    assert same["test"]["accuracy"] == runs[1]["test"]["accuracy"] and same["test"]["loss"] == pytest.approx(runs[1]["test"]["loss"])
+    assert evaluate_run(tmp_path / "fold1", ablation="vision")["test"]["loss"] != runs[1]["test"]["loss"]
 
 
 @pytest.mark.slow
 def test_half_labelled_uses_the_other_half_unlabelled(store, tmp_path):
     # in-process (a CLI start costs ~6 s of imports); the CLI's --labelled-fraction is checked by the bad-input tests below
-    config = TrainConfig(encoder="ladder", modality="av", fusion="none", epochs=2, batch_size=8, lr=0.003, device="cpu", labelled_fraction=0.5)
+    # streamed from the store (max_memory_gb=0), in this process: the LLD, frame-count, embedding and found arrays on that path too
+    config = TrainConfig(encoder="ladder", modality="av", fusion="none", epochs=2, batch_size=8, lr=0.003, device="cpu", labelled_fraction=0.5,
+                         max_memory_gb=0.0, loader_workers=0)
     train(store, config, tmp_path / "run", progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["inputs"]["in_memory"] is False
     n = metrics["clips"]["train"]
     assert metrics["labelled"]["train_labelled"] == n // 2 and metrics["labelled"]["train_unlabelled"] == n - n // 2
     for epoch in metrics["history"]:  # every clip went through the network each epoch, half of them without a label
-        assert epoch["unlabelled_seen"] == n - n // 2 and epoch["labelled_seen"] == n // 2
+        assert epoch["unlabelled_seen"] == n - n // 2 and epoch["labelled_seen"] == n // 2 and epoch["reconstruction_loss"] > 0
     partition = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert len(partition["train"]["unlabelled"]) == n - n // 2 and set(partition["train"]["unlabelled"]) <= set(partition["train"]["clips"])
 
@@ -255,8 +276,7 @@ def test_ladder_preset_reduced_writes_seed_002s_table_with_p_values(store, tmp_p
     arms = ("ladder", "ladder-no-cross-skips", "ladder-no-reconstruction", "resnet18-av-concat")
     assert sorted(runs) == sorted(f"{arm}-seed0-fold{k}of3" for arm in arms for k in range(3))  # 4 configurations x 3 folds x 1 seed
     assert all({"macro_precision", "macro_recall", "micro_precision", "micro_recall", "micro_f1"} <= set(r["test"]) for r in runs.values())
-    assert [runs[f"{arm}-seed0-fold0of3"]["config"]["ladder_cross_skips"] for arm in arms[:3]] == [True, False, True]
-    assert [runs[f"{arm}-seed0-fold0of3"]["config"]["ladder_reconstruction"] for arm in arms[:3]] == [True, True, False]
+    assert [runs[f"{arm}-seed0-fold0of3"]["config"]["encoder_options"] for arm in arms[:3]] == [{}, {"cross_skips": False}, {"reconstruction": False}]
     assert runs["resnet18-av-concat-seed0-fold0of3"]["fusion"] == "concat"
 
     table = (out / "report" / "ladder-crema-d.md").read_text()
