@@ -407,8 +407,9 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
                "labelled_seen": int(totals[2]), "unlabelled_seen": int(totals[1] - totals[2]),
                **{f"{n}_loss": float(totals[3 + k] / totals[1]) for k, n in enumerate(names)}}
         history.append(row)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.3f, val UAR %.3f, %.1f s (%.0f %% waiting for data)",
-                 epoch, row["train_loss"], val_loss, val["accuracy"], val["uar"], epoch_seconds[-1], 100 * waited / epoch_seconds[-1])
+        log.info("epoch %d: train loss %.4f%s, val loss %.4f, val accuracy %.3f, val UAR %.3f, %.1f s (%.0f %% waiting for data)",
+                 epoch, row["train_loss"], "".join(f" ({n} {row[f'{n}_loss']:.4f})" for n in names), val_loss, val["accuracy"], val["uar"],
+                 epoch_seconds[-1], 100 * waited / epoch_seconds[-1])
         if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):  # the same on every rank
             best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in raw_model.state_dict().items()})
     trace.checksum("last_epoch", raw_model.state_dict())

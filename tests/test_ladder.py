@@ -217,19 +217,20 @@ def store(corpus, tmp_path_factory) -> str:
     return location
 
 
-LADDER = ("train", "--encoder", "ladder", "--epochs", "20", "--batch-size", "8", "--device", "cpu", "--no-progress", "--lr", "0.01")
+LADDER = ("train", "--encoder", "ladder", "--epochs", "30", "--batch-size", "8", "--device", "cpu", "--no-progress", "--lr", "0.003")
 FOLDS = 4  # one actor per fold: every clip is tested once, by a model trained on two other actors
 
 
 @pytest.mark.slow
 def test_ladder_learns_held_out_actors_and_evaluates_with_a_modality_ablated(store, tmp_path):
     """All 24 clips are tested over the 4 actor folds. A random predictor gets 14 or more of 24 right with
-    probability 4.6e-6 (binomial, p = 1/6); one actor's 6 clips above 1/6 + 0.15 (2 right) was chance's 26 %."""
+    probability 4.6e-6 (binomial, p = 1/6); one actor's 6 clips above 1/6 + 0.15 (2 right) was chance's 26 %.
+    The ladder got 20 (seed 0) and 19 (seed 1) when this was written."""
     result = run_cli(*LADDER, "--folds", str(FOLDS), "--fold", "0", "--store", store, "--out", str(tmp_path / "fold0"))
     assert result.returncode == 0, result.stderr
     runs = [json.loads((tmp_path / "fold0" / "metrics.json").read_text())]
     for fold in range(1, FOLDS):  # in-process: a CLI start costs ~6 s of imports
-        config = TrainConfig(encoder="ladder", modality="av", fusion="none", epochs=20, batch_size=8, lr=0.01, device="cpu", fold=fold, folds=FOLDS)
+        config = TrainConfig(encoder="ladder", modality="av", fusion="none", epochs=30, batch_size=8, lr=0.003, device="cpu", fold=fold, folds=FOLDS)
         runs.append(train(store, config, tmp_path / f"fold{fold}", progress=False))
     tested = [c for k in range(FOLDS) for c in json.loads((tmp_path / f"fold{k}" / "partition.json").read_text())["test"]["clips"]]
     assert len(tested) == len(set(tested)) == 24
