@@ -21,7 +21,8 @@ Structure (the poster's; sizes and λ values it does not give are ours, stated):
   `cross_skips=False` (an ablation) gives each modality's decoder its own encoder's skips.
 * g is Rasmus et al.'s "vanilla" combinator by default, per unit: ẑ_i = (z̃_i − μ_i(u_i)) υ_i(u_i) + μ_i(u_i),
   μ_i(u) = a1 σ(a2 u + a3) + a4 u + a5, υ_i(u) = a6 σ(a7 u + a8) + a9 u + a10. Unit i sees only its own skip
-  value, so denoising has to come from the top-down signal. `combinator="dense"` is the earlier form,
+  value, so denoising has to come from the top-down signal (across a cross-modal skip, unit i of the audio layer
+  informs unit i of the video layer: the two encoders learn that alignment). `combinator="dense"` is the earlier form,
   ẑ = W z̃ + a ⊙ u + b ⊙ (W z̃) ⊙ u + c with a dense W, through which a layer can denoise from its skip alone.
 * Unsupervised loss: λ_l-weighted reconstruction errors (mean squared, per layer) of layers 0 and up, the AV
   decoder's plus half of the A→V and V→A decoders'. Deviation from Rasmus: the bottom target is the learned

@@ -169,7 +169,7 @@ def encoder_config(name: str, options: Mapping[str, Any] | None = None) -> Any:
     options = dict(options or {})
     if spec.options is None:
         if options:
-            raise ValueError(f"encoder {name} takes no encoder options; got {', '.join(sorted(options))}")
+            raise ValueError(f"encoder {name} takes no encoder options; drop {', '.join(sorted(options))}: an option of another encoder")
         return None
     known = {f.name for f in dataclasses.fields(spec.options)}
     unknown = sorted(set(options) - known)
