@@ -530,8 +530,14 @@ def train_config(encoder: str, modality: Optional[str], fusion: Optional[str], *
 
 
 def ladder_options(labelled_fraction: float, noise: float, lambdas: str, cross_skips: bool, reconstruction: bool,
-                   lld: Optional[str] = None, embed: Optional[str] = None) -> dict:
-    """TrainConfig's ladder fields, checked here so bad input never reaches the store."""
+                   lld: Optional[str] = None, embed: Optional[str] = None, combinator: str = "vanilla") -> dict:
+    """TrainConfig fields from the ladder's flags, checked here so bad input never reaches the store. The ladder's
+    own settings go to `encoder_options` (its LadderConfig), only those that differ from its defaults: the same
+    run is recorded the same way by `train` and by a preset, and another encoder given one is refused."""
+    import dataclasses
+
+    from encoders.ladder import LadderConfig
+
     if not 0.0 < labelled_fraction <= 1.0:
         fail(f"--labelled-fraction {labelled_fraction:g} is outside (0, 1]; give e.g. 0.5 for half the training clips labelled")
     try:
@@ -540,13 +546,14 @@ def ladder_options(labelled_fraction: float, noise: float, lambdas: str, cross_s
         values = ()
     if not values or min(values) < 0 or noise < 0:
         fail(f"--lambdas '{lambdas}' / --noise {noise:g}: give non-negative numbers, e.g. --lambdas 1,1,0.1 --noise 0.3")
-    return dict(labelled_fraction=labelled_fraction, ladder_noise=noise, ladder_lambdas=values, ladder_cross_skips=cross_skips,
-                ladder_reconstruction=reconstruction, lld=lld, embed=embed)
+    given = dict(noise=noise, lambdas=values, cross_skips=cross_skips, reconstruction=reconstruction, combinator=combinator)
+    defaults = dataclasses.asdict(LadderConfig())
+    return dict(labelled_fraction=labelled_fraction, lld=lld, embed=embed,
+                encoder_options={k: v for k, v in given.items() if v != defaults[k]})
 
 
 def run_training(store: str, config, out: Path, progress: bool = True, allow_partial: bool = False) -> dict:
     """Train; a fusion the store lacks is first derived from its stored crops and chunks, and cached."""
-    from encoders.ladder_train import LadderOptionError
     from encoders.train import MissingFusionError, train
     from stores.location import LocationError
     from stores.splits import SplitError
@@ -562,7 +569,7 @@ def run_training(store: str, config, out: Path, progress: bool = True, allow_par
                 fail(f"{err} (this store is read-only for you: ask its owner, or copy it)")
             typer.echo(f"deriving fusion '{err.fusion}' from the stored faces and audio (no decoding) ...", err=True)
             derive_missing_fusion(store, config, err.fusion)
-        except (StoreError, SplitError, LocationError, LadderOptionError) as err:  # our own checks; any other ValueError is a bug and shows its traceback
+        except (StoreError, SplitError, LocationError) as err:  # our own checks; any other ValueError is a bug and shows its traceback
             fail(str(err))
     raise AssertionError("unreachable")
 
@@ -635,11 +642,12 @@ def train(
     include_broken: bool = typer.Option(False, "--include-broken", help="Also train on ok clips the corpus documents as broken (left out by default; the log says how many)."),
     target: str = typer.Option("intended", help="What to learn: intended (the actor's emotion) or what raters perceived: perceived-voice, perceived-face, perceived-av."),
     labels: str = typer.Option("hard", help="hard: the raters' majority (ties: a seeded hash); soft: cross-entropy to the vote distribution (perceived targets)."),
-    labelled_fraction: float = typer.Option(1.0, help="ladder: share of the training clips that keep their label, in (0, 1]; the rest train the reconstructions only."),
+    labelled_fraction: float = typer.Option(1.0, help="Share of the training clips that keep their label, in (0, 1] (seeded, per class); the ladder trains its reconstructions on the rest, other encoders leave them out."),
     noise: float = typer.Option(0.3, help="ladder: SD of the Gaussian noise of the noisy pass."),
     lambdas: str = typer.Option("1", help="ladder: λ_l per depth from the input up, comma-separated; the last repeats."),
     cross_skips: bool = typer.Option(True, help="ladder: skips from one modality's encoder to the other's decoder (--no-cross-skips: ablation)."),
     reconstruction: bool = typer.Option(True, help="ladder: the unsupervised reconstruction loss (--no-reconstruction: ablation)."),
+    combinator: str = typer.Option("vanilla", help="ladder: how a decoder layer joins its lateral skip: vanilla (Rasmus et al., per unit) or dense."),
     lld: Optional[str] = typer.Option(None, help="ladder: LLD feature-set fingerprint, when the store holds several."),
     embed: Optional[str] = typer.Option(None, help="ladder: embedding feature-set fingerprint, when the store holds several."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -653,7 +661,8 @@ def train(
     config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
                           max_memory_gb=max_memory_gb, loader_workers=loader_workers, amp=amp, compile=compile, fuse_on_device=fuse_on_device,
-                          include_broken=include_broken, target=target, labels=labels, **ladder_options(labelled_fraction, noise, lambdas, cross_skips, reconstruction, lld, embed))
+                          include_broken=include_broken, target=target, labels=labels,
+                          **ladder_options(labelled_fraction, noise, lambdas, cross_skips, reconstruction, lld, embed, combinator))
     try:
         config.resolved()  # bad options fail here, before any run directory or store access
     except ValueError as err:

@@ -13,6 +13,10 @@ Input conventions, which the trainer follows:
 * ``"video"`` models take ``(B, C, T, H, W)``.
 * ``"pair-image"`` and ``"pair-video"`` models are called as ``model(vision, audio)``: the first with
   one face image and the whole-clip spectrogram, the second with T face crops and T spectrogram chunks.
+* ``"sequences"`` models (seed 002's ladder) are called as ``model(lld, lld_mask, embedding, found)``: ComParE
+  LLD frames ``(B, F, 130)`` with their validity ``(B, F)``, face embeddings ``(B, T, D)`` with ``(B, T)``;
+  ``in_channels`` is ``D``. A model with its own training objective (``own_objective = True``) returns
+  ``{"loss", "terms"}`` when also given ``labels=`` (-1 for an unlabelled clip).
 
 Every model returns raw logits ``(B, num_classes)``; none applies a softmax (the study's seed code
 applied softmax before the cross-entropy loss, a defect not carried over).
@@ -25,9 +29,10 @@ values it cannot honour (``pretrained=True`` for a model trained from scratch, f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from torch import nn
 
@@ -35,6 +40,7 @@ __all__ = [
     "EncoderSpec",
     "InputKind",
     "UnknownEncoderError",
+    "encoder_config",
     "get_model",
     "get_spec",
     "list_models",
@@ -56,6 +62,7 @@ class EncoderSpec:
     description: str
     builder: Callable[..., nn.Module]
     square_input: bool = False  # ViT-B/16 and VideoMAE fix a square image size; side-by-side S x 2S won't fit
+    options: type | None = None  # the encoder's own settings: a frozen dataclass its builder takes as `config`
 
 
 class UnknownEncoderError(KeyError):
@@ -68,8 +75,13 @@ class UnknownEncoderError(KeyError):
 _REGISTRY: dict[str, EncoderSpec] = {}
 
 
-def register_encoder(name: str, *, input_kind: InputKind, description: str, square_input: bool = False) -> Callable[[Builder], Builder]:
+def register_encoder(name: str, *, input_kind: InputKind, description: str, square_input: bool = False,
+                     options: type | None = None) -> Callable[[Builder], Builder]:
     """Decorator that registers a model builder under ``name``.
+
+    ``options`` is the encoder's own settings dataclass (the ladder's LadderConfig): :func:`get_model` builds it
+    from a run's ``encoder_options`` and passes it to the builder as ``config``, so the trainer's configuration
+    holds no encoder-specific fields.
 
     Raises:
         ValueError: ``name`` is already registered, or ``input_kind`` is not one of the known kinds.
@@ -80,7 +92,8 @@ def register_encoder(name: str, *, input_kind: InputKind, description: str, squa
     def wrapper(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"an encoder named {name!r} is already registered")
-        _REGISTRY[name] = EncoderSpec(name=name, input_kind=input_kind, description=description, builder=builder, square_input=square_input)
+        _REGISTRY[name] = EncoderSpec(name=name, input_kind=input_kind, description=description, builder=builder,
+                                      square_input=square_input, options=options)
         return builder
 
     return wrapper
@@ -113,6 +126,7 @@ def get_model(
     image_size: tuple[int, int] = (224, 224),
     frames: int = 16,
     pretrained: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build the encoder registered under ``name``.
 
@@ -123,16 +137,42 @@ def get_model(
         image_size: ``(H, W)`` of the input frames / images.
         frames: number of frames ``T`` of a video or frame-sequence input.
         pretrained: start from published weights (needs network access or a filled cache).
+        options: the encoder's own settings by field name (see :func:`encoder_config`).
 
     Raises:
         UnknownEncoderError: (a ``KeyError``) for an unknown name.
         ValueError: for options the architecture cannot honour.
     """
     spec = get_spec(name)
+    config = encoder_config(name, options)  # refuses options an encoder does not have
+    extra = {} if spec.options is None else {"config": config}
     return spec.builder(
         num_classes=num_classes,
         in_channels=in_channels,
         image_size=tuple(image_size),
         frames=frames,
         pretrained=pretrained,
+        **extra,
     )
+
+
+def encoder_config(name: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The settings object of encoder ``name`` from ``options`` (None for an encoder without settings).
+
+    Lists become tuples (a run's metrics.json stores tuples as lists), so a recorded run rebuilds the same model.
+
+    Raises:
+        ValueError: an option the encoder does not have (the message lists those it has), or a value its
+            settings refuse.
+    """
+    spec = get_spec(name)
+    options = dict(options or {})
+    if spec.options is None:
+        if options:
+            raise ValueError(f"encoder {name} takes no encoder options; drop {', '.join(sorted(options))}: an option of another encoder")
+        return None
+    known = {f.name for f in dataclasses.fields(spec.options)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"encoder {name} has no option {', '.join(unknown)}; its options are {', '.join(sorted(known))}")
+    return spec.options(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})

@@ -51,7 +51,7 @@ class Arm:
     encoder: str
     modality: str = "av"
     fusion: str | None = None  # None: the encoder's own default (a model that fuses itself takes none)
-    options: tuple[tuple[str, Any], ...] = ()  # TrainConfig fields set for this arm only
+    options: tuple[tuple[str, Any], ...] = ()  # TrainConfig fields set for this arm only (the encoder's own: encoder_options)
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,8 @@ PRESETS: dict[str, Preset] = {
         description="seed 002: the audiovisual ladder network against its two ablations and the comparison study's ResNet18 (av, concat)",
         arms=(
             Arm("ladder", "ladder", "ladder"),
-            Arm("ladder-no-cross-skips", "ladder, no cross-modal skips", "ladder", options=(("ladder_cross_skips", False),)),
-            Arm("ladder-no-reconstruction", "ladder, no reconstruction loss", "ladder", options=(("ladder_reconstruction", False),)),
+            Arm("ladder-no-cross-skips", "ladder, no cross-modal skips", "ladder", options=(("encoder_options", {"cross_skips": False}),)),
+            Arm("ladder-no-reconstruction", "ladder, no reconstruction loss", "ladder", options=(("encoder_options", {"reconstruction": False}),)),
             Arm("resnet18-av-concat", "resnet18, av concat (comparison study)", "resnet18", fusion="concat"),
         ),
     ),

@@ -11,6 +11,13 @@ only), bf16 autocast (default on CUDA) and compilation; the CPU tests run the sa
 device. Under torchrun every rank takes an equal share of each epoch, evaluation is split over the ranks
 and gathered, and rank 0 alone logs and writes. `AVSTORE_TRAIN_TRACE=<folder>` makes every rank write its
 steps and parameter checksums there (rank<N>.json), so tests can check those numbers.
+
+One loop for every encoder, seed 002's ladder included: a model with its own objective (`own_objective`: the
+ladder's supervised plus reconstruction losses) computes it when called with the labels, and one that
+standardises its inputs gets the training split's statistics first (`fit_input_stats`). `--labelled-fraction`
+hides the labels of a seeded share of the training clips (-1): the ladder still reconstructs them, the
+cross-entropy of other encoders leaves them out. An encoder's own settings are `encoder_options`, checked and
+built by the registry (encoders/registry.py), never TrainConfig fields.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -38,10 +46,11 @@ from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, 
 from encoders.loader import Loader, LoaderConfig, check_workers, default_workers
 from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
-from encoders.registry import get_model, get_spec, list_models
+from encoders.registry import encoder_config, get_model, get_spec, list_models
 from encoders.targets import batch_target, check_target, score_run, soft_targets, training_targets
 from stores.provenance import code_commit, library_versions
 from stores.selection import usable_rows
+from stores.sequences import sequence_sets
 from stores.state import StoreState, check_finished, describe_partial, partial_record
 from stores.store import FeatureStore, StoreError
 from stores.torchdata import (
@@ -93,14 +102,10 @@ class TrainConfig:
     include_broken: bool = False  # train on clips the corpus documents as broken (clips/broken) too
     target: str = "intended"  # intended | perceived-voice | perceived-face | perceived-av (encoders/targets.py)
     labels: str = "hard"  # hard (the majority) | soft (cross-entropy to the vote distribution)
-    # ---- seed 002's ladder network (encoders/ladder_train.py); ignored by the other encoders ----
-    labelled_fraction: float = 1.0  # of the training clips; the rest train only the reconstructions
-    ladder_noise: float = 0.3
-    ladder_lambdas: tuple[float, ...] = (1.0,)
-    ladder_cross_skips: bool = True
-    ladder_reconstruction: bool = True
-    lld: str | None = None  # LLD / embedding feature-set fingerprints, when a store holds several
+    labelled_fraction: float = 1.0  # training clips that keep their label (seeded, per class); the rest pass unlabelled
+    lld: str | None = None  # LLD / embedding feature-set fingerprints for "sequences" encoders, when a store holds several
     embed: str | None = None
+    encoder_options: dict = dataclasses.field(default_factory=dict)  # the encoder's own settings (registry: its options class)
 
     def resolved(self) -> "TrainConfig":
         """Defaults filled in; ValueError (one line, naming the fix) for options no run could use."""
@@ -112,6 +117,9 @@ class TrainConfig:
         check_target(self.target, self.labels, get_spec(self.encoder).input_kind if self.encoder in list_models() else "")
         if self.max_memory_gb is not None and self.max_memory_gb < 0:
             raise ValueError(f"--max-memory-gb {self.max_memory_gb} is negative; give 0 to stream everything")
+        if not 0.0 < self.labelled_fraction <= 1.0:
+            raise ValueError(f"--labelled-fraction {self.labelled_fraction:g} is outside (0, 1]; give e.g. 0.5 for half the training clips labelled")
+        encoder_config(self.encoder, self.encoder_options)  # an option the encoder lacks, or a value it refuses
         return dataclasses.replace(
             self,
             lr=self.lr if self.lr is not None else defaults.get("lr", 1e-3),
@@ -171,6 +179,10 @@ class Data:
     split_bytes: int = 0  # the three splits' rows, decoded
     memory_limit: float = 0.0  # bytes the run would hold in memory (memory_limit_bytes)
     soft: dict = dataclasses.field(default_factory=dict)  # --labels soft: split -> (clips, K) vote distributions
+    in_channels: int = 3  # of the (vision) input: image channels, or a sequence encoder's embedding width
+    labelled: np.ndarray | None = None  # per training position, whether its label is used (None: all are)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what the run's inputs are not (metrics.json)
+    embeddings_random_init: bool = False  # face embeddings of a randomly initialised backbone (cli.py embed without --weights)
 
     def holding(self) -> str:
         """Where the rows come from, and why: one line of the log."""
@@ -191,6 +203,10 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None, 
     recipe = recipe_for(spec.input_kind, config.modality, config.fusion, square_only=spec.square_input, fuse_on_device=config.fuse_on_device)
     faces, audio = select_feature_sets(store, config.faces, config.audio)
     sets = {"faces": faces.name, "audio": audio.name}
+    sequences = None
+    if any(p.source in ("lld", "embed") for p in recipe.parts):  # seed 002: LLD frames and face embeddings
+        sequences = sequence_sets(store, faces, config.lld, config.embed)
+        sets.update(lld=sequences[0].name, embed=sequences[1].name)
     fused = None
     if any(p.source.startswith("fusion-") for p in recipe.parts):
         fused = fusion_set(store, config.fusion, faces, audio)
@@ -201,6 +217,8 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None, 
     store_split = run_partition.split_column(store, table, split_seed=config.split_seed, fold=config.fold, folds=config.folds)
     # Clips whose faces AND audio are ok, for every modality: audio, vision and fused runs compare like with like.
     ok, excluded_broken = usable_rows(faces, audio, fused, table["broken"], include_broken=config.include_broken)
+    if sequences is not None:
+        ok &= sequences[0].ok() & sequences[1].ok()
     ok, labels, target_notes = training_targets(store, table, ok, config.target)  # --target: encoders/targets.py
     rows = {name: np.flatnonzero(ok & (store_split == name)) for name in ("train", "val", "test")}
     notes = list(target_notes)
@@ -214,30 +232,64 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None, 
     split_bytes, memory_limit = per_row * sum(len(r) for r in rows.values()), memory_limit_bytes(config.max_memory_gb, resolve_device(config.device))
     in_memory = split_bytes <= memory_limit
     splits = {name: StoreSplit(location, sets, recipe, r, labels[r], in_memory=in_memory) for name, r in rows.items()}
-    first = to_model_inputs(recipe, [torch.from_numpy(read_rows(a, rows["train"][:1])) for a in arrays])[0]
+    first = to_model_inputs(recipe, [torch.from_numpy(read_rows(a, rows["train"][:1])) for a in arrays])
+    labelled, partition = None, {**run_partition.record(table, rows), "target": {"target": config.target, "labels": config.labels}}
+    if config.labelled_fraction < 1:
+        labelled = labelled_mask(labels[rows["train"]], config.labelled_fraction, config.seed)
+        partition["train"]["unlabelled"] = [str(c) for c in table["clip_id"][rows["train"][~labelled]]]
+    random_init = sequences is not None and bool(sequences[1].params.get("random_init"))
     return Data(
         recipe=recipe,
         splits=splits,
         class_names=store.class_names,
-        image_size=tuple(first.shape[-2:]),
+        image_size=tuple(first[0].shape[-2:]),
         frames=int(faces.params["frames"]),
         fingerprints={k: store.root[f"features/{v}"].attrs["fingerprint"] for k, v in sets.items()},
         speakers={name: len(set(table["speaker"][r].tolist())) for name, r in rows.items()},
         excluded_broken=excluded_broken,
-        partition={**run_partition.record(table, rows), "target": {"target": config.target, "labels": config.labels}},
+        partition=partition,
         notes=notes,
         split_bytes=split_bytes,
         memory_limit=memory_limit,
         soft=soft_targets(store, table, rows, config.target) if config.labels == "soft" else {},
+        in_channels=first[2].shape[-1] if sequences is not None else recipe.channels,
+        labelled=labelled,
+        warnings=["face embeddings from a randomly initialised backbone (no --weights): not face descriptors"] if random_init else [],
+        embeddings_random_init=random_init,
     )
+
+
+def labelled_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Which training clips keep their label: per class, the first ceil(fraction x n) of a seeded permutation."""
+    keep = np.zeros(len(labels), bool)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep[rng.permutation(idx)[: math.ceil(fraction * len(idx))]] = True
+    return keep
 
 
 # ---- model ------------------------------------------------------------------------------------------------
 def build_model(config: TrainConfig, data: Data) -> torch.nn.Module:
     return get_model(
-        config.encoder, num_classes=len(data.class_names), in_channels=data.recipe.channels,
-        image_size=data.image_size, frames=data.frames, pretrained=config.pretrained,
+        config.encoder, num_classes=len(data.class_names), in_channels=data.in_channels,
+        image_size=data.image_size, frames=data.frames, pretrained=config.pretrained, options=config.encoder_options,
     )
+
+
+def step_loss(model, own_objective: bool, inputs: list[torch.Tensor], labels: torch.Tensor, loss_fn,
+              soft: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """One step's loss and its named terms. A model with its own objective (`own_objective`: the ladder's
+    supervised plus reconstruction losses) computes both when called with the labels; any other model's loss is
+    the cross-entropy of its logits over the labelled clips (label >= 0; unlabelled ones are -1), against the
+    hard labels or, with `soft` (--labels soft), against the clips' vote distributions."""
+    if own_objective:
+        out = model(*inputs, labels=labels)
+        return out["loss"], out["terms"]
+    logits, labelled = model(*inputs).float(), labels >= 0
+    if soft is not None:
+        return loss_fn(logits[labelled], soft[labelled]) / labelled.sum().clamp_min(1), {}
+    return loss_fn(logits, labels) / labelled.sum().clamp_min(1), {}
 
 
 def prepare(recipe: InputRecipe, raw: list[torch.Tensor], plan: DevicePlan | None = None, ablation: str | None = None) -> list[torch.Tensor]:
@@ -298,12 +350,7 @@ def train(location: str, config: TrainConfig, out: Path, *, progress: bool = Tru
     work = out.with_name(f".{out.name}.incomplete")
     if master:
         shutil.rmtree(work, ignore_errors=True)  # a failed attempt's leftovers
-    if get_spec(config.encoder).input_kind == "sequences":  # seed 002: semi-supervised losses, its own loop
-        from encoders.ladder_train import train_ladder
-
-        metrics = train_ladder(location, config, work, progress=progress)
-    else:
-        metrics = train_model(location, config, work, progress=progress)
+    metrics = train_model(location, config, work, progress=progress)
     if master and metrics:
         record_partial(state, location, work, metrics)
         work.rename(out)
@@ -325,7 +372,7 @@ def record_partial(state: StoreState, location: str, run: Path, metrics: dict) -
 
 
 def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool = True) -> dict:
-    """train() for every encoder but the ladder: writes `out` (which must not exist)."""
+    """train()'s one loop, for every encoder (the ladder's own objective included): writes `out` (which must not exist)."""
     config = config.resolved()
     seed_everything(config.seed)
     data = load_data(location, config, allow_partial=True)  # train() checked the store; bad input fails here, on every rank
@@ -347,9 +394,13 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         {"params": [p for p in model.parameters() if id(p) in pretrained_ids], "lr": config.lr * 0.01},  # seed 003
     ]
     optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config.weight_decay)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=getattr(raw_model, "label_smoothing", 0.0))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=getattr(raw_model, "label_smoothing", 0.0), ignore_index=-1, reduction="sum")
+    own_objective = getattr(raw_model, "own_objective", False)
     generator = torch.Generator().manual_seed(config.seed)
     loader = Loader(data.splits, LoaderConfig(workers=config.loader_workers), device)
+    if hasattr(raw_model, "fit_input_stats"):  # inputs standardised with the training split's statistics (the ladder); the same on every rank
+        raw_model.fit_input_stats(prepare(data.recipe, raw, plan) for raw, _, _ in loader.batches("train", config.batch_size))
+    unlabelled = torch.as_tensor(~data.labelled, device=device) if data.labelled is not None else None
     n_params = sum(p.numel() for p in raw_model.parameters())
     log.info("data: %s", data.holding())
     log.info("encoder %s (%s params), modality %s, fusion %s%s, device %s x %d (%s, amp %s, compiled %s), inputs %s, "
@@ -366,11 +417,19 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         log.info(note)
     if config.target != "intended" or config.labels != "hard":
         log.info("target: %s, %s labels (best epoch by validation UAR against its majority labels)", config.target, config.labels)
+    if data.labelled is not None:
+        log.info("labelled %d of %d training clips (--labelled-fraction %g); the others train without their label",
+                 int(data.labelled.sum()), len(data.labelled), config.labelled_fraction)
+    if config.encoder_options:
+        log.info("encoder options: %s", config.encoder_options)
+    for warning in data.warnings:
+        log.info("warning: %s", warning)
 
     history, best, best_state, epoch_seconds, wait_seconds = [], None, None, [], []
     for epoch in range(1, config.epochs + 1):
         model.train()
         started, waited, seen, loss_sum = time.perf_counter(), 0.0, 0, torch.zeros((), device=device)
+        labelled_seen, term_sums = torch.zeros((), device=device), {}
         bar = tqdm(total=len(data.splits["train"]) // world, desc=f"epoch {epoch}/{config.epochs}", unit="clip", disable=not (progress and master), file=sys.stderr, leave=False)
         batches = loader.batches("train", config.batch_size, generator=generator, rank=rank, world=world)
         while True:
@@ -380,13 +439,18 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
             except StopIteration:
                 break
             waited += time.perf_counter() - asked
+            if unlabelled is not None:  # --labelled-fraction: these clips train without their label
+                labels = labels.masked_fill(unlabelled[torch.as_tensor(positions, device=device)], -1)
             with plan.autocast():
-                logits = step_model(*prepare(data.recipe, raw, plan))
-                loss = loss_fn(logits.float(), batch_target(data.soft, labels, positions))  # --labels soft: the vote distributions
+                soft = batch_target(data.soft, labels, positions) if data.soft else None  # --labels soft: the vote distributions
+                loss, terms = step_loss(step_model, own_objective, prepare(data.recipe, raw, plan), labels, loss_fn, soft)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach() * len(labels)
+            labelled_seen += (labels >= 0).sum()
+            for name, value in terms.items():
+                term_sums[name] = term_sums.get(name, 0.0) + value.float() * len(labels)
             seen += len(labels)
             bar.update(len(labels))
             trace.step(epoch, positions, data.splits["train"].rows, loss)
@@ -394,15 +458,20 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         sync_buffers(raw_model, world)  # BatchNorm statistics: rank 0's, as DDP broadcasts before each forward
         epoch_seconds.append(time.perf_counter() - started)
         wait_seconds.append(waited)
-        totals = torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)])
+        names = sorted(term_sums)  # the same on every rank
+        totals = torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device), labelled_seen.float(),
+                              *(torch.as_tensor(term_sums[n], device=device).float() for n in names)])
         if world > 1:
             torch.distributed.all_reduce(totals)
         train_loss = float(totals[0] / totals[1])
         val, val_loss = evaluate(raw_model, data, "val", plan, config.batch_size, loader=loader, rank=rank, world=world)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1]}
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1],
+               "labelled_seen": int(totals[2]), "unlabelled_seen": int(totals[1] - totals[2]),
+               **{f"{n}_loss": float(totals[3 + k] / totals[1]) for k, n in enumerate(names)}}
         history.append(row)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val accuracy %.3f, val UAR %.3f, %.1f s (%.0f %% waiting for data)",
-                 epoch, row["train_loss"], val_loss, val["accuracy"], val["uar"], epoch_seconds[-1], 100 * waited / epoch_seconds[-1])
+        log.info("epoch %d: train loss %.4f%s, val loss %.4f, val accuracy %.3f, val UAR %.3f, %.1f s (%.0f %% waiting for data)",
+                 epoch, row["train_loss"], "".join(f" ({n} {row[f'{n}_loss']:.4f})" for n in names), val_loss, val["accuracy"], val["uar"],
+                 epoch_seconds[-1], 100 * waited / epoch_seconds[-1])
         if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):  # the same on every rank
             best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in raw_model.state_dict().items()})
     trace.checksum("last_epoch", raw_model.state_dict())
@@ -439,9 +508,12 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         "world_size": world,
         "parameters": n_params,
         "clips": {k: len(v) for k, v in data.splits.items()},
+        "labelled": {"train_labelled": int(data.labelled.sum()) if data.labelled is not None else len(data.splits["train"]),
+                     "train_unlabelled": int((~data.labelled).sum()) if data.labelled is not None else 0, "fraction": config.labelled_fraction},
         "speakers": data.speakers,
         "class_names": data.class_names,
-        "store": {"location": location, "fingerprints": data.fingerprints},
+        "store": {"location": location, "fingerprints": data.fingerprints, "embeddings_random_init": data.embeddings_random_init},
+        "warnings": data.warnings,
         "config": dataclasses.asdict(config),
         "inputs": {"image_size": list(data.image_size), "frames": data.frames, "in_channels": data.recipe.channels,
                    "in_memory": data.splits["train"].memory is not None, "split_bytes": data.split_bytes,
@@ -528,7 +600,7 @@ def save_checkpoint(path: Path, state: dict, config: TrainConfig, data: Data) ->
 def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = None, progress: bool = False) -> dict:
     """Re-evaluate a finished run on its test split, optionally with one modality zeroed."""
     metrics = json.loads((run / "metrics.json").read_text())
-    config = TrainConfig(**metrics["config"])
+    config = run_config(metrics["config"])
     checkpoint = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     recorded = run_partition.load(run)
     data = load_data(store or metrics["store"]["location"], config, recorded, allow_partial=recorded is not None)  # the run's own clips
@@ -551,6 +623,16 @@ def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = 
     (run / f"{name}.json").write_text(json.dumps(report, indent=2))
     plot_confusion(result["confusion"], data.class_names, run / f"confusion_{name}.png", title=f"test{' (' + ablation + ' zeroed)' if ablation else ''}: {config.encoder}")
     return report
+
+
+def run_config(recorded: dict) -> TrainConfig:
+    """A run's TrainConfig from its metrics.json. Runs made before the encoders' own options moved out of
+    TrainConfig carry `ladder_*` fields: ignored for other encoders, refused for a ladder (another model then)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    legacy = sorted(k for k in recorded if k not in known)
+    if legacy and recorded.get("encoder") == "ladder":
+        raise ValueError(f"this ladder run predates the sequence ladder network (its config has {', '.join(legacy)}); retrain it to evaluate it")
+    return TrainConfig(**{k: v for k, v in recorded.items() if k in known})
 
 
 def run_logger(out: Path | None) -> logging.Logger:

@@ -1,31 +1,18 @@
-"""Seed 002's inputs from the store: ComParE LLD sequences and face-embedding sequences, on the same T steps.
+"""Seed 002's inputs from the store: which ComParE LLD set and which face-embedding set a sequence model reads.
 
-The LLD set's `pooled` array holds the LLDs averaged over each face step's span (the mel chunks' rule), so
-both modalities arrive as (N, T, D) sequences with a per-step validity mask: `pooled_valid` for the audio,
-the faces' `found` for the video. Nothing here decodes or imports the pipeline; a store that lacks either
-set gets one line naming the command that makes it.
+The model reads the LLD frames themselves (`lld`, valid up to `lld_frames`: 32 ms windows, 16 ms step) and the
+per-frame embeddings (`embedding`, valid where `found`); stores/torchdata.py's SEQUENCE_PARTS names the arrays
+and `sequence_inputs` turns them into values and masks. Nothing here decodes or imports the pipeline; a store
+that lacks either set gets one line naming the command that makes it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from stores.store import FeatureSet, FeatureStore, StoreError
-from stores.torchdata import read_rows
 
 
 class MissingSequencesError(StoreError):
     """The store lacks the LLD or the embedding feature set a sequence model reads."""
-
-
-@dataclass
-class Sequences:
-    audio: np.ndarray  # (N, T, 130) float32
-    audio_mask: np.ndarray  # (N, T) bool
-    video: np.ndarray  # (N, T, D) float32
-    video_mask: np.ndarray  # (N, T) bool
 
 
 def sequence_sets(store: FeatureStore, faces: FeatureSet, lld: str | None = None, embed: str | None = None) -> tuple[FeatureSet, FeatureSet]:
@@ -43,13 +30,3 @@ def sequence_sets(store: FeatureStore, faces: FeatureSet, lld: str | None = None
             raise StoreError(f"store '{store.location}' has {len(sets)} {kind} feature sets ({', '.join(s.fingerprint for s in sets)}); "
                              f"choose one with --{kind} FINGERPRINT")
     return llds[0], embeds[0]
-
-
-def read_sequences(lld: FeatureSet, embed: FeatureSet, rows: np.ndarray) -> Sequences:
-    """Both sequences of `rows`, read once (a split of them fits memory: T x (130 + D) floats per clip)."""
-    return Sequences(
-        audio=read_rows(lld["pooled"], rows).astype(np.float32),
-        audio_mask=read_rows(lld["pooled_valid"], rows).astype(bool),
-        video=read_rows(embed["embedding"], rows).astype(np.float32),
-        video_mask=read_rows(embed["found"], rows).astype(bool),
-    )

@@ -35,15 +35,20 @@ DEVICE_FUSIONS = ("concat", "stack")  # pure copies of faces and chunks: rebuilt
 
 @dataclass(frozen=True)
 class Part:
-    """One model input: `array` of feature set `source` ("faces", "audio" or "fusion-<name>")."""
+    """One model input: `array` of feature set `source` ("faces", "audio", "fusion-<name>", "lld" or "embed")."""
 
     source: str
     array: str
 
 
+SEQUENCE_PARTS = (Part("lld", "lld"), Part("lld", "lld_frames"), Part("embed", "embedding"), Part("embed", "found"))
+"""What a "sequences" encoder (seed 002's ladder) reads: the ComParE LLD frames, valid up to `lld_frames`, and
+the face embeddings, valid where `found` (stores/sequences.py picks the two feature sets)."""
+
+
 @dataclass(frozen=True)
 class InputRecipe:
-    input_kind: str  # the encoder's: "image" | "video" | "pair-image" | "pair-video"
+    input_kind: str  # the encoder's: "image" | "video" | "pair-image" | "pair-video" | "sequences"
     modality: str
     fusion: str
     parts: tuple[Part, ...]
@@ -68,6 +73,8 @@ def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool
     valid = valid_fusions(input_kind, modality, square_only=square_only)
     if fusion not in valid:
         raise ValueError(f"a {input_kind} encoder with modality {modality} takes --fusion {' | '.join(valid)}, not '{fusion}'")
+    if input_kind == "sequences":
+        return InputRecipe(input_kind, modality, fusion, SEQUENCE_PARTS)
     if input_kind == "pair-video":
         parts = (Part("faces", "crops"), Part("audio", "chunks"))
     elif input_kind == "pair-image":
@@ -88,7 +95,7 @@ def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool
 
 def valid_fusions(input_kind: str, modality: str, *, square_only: bool = False) -> list[str]:
     """Fusions an encoder can read; `square_only` encoders (ViT-B/16, VideoMAE) cannot take side-by-side S x 2S."""
-    if input_kind.startswith("pair"):
+    if input_kind.startswith("pair") or input_kind == "sequences":
         return ["none"] if modality == "av" else []  # the model itself fuses
     if modality != "av":
         return ["none"]
@@ -340,6 +347,8 @@ class StoreSplit(torch.utils.data.Dataset):
 
 def to_model_inputs(recipe: InputRecipe, raw: list[torch.Tensor]) -> list[torch.Tensor]:
     """Stored layout (N, [T,] H, W[, C]) -> the encoder's layout, as float in [-1, 1]."""
+    if recipe.input_kind == "sequences":
+        return sequence_inputs(*raw)
     if recipe.fuse_on_device:
         raw = [fuse_on_device(recipe.fusion, *raw)]
     if recipe.fusion in SEQUENCE_FUSIONS:
@@ -358,6 +367,13 @@ def fuse_on_device(fusion: str, faces: torch.Tensor, spectrogram: torch.Tensor) 
     if fusion == "stack":
         return torch.cat([faces, rgb], dim=-1)
     raise ValueError(f"fusion '{fusion}' is not built on the device; only {', '.join(DEVICE_FUSIONS)} are")
+
+
+def sequence_inputs(lld: torch.Tensor, lld_frames: torch.Tensor, embedding: torch.Tensor, found: torch.Tensor) -> list[torch.Tensor]:
+    """Stored LLDs (N, F, 130) + frame counts (N,) and embeddings (N, T, D) + found (N, T) -> float values and
+    boolean validity masks: [lld, lld_mask (N, F), embedding, found]."""
+    lld_mask = torch.arange(lld.shape[1], device=lld.device) < lld_frames.to(torch.long)[:, None]
+    return [lld.float(), lld_mask, embedding.float(), found.bool()]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -379,14 +395,18 @@ def _layout(recipe: InputRecipe, k: int, x: torch.Tensor) -> torch.Tensor:
 def ablate(recipe: InputRecipe, inputs: list[torch.Tensor], raw: list[torch.Tensor], which: str) -> list[torch.Tensor]:
     """Zero the `which` ("audio" or "vision") half of a multimodal input, as the study's "ablated" rows did.
 
-    Zero is applied to the model's input (after normalisation), i.e. the mid-grey of [-1, 1].
+    Zero is applied to the model's input (after normalisation), i.e. the mid-grey of [-1, 1]. For sequences the
+    modality's validity mask is zeroed too: the ladder then gives its layer 0 the training average.
     """
     if recipe.modality != "av":
         raise ValueError("--ablate needs a multimodal (av) run")
     if which not in ("audio", "vision"):
         raise ValueError(f"--ablate takes audio or vision, not '{which}'")
     inputs = [x.clone() for x in inputs]
-    if recipe.input_kind.startswith("pair"):
+    if recipe.input_kind == "sequences":  # values zeroed and no step valid: the model sees the modality absent
+        for k in (0, 1) if which == "audio" else (2, 3):
+            inputs[k].zero_()
+    elif recipe.input_kind.startswith("pair"):
         inputs[1 if which == "audio" else 0].zero_()
     elif recipe.fusion == "concat":
         width = inputs[0].shape[-1] // 2

@@ -91,7 +91,7 @@ def test_the_ladder_preset_is_seed_002s_table():
     preset = get_preset("ladder-crema-d")
     assert preset.folds * len(preset.seeds) == 20 and preset.reference.encoder == "ladder"
     options = [dict(arm.options) for arm in preset.arms]
-    assert {"ladder_cross_skips": False} in options and {"ladder_reconstruction": False} in options
+    assert {"encoder_options": {"cross_skips": False}} in options and {"encoder_options": {"reconstruction": False}} in options
     assert any(arm.encoder != "ladder" for arm in preset.arms)
     assert list(preset.metrics) == ["macro_precision", "macro_recall", "macro_f1", "accuracy"]  # micro P = R = F1 = accuracy: once
     assert preset.alternative == "two-sided"
@@ -101,9 +101,9 @@ def test_the_ladder_preset_is_seed_002s_table():
 
 
 def test_a_finished_run_made_otherwise_is_stale():
-    planned = {"epochs": 20, "lr": None, "device": "cpu", "ladder_lambdas": (1.0,), "seed": 0}
-    assert stale_fields(planned, {"epochs": 20, "lr": 0.001, "device": "cuda", "ladder_lambdas": [1.0], "seed": 0}) == []
-    assert stale_fields(planned, {"epochs": 1, "lr": 0.001, "ladder_lambdas": [1.0], "seed": 0}) == ["epochs=1 (asked 20)"]
+    planned = {"epochs": 20, "lr": None, "device": "cpu", "encoder_options": {"lambdas": (1.0,)}, "seed": 0}
+    assert stale_fields(planned, {"epochs": 20, "lr": 0.001, "device": "cuda", "encoder_options": {"lambdas": [1.0]}, "seed": 0}) == []
+    assert stale_fields(planned, {"epochs": 1, "lr": 0.001, "encoder_options": {"lambdas": [1.0]}, "seed": 0}) == ["epochs=1 (asked 20)"]
 
 
 def test_unknown_or_overridden_preset_is_one_line_exit_2(capsys):
