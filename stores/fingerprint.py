@@ -2,7 +2,9 @@
 
 Parameters go through a canonical JSON (sorted keys, no spaces, tuples as lists) so the same settings give
 the same name on every machine. Worker counts, paths, devices and timings are left out on purpose: they
-change how fast numbers are made, not which numbers.
+change how fast numbers are made, not which numbers. One exception: face embeddings (encoders/embed.py) name
+the device kind and precision, because a backbone in bf16 on CUDA gives other numbers than in fp32 on a CPU,
+and a resumed run must not mix the two in one feature set.
 """
 
 from __future__ import annotations
