@@ -52,6 +52,7 @@ from encoders.partition import digest, fold_rule
 from encoders.plots import HUMAN_RATERS_CREMA_D, MODALITY_LABELS, plot_comparison
 from encoders.predictions import of_run as predictions_of
 from encoders.targets_report import DEFAULTS as TARGET_DEFAULTS, perceived_markdown, write_targets_csv
+from stores.state import describe_partial
 
 __all__ = ["collect_runs", "comparison_table", "random_init_notes", "write_report", "REPORTED_METRICS"]
 
@@ -311,9 +312,17 @@ def random_init_notes(runs: Iterable[dict[str, Any]]) -> list[str]:
             "`--weights`), not face descriptors: " + ", ".join(f"`{path}`" for path in flagged)]
 
 
+def partial_store_notes(runs: Iterable[dict[str, Any]]) -> list[str]:
+    """A note naming the runs trained on an unfinished store (`train --allow-partial`), with what they used: their
+    numbers come from fewer clips and speakers than the store will hold, so they do not compare with the rest."""
+    flagged = [run for run in runs if run.get("partial_store")]
+    return [f"- trained on an unfinished store (--allow-partial): `{run.get('path', '?')}`: {describe_partial(run['partial_store'])}"
+            for run in flagged]
+
+
 def _notes(rows: list[dict], ablations: list[dict], duplicates: list[str], skipped: list[str], runs: list[dict] = ()) -> list[str]:
     """Footnotes for everything that did not make it into the table, and why."""
-    notes = _partition_notes(list(runs)) + random_init_notes(runs)
+    notes = _partition_notes(list(runs)) + random_init_notes(runs) + partial_store_notes(runs)
     other = sorted({m for row in rows for m in row["modalities"] if m not in TABLE_COLUMNS})
     if other:
         notes.append(f"- Modalities not in the table (see the CSV): {', '.join(other)}.")

@@ -206,6 +206,17 @@ def test_report_names_runs_that_read_randomly_initialised_face_embeddings(runs_d
     assert "ladder-seed0" in notes and "ladder-seed1" not in notes
 
 
+def test_report_names_runs_trained_on_an_unfinished_store_with_what_they_used(runs_dir: Path, tmp_path: Path) -> None:
+    partial = {"problem": "an extract that started 2026-12-04T10:00:00 was interrupted before it finished", "clips_used": 160,
+               "clips_committed": 170, "clips_in_store": 288, "speakers_used": 11, "speakers_in_store": 12}
+    for seed, record in ((0, partial), (1, None)):
+        _write_run(runs_dir, f"partial-seed{seed}", encoder="resnet18", encoder_type="2D", modality="av", fusion="concat", seed=seed,
+                   test={"accuracy": 0.4, "uar": 0.4}, **({"partial_store": record} if record else {}))
+    notes = write_report(runs_dir, tmp_path / "report")["markdown"].read_text(encoding="utf-8").split("Notes:")[1]
+    assert "partial-seed0" in notes and "partial-seed1" not in notes
+    assert "trained on 160 of 288 clips in the store (170 committed), 11 of 12 speakers" in notes
+
+
 def test_report_writes_both_plots(runs_dir: Path, tmp_path: Path) -> None:
     paths = write_report(runs_dir, tmp_path / "report")
     assert set(paths) == {"markdown", "csv", "accuracy_plot", "uar_plot"}
