@@ -35,7 +35,8 @@ from pipeline.media import FFMPEG_TIMEOUT_S
 from pipeline.numeric import numeric_environment, pinned
 from pipeline.records import ClipRecord
 from pipeline.sources import file_signature, source_changed
-from pipeline.splits import add_to_store
+from pipeline.labels import LabelError
+from pipeline.splits import SplitError, add_to_store
 from pipeline.workers import local_cluster, start_import_server
 from stores.codecs import chain_for
 from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
@@ -43,7 +44,7 @@ from stores.location import Location, locate
 from stores.lock import WriterLock
 from stores.provenance import provenance
 from stores.shards import EncodedRow, encode_large_arrays, encode_row
-from stores.state import mark_finished, mark_unfinished
+from stores.state import UNFINISHED, mark_finished, mark_unfinished
 from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError, store_exists
 
 log = logging.getLogger(__name__)
@@ -226,12 +227,18 @@ def run_extract(
     where.prepare_for_writing()
     with WriterLock(where) as lock:
         incremental = not lock.took_over and checksums_match_listing(where)  # the last list is current: refresh it
+        was_unfinished = where.exists(UNFINISHED)  # left so by an interrupted run: stays so until one finishes
         mark_unfinished(where)  # before the first write: readers refuse the store until this run has finished (stores/state.py)
         remove_partial_files(where)
         store = open_writer(location, dataset, class_names, split_seed)
         sets_before = len(store.feature_sets())
-        rows, wrote, told = add_to_store(store, records, seed=split_seed, class_names=class_names,  # a split or class list
-                                         classes_declared=classes_declared)  # disagreement: refused, nothing written
+        try:
+            rows, wrote, told = add_to_store(store, records, seed=split_seed, class_names=class_names,  # a split or class list
+                                             classes_declared=classes_declared)  # disagreement: refused, nothing written
+        except (SplitError, LabelError):
+            if not was_unfinished:
+                mark_finished(where)  # refused before any write: the store is as it was
+            raise
         if sets_before == 0 and len(records) and workers > 0 and scheduler is None:
             start_import_server()  # a fresh store: every clip is to compute, so the workers' imports can start now
         who = provenance(device=device)

@@ -50,7 +50,7 @@ def test_training_beats_chance_clearly_on_held_out_actors(store, tmp_path, modal
 def test_run_directory_holds_everything_and_the_checkpoint_loads_safely(store, tmp_path):
     out = tmp_path / "run"
     metrics = train(store, TrainConfig(encoder="simple3d", modality="av", fusion="fslf", epochs=3, batch_size=8), out, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["confusion_test.png", "learning_curve.png", "metrics.json", "model.pt", "partition.json", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["confusion_test.png", "learning_curve.png", "metrics.json", "model.pt", "partition.json", "predictions.json", "train.log"]
     written = json.loads((out / "metrics.json").read_text())
     assert written == json.loads(json.dumps(metrics))
     for split in ("train", "val", "test"):
@@ -154,6 +154,10 @@ def test_a_fusion_missing_from_the_store_is_derived_and_cached_but_never_in_a_re
     fs = FeatureStore.open(copy)
     for name in [s.name for s in fs.feature_sets("fusion-stack")]:
         shutil.rmtree(copy / "features" / name)
+    from stores.integrity import write_checksums
+    from stores.location import locate
+
+    write_checksums(locate(str(copy)))  # a finished store that never had the stack fusion, not one with files gone
     workdir = tmp_path / "work"
     workdir.mkdir()
     open_up(workdir)
