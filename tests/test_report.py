@@ -324,6 +324,7 @@ def test_compare_runs_pairs_folds_and_averages_their_seeds(tmp_path: Path) -> No
     assert result.ci is None and "no predictions.json" in " ".join(result.notes)  # no per-clip predictions: no interval
 
 
+@pytest.mark.heavy  # the slowest end-to-end paths run in `make test-all`
 def test_report_compare_through_the_cli(tmp_path: Path) -> None:
     from tests.conftest import run_cli
 

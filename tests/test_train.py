@@ -120,7 +120,7 @@ def test_recipes_refuse_pairs_that_cannot_go_together():
     assert set(SEQUENCE_FUSIONS) <= set(valid_fusions("video", "av"))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the slowest end-to-end paths run in `make test-all`
 def test_cli_train_evaluate_ablate_and_bad_input(store, tmp_path):
     out = tmp_path / "run"
     result = run_cli("train", "--encoder", "resnet18", "--fusion", "concat", "--store", store, "--epochs", "12", "--batch-size", "8", "--out", str(out), "--no-progress")
@@ -321,7 +321,7 @@ def test_a_store_being_written_or_left_unfinished_is_refused_unless_allow_partia
     assert f"trained on {partial['clips_used']} of {partial['clips_in_store']} clips" in (tmp_path / "run" / "train.log").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the slowest end-to-end paths run in `make test-all`
 def test_a_failed_train_leaves_its_out_free_for_the_retry(store, tmp_path):
     """Issue 25: a crashed run left --out behind, and the retry with the same --out was refused."""
     import os
