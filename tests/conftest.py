@@ -60,3 +60,23 @@ def open_up(path: Path) -> None:
         if str(folder) in ("/", "/tmp"):
             break
         folder.chmod(folder.stat().st_mode | 0o755)
+
+
+def extract_sample_store(tmp_path_factory, name: str, *, actors: int, sentences: int, seed: int, frames: int, size: int,
+                         detect_every: int = 2, fusions: tuple[str, ...] = ("concat",)) -> str:
+    """A small sample corpus extracted in process into a fresh store (CREMA-D's six classes, the stored split):
+    the module fixtures of the training and store tests differ only in these numbers."""
+    from pipeline.audio import MelConfig
+    from pipeline.corpora import load_corpus
+    from pipeline.corpora.sample import write_sample_corpus
+    from pipeline.faces import FaceConfig
+    from pipeline.run import ExtractConfig, run_extract
+    from pipeline.splits import assign_splits
+
+    corpus = tmp_path_factory.mktemp("corpus")
+    write_sample_corpus(corpus, actors=actors, sentences=sentences, seed=seed)
+    records = assign_splits(load_corpus("sample", corpus), seed=0)
+    location = str(tmp_path_factory.mktemp("store") / name)
+    config = ExtractConfig(faces=FaceConfig(frames=frames, size=size, detect_every=detect_every), mel=MelConfig(n_mels=size), fusions=fusions)
+    run_extract(records, location, config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=0, progress=False)
+    return location

@@ -11,15 +11,9 @@ import torch
 
 from encoders.targets import TARGETS, ClipTargets, batch_target, js_agreement, score_targets, training_targets
 from encoders.train import TrainConfig, load_data
-from pipeline.audio import MelConfig
-from pipeline.corpora import load_corpus
-from pipeline.corpora.sample import write_sample_corpus
-from pipeline.faces import FaceConfig
 from pipeline.records import CREMA_D_EMOTIONS, ClipRecord
-from pipeline.run import ExtractConfig, run_extract
-from pipeline.splits import assign_splits
 from stores.store import FeatureStore, StoreError
-from tests.conftest import run_cli
+from tests.conftest import extract_sample_store, run_cli
 
 TINY = ["--encoder", "simple3d", "--fusion", "concat", "--epochs", "1", "--batch-size", "6", "--no-progress"]
 
@@ -27,13 +21,7 @@ TINY = ["--encoder", "simple3d", "--fusion", "concat", "--epochs", "1", "--batch
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """Three actors (train / val / test), one sentence: 18 clips with the sample's generated votes."""
-    corpus = tmp_path_factory.mktemp("corpus")
-    write_sample_corpus(corpus, actors=3, sentences=1, seed=2)
-    records = assign_splits(load_corpus("sample", corpus), seed=0)
-    location = str(tmp_path_factory.mktemp("store") / "sample.zarr")
-    config = ExtractConfig(faces=FaceConfig(frames=4, size=32, detect_every=2), mel=MelConfig(n_mels=32), fusions=("concat",))
-    run_extract(records, location, config, dataset="sample", class_names=list(CREMA_D_EMOTIONS), workers=0, progress=False)
-    return location
+    return extract_sample_store(tmp_path_factory, "sample.zarr", actors=3, sentences=1, seed=2, frames=4, size=32)
 
 
 def test_perceived_targets_are_the_majority_and_soft_ones_the_vote_distribution(store):

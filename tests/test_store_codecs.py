@@ -12,28 +12,16 @@ import pytest
 import zarr
 from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
 
-from pipeline.audio import MelConfig
-from pipeline.corpora import load_corpus
-from pipeline.corpora.sample import write_sample_corpus
-from pipeline.faces import FaceConfig
-from pipeline.run import ExtractConfig, run_extract
-from pipeline.splits import assign_splits
 from stores.codecs import CHAINS, chunk_filters
 from stores.store import SHARD_ROWS, FeatureStore, _create_array, _is_big
 from stores.torchdata import ShardReader, read_rows
-from tests.conftest import run_cli
+from tests.conftest import extract_sample_store, run_cli
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """18 sample clips, T=4, 48 px, with the concat fusion: every kind of large array the defaults make."""
-    corpus = tmp_path_factory.mktemp("corpus")
-    write_sample_corpus(corpus, actors=3, sentences=1, seed=2)
-    records = assign_splits(load_corpus("sample", corpus), seed=0)
-    location = str(tmp_path_factory.mktemp("store") / "codecs.zarr")
-    config = ExtractConfig(faces=FaceConfig(frames=4, size=48, detect_every=2), mel=MelConfig(n_mels=48), fusions=("concat",))
-    run_extract(records, location, config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=0, progress=False)
-    return location
+    return extract_sample_store(tmp_path_factory, "codecs.zarr", actors=3, sentences=1, seed=2, frames=4, size=48)
 
 
 def _large_arrays(root: zarr.Group) -> dict[str, zarr.Array]:

@@ -11,15 +11,9 @@ import torch
 
 from encoders.registry import get_spec, list_models
 from encoders.train import TrainConfig, load_data, train
-from pipeline.audio import MelConfig
-from pipeline.corpora import load_corpus
-from pipeline.corpora.sample import write_sample_corpus
-from pipeline.faces import FaceConfig
-from pipeline.run import ExtractConfig, run_extract
-from pipeline.splits import assign_splits
 from stores.store import FeatureStore
 from stores.torchdata import SEQUENCE_FUSIONS, ablate, recipe_for, to_model_inputs, valid_fusions
-from tests.conftest import open_up, run_cli, run_cli_unprivileged
+from tests.conftest import extract_sample_store, open_up, run_cli, run_cli_unprivileged
 
 FAST = dict(epochs=12, batch_size=8)
 
@@ -27,14 +21,8 @@ FAST = dict(epochs=12, batch_size=8)
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """A learnable sample corpus (6 actors: 4 train, 1 val, 1 test) extracted with every fusion."""
-    corpus = tmp_path_factory.mktemp("corpus")
-    write_sample_corpus(corpus, actors=6, sentences=2, seed=1)
-    records = assign_splits(load_corpus("sample", corpus), seed=0)
-    location = str(tmp_path_factory.mktemp("store") / "sample.zarr")
-    config = ExtractConfig(faces=FaceConfig(frames=8, size=48, detect_every=3), mel=MelConfig(n_mels=48),
-                           fusions=("concat", "concat224", "stack", "sum", "ffls", "fslf", "ofos", "rfas"))
-    run_extract(records, location, config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=0, progress=False)
-    return location
+    return extract_sample_store(tmp_path_factory, "sample.zarr", actors=6, sentences=2, seed=1, frames=8, size=48, detect_every=3,
+                                fusions=("concat", "concat224", "stack", "sum", "ffls", "fslf", "ofos", "rfas"))
 
 
 @pytest.mark.slow

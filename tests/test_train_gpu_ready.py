@@ -23,14 +23,8 @@ from encoders.device import plan_for, prepare_model
 from encoders.loader import Loader, LoaderConfig, epoch_order, rank_share
 from encoders.registry import get_spec, list_models
 from encoders.train import CPU_IN_MEMORY_CAP_GB, TrainConfig, build_model, evaluate, load_data, memory_limit_bytes, prepare
-from pipeline.audio import MelConfig
-from pipeline.corpora import load_corpus
-from pipeline.corpora.sample import write_sample_corpus
-from pipeline.faces import FaceConfig
-from pipeline.run import ExtractConfig, run_extract
-from pipeline.splits import assign_splits
 from stores.torchdata import read_rows, to_model_inputs
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, extract_sample_store, run_cli
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -38,13 +32,8 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     """24 clips of 4 actors (12 train, 6 val, 6 test), T=8, 48 px, with the concat and stack fusions."""
-    corpus = tmp_path_factory.mktemp("corpus")
-    write_sample_corpus(corpus, actors=4, sentences=1, seed=1)
-    records = assign_splits(load_corpus("sample", corpus), seed=0)
-    location = str(tmp_path_factory.mktemp("store") / "small.zarr")
-    config = ExtractConfig(faces=FaceConfig(frames=8, size=48, detect_every=3), mel=MelConfig(n_mels=48), fusions=("concat", "stack"))
-    run_extract(records, location, config, dataset="sample", class_names=["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], workers=0, progress=False)
-    return location
+    return extract_sample_store(tmp_path_factory, "small.zarr", actors=4, sentences=1, seed=1, frames=8, size=48, detect_every=3,
+                                fusions=("concat", "stack"))
 
 
 # ---- 1. the device plan, with every encoder -------------------------------------------------------------
