@@ -62,6 +62,14 @@ def test_cli_table_options_exist_on_their_command():
             assert option in declared, f"README lists {option} for `{name}`, which `cli.py {name} --help` lacks"
 
 
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+            for title in re.findall(r"^#+ (.+)$", markdown, re.M)}
+
+
 def test_relative_links_resolve():
-    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README):
+    for target, anchor in re.findall(r"\]\(([^)#:]+)(?:#([^)]*))?\)", README):
         assert (REPO / target).exists(), f"README links to {target}, which does not exist"
+        if anchor:
+            assert anchor in heading_anchors((REPO / target).read_text()), f"README links to {target}#{anchor}: no such heading"
