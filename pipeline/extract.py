@@ -326,12 +326,19 @@ def extract_lld(decoded: tuple[np.ndarray, float] | TaskResult, timeline, config
 
 
 # ---- fusions ---------------------------------------------------------------------------------------------
+FUSION_BASE_VERSION = 3
+"""The fusions' share of the one global version every stage once had (3); frozen, so that fusion sets keep the
+fingerprints of the stores made before. A change to one fusion bumps that fusion's own version (FusionSpec.version);
+a change to what every fusion shares (ClipInputs, fuse_clip) bumps this."""
+
+
 def fusion_params(name: str, faces_fingerprint: str, audio_fingerprint: str, seed: int) -> dict:
-    """A fusion's own version joins the fingerprint once it has one (pipeline/fuse.py FusionSpec.version): a fusion
+    """A fusion's own version joins the fingerprint once it is past 1 (pipeline/fuse.py FusionSpec.version): a fusion
     whose numbers changed is recomputed, and the others keep the fingerprints of the stores made before."""
-    params = {"stage": "fusion", "fusion": name, "faces": faces_fingerprint, "audio": audio_fingerprint, "seed": seed, "algorithm": ALGORITHM_VERSION}
+    params = {"stage": "fusion", "fusion": name, "faces": faces_fingerprint, "audio": audio_fingerprint, "seed": seed,
+              "algorithm": FUSION_BASE_VERSION}
     version = get_fusion(name).version
-    return params if version is None else {**params, "fusion_version": version}
+    return params if version == 1 else {**params, "fusion_version": version}
 
 
 def fuse_clip(name: str, faces: dict[str, np.ndarray], audio: dict[str, np.ndarray], clip_id: str, seed: int) -> dict[str, np.ndarray]:
