@@ -106,6 +106,12 @@ def valid_fusions(input_kind: str, modality: str, *, square_only: bool = False) 
     return [name for name, spec in FUSIONS.items() if input_kind in spec.kinds and (spec.square or not square_only)]
 
 
+def default_fusion(input_kind: str, modality: str) -> str:
+    """The fusion a run reads when it names none: concat (the comparison study's) for a single-input av encoder,
+    none for the others (unimodal, and the pair and sequence encoders, which fuse themselves)."""
+    return "concat" if modality == "av" and input_kind in ("image", "video") else "none"
+
+
 def device_fusions() -> list[str]:
     """The fusions `--fuse-on-device` can build from the stored faces and audio (those with an `on_device`)."""
     return [name for name, spec in FUSIONS.items() if spec.on_device is not None]
@@ -117,7 +123,10 @@ def fusion_choices_help() -> str:
     video = [n for n, s in FUSIONS.items() if "video" in s.kinds and n not in both]
     image = [n for n, s in FUSIONS.items() if "image" in s.kinds and n not in both]
     groups = [f"{', '.join(both)} (2D/3D)"] + ([f"{', '.join(image)} (2D)"] if image else []) + ([f"{', '.join(video)} (3D)"] if video else [])
-    return f"{', '.join(groups)}, or none (unimodal, xattn, late). Default: concat for av, none otherwise."
+    from encoders.registry import get_spec, list_models  # the encoders that fuse for themselves take none
+
+    pairs = [n for n in list_models() if get_spec(n).input_kind.startswith("pair")]
+    return f"{', '.join(groups)}, or none (unimodal, {', '.join(pairs)}). Default: concat for av, none otherwise."
 
 
 def select_feature_sets(store: FeatureStore, faces: str | None = None, audio: str | None = None) -> tuple[FeatureSet, FeatureSet]:
