@@ -337,6 +337,21 @@ def list_fusions() -> list[str]:
     return list(FUSIONS)
 
 
+def device_fusions() -> list[str]:
+    """The fusions `--fuse-on-device` can build from the stored faces and audio (those with an `on_device`)."""
+    return [name for name, spec in FUSIONS.items() if spec.on_device is not None]
+
+
+def fusion_choices_help() -> str:
+    """The train command's --fusion help, from the registry: which fusions each encoder kind takes (no torch import,
+    so the CLI starts fast)."""
+    both = [n for n, s in FUSIONS.items() if {"image", "video"} <= set(s.kinds)]
+    only = {kind: [n for n, s in FUSIONS.items() if kind in s.kinds and n not in both] for kind in ("image", "video")}
+    groups = [f"{', '.join(both)} (2D/3D)"] + [f"{', '.join(names)} ({label})" for (kind, names), label in zip(only.items(), ("2D", "3D")) if names]
+    return (f"{', '.join(groups)}, or none (unimodal, and the encoders that fuse themselves: `cli.py encoders`, kinds pair-* "
+            "and sequences). Default: concat for av, none otherwise.")
+
+
 _SEQUENCE = dict(arrays=_sequence_arrays, version=SEQUENCE_VERSION, kinds=("video",), ablation_arrays=("order",), ablate=_ablate_sequence)
 
 for _spec in (

@@ -25,7 +25,7 @@ import google_crc32c
 import numpy as np
 import torch
 
-from pipeline.fuse import FUSIONS, FusionSpec, get_fusion, to_unit_range
+from pipeline.fuse import FUSIONS, FusionSpec, device_fusions, get_fusion, to_unit_range
 from stores.codecs import undo_filters
 from stores.shards import EMPTY
 from stores.store import DamagedChunkError, FeatureSet, FeatureStore, StoreError
@@ -110,23 +110,6 @@ def default_fusion(input_kind: str, modality: str) -> str:
     """The fusion a run reads when it names none: concat (the comparison study's) for a single-input av encoder,
     none for the others (unimodal, and the pair and sequence encoders, which fuse themselves)."""
     return "concat" if modality == "av" and input_kind in ("image", "video") else "none"
-
-
-def device_fusions() -> list[str]:
-    """The fusions `--fuse-on-device` can build from the stored faces and audio (those with an `on_device`)."""
-    return [name for name, spec in FUSIONS.items() if spec.on_device is not None]
-
-
-def fusion_choices_help() -> str:
-    """The train command's --fusion help, from the registry: which fusions each encoder kind takes."""
-    both = [n for n, s in FUSIONS.items() if {"image", "video"} <= set(s.kinds)]
-    video = [n for n, s in FUSIONS.items() if "video" in s.kinds and n not in both]
-    image = [n for n, s in FUSIONS.items() if "image" in s.kinds and n not in both]
-    groups = [f"{', '.join(both)} (2D/3D)"] + ([f"{', '.join(image)} (2D)"] if image else []) + ([f"{', '.join(video)} (3D)"] if video else [])
-    from encoders.registry import get_spec, list_models  # the encoders that fuse for themselves take none
-
-    pairs = [n for n in list_models() if get_spec(n).input_kind.startswith("pair")]
-    return f"{', '.join(groups)}, or none (unimodal, {', '.join(pairs)}). Default: concat for av, none otherwise."
 
 
 def select_feature_sets(store: FeatureStore, faces: str | None = None, audio: str | None = None) -> tuple[FeatureSet, FeatureSet]:

@@ -21,9 +21,11 @@ from encoders import registry
 from encoders.registry import get_model, get_spec, list_models, register_encoder
 from pipeline import corpora
 from pipeline.corpora import CorpusError, class_list, datasets_help, get_corpus, list_corpora, load_corpus, register_corpus
-from pipeline.fuse import FUSIONS, ClipInputs, FusionSpec, fuse, fusion_arrays, list_fusions, register_fusion
+from pipeline.fuse import (
+    FUSIONS, ClipInputs, FusionSpec, device_fusions, fuse, fusion_arrays, fusion_choices_help, list_fusions, register_fusion,
+)
 from pipeline.records import ClipRecord
-from stores.torchdata import ablate, device_fusions, fuse_on_device, fusion_choices_help, recipe_for, to_model_inputs, valid_fusions
+from stores.torchdata import ablate, fuse_on_device, recipe_for, to_model_inputs, valid_fusions
 
 # ---- a fusion: the face above the spectrogram (2S x S) ------------------------------------------------------------
 

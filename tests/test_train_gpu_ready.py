@@ -23,7 +23,8 @@ from encoders.device import plan_for, prepare_model
 from encoders.loader import Loader, LoaderConfig, epoch_order, rank_share
 from encoders.registry import get_spec, list_models
 from encoders.train import CPU_IN_MEMORY_CAP_GB, TrainConfig, build_model, evaluate, load_data, memory_limit_bytes, prepare
-from stores.torchdata import device_fusions, read_rows, to_model_inputs
+from pipeline.fuse import device_fusions
+from stores.torchdata import read_rows, to_model_inputs
 from tests.conftest import REPO, extract_sample_store, run_cli
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
