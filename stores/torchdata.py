@@ -1,11 +1,10 @@
 """Model inputs straight from the store: which arrays an encoder reads, and how they become tensors.
 
-Nothing here decodes a video: that is the point of the store. What a fusion's arrays mean to a model (its
-channels, how it is ablated, normalised or rebuilt on the device) comes from its FusionSpec (pipeline/fuse.py),
-so a new fusion needs no line here. A split small enough
-for memory is read once, as uint8 (only its own rows), and turned into float tensors a batch at a time on the
-training device (cheap, and 4x less memory than float); a larger one is streamed from Zarr by the trainer's
-loader (encoders/loader.py), a group of rows per Zarr call.
+Nothing here decodes a video: that is the point of the store. A split small enough for memory is read once, as
+uint8 (only its own rows), and turned into float tensors a batch at a time on the training device (cheap, and 4x
+less memory than float); a larger one is streamed from Zarr by the trainer's loader (encoders/loader.py), a group
+of rows per Zarr call. What a fusion's arrays mean to a model (its channels, how it is ablated, normalised or
+rebuilt on the device) comes from its FusionSpec (pipeline/fuse.py), so a new fusion needs no line here.
 
 A fusion with an `on_device` builder (`concat`, `stack`) can also be built on the device from the stored faces and
 chunks (`fuse_on_device`): 4 bytes per pixel read instead of the stored fusion's 6, and the same tensor bit for bit.
