@@ -137,6 +137,8 @@ class CrossModalAttentionFusion(nn.Module):
     "xattn",
     input_kind="pair-video",
     description="Cross-modal attention, ResNet-18 faces (B,T,3,H,W) + CNN mel chunks (B,T,1,H,W), ~12.6 M",
+    lr=1e-4,  # and weight decay: seed 003's
+    weight_decay=1e-3,
 )
 def xattn(
     *,

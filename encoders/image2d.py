@@ -212,6 +212,7 @@ def googlenet(
     "vgg16",
     input_kind="image",
     description="VGG-16 (Simonyan & Zisserman 2015), torchvision, ~134 M",
+    lr=1e-4,
 )
 def vgg16(
     *,
@@ -230,6 +231,7 @@ def vgg16(
     input_kind="image",
     description="ViT-B/16 (Dosovitskiy et al. 2021), torchvision, ~86 M",
     square_input=True,
+    lr=1e-4,
 )
 def vit_b16(
     *,

@@ -63,6 +63,8 @@ class EncoderSpec:
     builder: Callable[..., nn.Module]
     square_input: bool = False  # ViT-B/16 and VideoMAE fix a square image size; side-by-side S x 2S won't fit
     options: type | None = None  # the encoder's own settings: a frozen dataclass its builder takes as `config`
+    lr: float = 1e-3  # Adam's step when a run gives none: large or attention models take a smaller one
+    weight_decay: float = 0.0  # Adam's weight decay when a run gives none
 
 
 class UnknownEncoderError(KeyError):
@@ -76,12 +78,13 @@ _REGISTRY: dict[str, EncoderSpec] = {}
 
 
 def register_encoder(name: str, *, input_kind: InputKind, description: str, square_input: bool = False,
-                     options: type | None = None) -> Callable[[Builder], Builder]:
+                     options: type | None = None, lr: float = 1e-3, weight_decay: float = 0.0) -> Callable[[Builder], Builder]:
     """Decorator that registers a model builder under ``name``.
 
     ``options`` is the encoder's own settings dataclass (the ladder's LadderConfig): :func:`get_model` builds it
     from a run's ``encoder_options`` and passes it to the builder as ``config``, so the trainer's configuration
-    holds no encoder-specific fields.
+    holds no encoder-specific fields. ``lr`` and ``weight_decay`` are the encoder's training defaults (Adam), which a
+    run's own ``--lr`` / ``--weight-decay`` override.
 
     Raises:
         ValueError: ``name`` is already registered, or ``input_kind`` is not one of the known kinds.
@@ -93,7 +96,7 @@ def register_encoder(name: str, *, input_kind: InputKind, description: str, squa
         if name in _REGISTRY:
             raise ValueError(f"an encoder named {name!r} is already registered")
         _REGISTRY[name] = EncoderSpec(name=name, input_kind=input_kind, description=description, builder=builder,
-                                      square_input=square_input, options=options)
+                                      square_input=square_input, options=options, lr=lr, weight_decay=weight_decay)
         return builder
 
     return wrapper

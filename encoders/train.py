@@ -59,16 +59,6 @@ from stores.torchdata import (
 
 ENCODER_TYPE = {"image": "2D", "video": "3D", "pair-image": "fusion", "pair-video": "fusion", "sequences": "fusion"}
 
-ENCODER_DEFAULTS: dict[str, dict] = {
-    # Adam throughout. Large or attention models get a smaller step; xattn follows seed 003.
-    "vgg16": {"lr": 1e-4},
-    "vit": {"lr": 3e-4},
-    "vit-b16": {"lr": 1e-4},
-    "videomae": {"lr": 1e-4},
-    "xattn": {"lr": 1e-4, "weight_decay": 1e-3},
-}
-
-
 class MissingFusionError(StoreError):
     """The store has no cached fusion for these faces and audio; `fusion` says which."""
 
@@ -84,7 +74,7 @@ class TrainConfig:
     fusion: str = "concat"  # none for unimodal and pair models
     epochs: int = 20
     batch_size: int = 16
-    lr: float | None = None  # None: the encoder's default (ENCODER_DEFAULTS, else 1e-3)
+    lr: float | None = None  # None: the encoder's default (its EncoderSpec.lr; Adam throughout)
     weight_decay: float | None = None  # None: the encoder's default, else 0
     seed: int = 0
     split_seed: int | None = None  # None: the split stored with the clips
@@ -109,7 +99,6 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """Defaults filled in; ValueError (one line, naming the fix) for options no run could use."""
-        defaults = ENCODER_DEFAULTS.get(self.encoder, {})
         if self.amp not in AMP_CHOICES:
             raise ValueError(f"--amp takes {' | '.join(AMP_CHOICES)}, not '{self.amp}'")
         if self.compile not in COMPILE_CHOICES:
@@ -120,10 +109,11 @@ class TrainConfig:
         if not 0.0 < self.labelled_fraction <= 1.0:
             raise ValueError(f"--labelled-fraction {self.labelled_fraction:g} is outside (0, 1]; give e.g. 0.5 for half the training clips labelled")
         encoder_config(self.encoder, self.encoder_options)  # an option the encoder lacks, or a value it refuses
+        spec = get_spec(self.encoder)  # its training defaults
         return dataclasses.replace(
             self,
-            lr=self.lr if self.lr is not None else defaults.get("lr", 1e-3),
-            weight_decay=self.weight_decay if self.weight_decay is not None else defaults.get("weight_decay", 0.0),
+            lr=self.lr if self.lr is not None else spec.lr,
+            weight_decay=self.weight_decay if self.weight_decay is not None else spec.weight_decay,
             device=resolve_device(self.device),
             loader_workers=check_workers(self.loader_workers) if self.loader_workers is not None else default_workers(),
         )

@@ -303,6 +303,7 @@ def build_videomae(
     input_kind="video",
     description="VideoMAE ViT-B/16, tubelet 2 (Tong et al. 2022), HF, ~86 M",
     square_input=True,
+    lr=1e-4,
 )
 def videomae(
     *,

@@ -86,6 +86,7 @@ class VisionTransformer(nn.Module):
     "vit",
     input_kind="image",
     description="ViT, 16x16 patches, width 384, 9 blocks, from scratch, ~16.3 M",
+    lr=3e-4,
 )
 def vit(
     *,

@@ -16,6 +16,7 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -29,6 +30,10 @@ _POWER_FLOOR = 1e-10
 @dataclass(frozen=True)
 class MelConfig:
     """Defaults are the comparison study's (seed 000/001)."""
+
+    VERSION: ClassVar[int] = 3
+    """Bump by hand when a change to the mel code changes its numbers: part of the audio fingerprint only
+    (pipeline/extract.py audio_params). 3: the global version every stage shared until each had its own."""
 
     sample_rate: int = 22050
     n_fft: int = 2048

@@ -27,6 +27,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import ClassVar
 from fractions import Fraction
 
 import numpy as np
@@ -40,6 +41,10 @@ N_FEATURES = 130  # 65 LLDs + 65 deltas
 @dataclass(frozen=True)
 class LldConfig:
     """Defaults are seed 002's: ComParE_2016 LLDs + deltas, 32 ms windows, 16 ms step."""
+
+    VERSION: ClassVar[int] = 3
+    """Bump by hand when a change to the LLD code changes its numbers: part of the lld fingerprint only
+    (pipeline/extract.py lld_params). 3: the global version every stage shared until each had its own."""
 
     feature_set: str = "ComParE_2016"
     window: float = 0.032  # the spectral/energy window (seconds); the pitch window stays openSMILE's 60 ms

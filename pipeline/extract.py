@@ -23,12 +23,15 @@ from pipeline.fuse import fuse, fusion_arrays, get_fusion
 from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, Media, MediaInfo, decode_audio, open_media
 from pipeline.records import ClipRecord
 
-ALGORITHM_VERSION = 3
-"""Bump by hand when a change to this code changes the numbers: it is part of every fingerprint.
-2: audio on the video's clock (stream start times), face coverage / faces seen / face_lost, source signatures.
-3: decoding in process (PyAV): display rotation honoured, variable frame rate placed by timestamps, the exact
-   frame rate (29.97 was 29.97 as ffmpeg printed it, now 30000/1001). Constant-rate, unrotated clips at whole
-   rates (every sample and GRID clip) give the same bytes as version 2: frames, audio and timestamps were compared."""
+# Each stage's numbers have their own version, part of that stage's fingerprint alone (its params' "algorithm"):
+# FaceConfig.VERSION, MelConfig.VERSION, LldConfig.VERSION, and a fusion's FusionSpec.version (FUSION_BASE_VERSION
+# below for what every fusion shares). So fixing one fusion's formula re-fingerprints that fusion only. Each started
+# from the one global version every stage shared until then, 3, so stores made before keep their fingerprints:
+# 2: audio on the video's clock (stream start times), face coverage / faces seen / face_lost, source signatures.
+# 3: decoding in process (PyAV): display rotation honoured, variable frame rate placed by timestamps, the exact
+#    frame rate (29.97 was 29.97 as ffmpeg printed it, now 30000/1001). Constant-rate, unrotated clips at whole
+#    rates (every sample and GRID clip) give the same bytes as version 2: frames, audio and timestamps were compared.
+# A change to decoding or the clip's timeline (pipeline/media.py, clock.py) changes every stage: bump all three.
 
 STATUSES = ("ok", "no_face", "face_lost", "no_audio", "decode_error", "too_short", "too_long", "error")
 MEDIA_STATUSES = frozenset(STATUSES) - {"ok", "error"}
@@ -120,7 +123,7 @@ def face_arrays(config: FaceConfig) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def face_params(config: FaceConfig) -> dict:
-    return {"stage": "faces", "algorithm": ALGORITHM_VERSION, "detector": detector_weights_hash(), "cascade": CASCADE, "key_schedule": KEY_SCHEDULE,
+    return {"stage": "faces", "algorithm": config.VERSION, "detector": detector_weights_hash(), "cascade": CASCADE, "key_schedule": KEY_SCHEDULE,
             "tracking": TRACKING, **dataclasses.asdict(config)}
 
 
@@ -206,7 +209,7 @@ def audio_arrays(config: MelConfig, steps: int, size: int) -> dict[str, tuple[tu
 
 
 def audio_params(config: MelConfig, steps: int, size: int) -> dict:
-    return {"stage": "audio", "algorithm": ALGORITHM_VERSION, "steps": steps, "size": size, **dataclasses.asdict(config)}
+    return {"stage": "audio", "algorithm": config.VERSION, "steps": steps, "size": size, **dataclasses.asdict(config)}
 
 
 @functools.lru_cache(maxsize=2)
@@ -296,7 +299,7 @@ def lld_params(config: LldConfig, mel: MelConfig, steps: int) -> dict:
     """The decoded audio's rate matters (it is resampled from it), and so does the opensmile graph."""
     import opensmile
 
-    return {"stage": "lld", "algorithm": ALGORITHM_VERSION, "steps": steps, "decoded_rate": mel.sample_rate,
+    return {"stage": "lld", "algorithm": config.VERSION, "steps": steps, "decoded_rate": mel.sample_rate,
             "max_duration": mel.max_duration, "opensmile": opensmile.__version__, "config_sha256": compare_config_hash(config),
             **dataclasses.asdict(config)}
 
@@ -326,12 +329,19 @@ def extract_lld(decoded: tuple[np.ndarray, float] | TaskResult, timeline, config
 
 
 # ---- fusions ---------------------------------------------------------------------------------------------
+FUSION_BASE_VERSION = 3
+"""The fusions' share of the one global version every stage once had (3); frozen, so that fusion sets keep the
+fingerprints of the stores made before. A change to one fusion bumps that fusion's own version (FusionSpec.version);
+a change to what every fusion shares (ClipInputs, fuse_clip) bumps this."""
+
+
 def fusion_params(name: str, faces_fingerprint: str, audio_fingerprint: str, seed: int) -> dict:
-    """A fusion's own version joins the fingerprint once it has one (pipeline/fuse.py FusionSpec.version): a fusion
+    """A fusion's own version joins the fingerprint once it is past 1 (pipeline/fuse.py FusionSpec.version): a fusion
     whose numbers changed is recomputed, and the others keep the fingerprints of the stores made before."""
-    params = {"stage": "fusion", "fusion": name, "faces": faces_fingerprint, "audio": audio_fingerprint, "seed": seed, "algorithm": ALGORITHM_VERSION}
+    params = {"stage": "fusion", "fusion": name, "faces": faces_fingerprint, "audio": audio_fingerprint, "seed": seed,
+              "algorithm": FUSION_BASE_VERSION}
     version = get_fusion(name).version
-    return params if version is None else {**params, "fusion_version": version}
+    return params if version == 1 else {**params, "fusion_version": version}
 
 
 def fuse_clip(name: str, faces: dict[str, np.ndarray], audio: dict[str, np.ndarray], clip_id: str, seed: int) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ crop is a square around the face with a margin, clamped to the image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -29,6 +30,10 @@ __all__ = ["FaceConfig", "FaceTrack", "MIN_LINK_IOU", "iou", "track_faces", "det
 @dataclass(frozen=True)
 class FaceConfig:
     """Defaults follow the comparison study: T=16 frames (3D recipe), 224x224 crops."""
+
+    VERSION: ClassVar[int] = 3
+    """Bump by hand when a change to the face code changes its numbers: part of the faces fingerprint only
+    (pipeline/extract.py face_params). 3: the global version every stage shared until each had its own."""
 
     frames: int = 16
     size: int = 224

@@ -17,6 +17,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -46,17 +47,52 @@ class ClipInputs:
         return self.faces.shape[1]
 
 
+def to_unit_range(stored):
+    """uint8 (a face, a spectrogram or a fusion of them) -> float in [-1, 1]: every modality mapped the same way,
+    so faces, spectrograms and their fusions are normalised consistently (the seed code did not; SPEC defect 9)."""
+    return stored.float() / 127.5 - 1.0
+
+
+def as_stored(stored):
+    """A fusion stored already normalised (float16): only made float."""
+    return stored.float()
+
+
 @dataclass(frozen=True)
 class FusionSpec:
-    """One fusion: its CLI name, what it is, the arrays it produces, and how it produces them."""
+    """One fusion, all of it: what it is, the arrays it stores and how it makes them (numpy, at extraction), and
+    what training does with them (torch tensors, duck-typed, so this module needs no torch to extract).
+
+    Adding a fusion is one `register_fusion(FusionSpec(...))`: the CLI's choices, the store, the trainer
+    (stores/torchdata.py recipe_for, valid_fusions, ablate, fuse_on_device) and the tests all read these fields.
+    """
 
     name: str
     description: str
     arrays: Callable[[int, int], ArraySpecs]
+    """(T, S) -> the arrays of one clip. "image" feeds 2D encoders and "video" 3D ones (see `kinds`)."""
     build: Callable[[ClipInputs], dict[str, np.ndarray]]
-    version: int | None = None
-    """Bumped by hand when this fusion's numbers change, and then part of its fingerprint (extract.fusion_params),
-    so a store's set made by the old code is not reused. None: never changed, the fingerprint stores had before."""
+    version: int = 1
+    """Bumped by hand when this fusion's numbers change: from 2 on it is part of its fingerprint
+    (extract.fusion_params), so a store's set made by the old code is not reused, and no other set is touched.
+    1: never changed since fusions had versions, the fingerprint stores had before."""
+    channels: int = 3
+    """Channels of the model's input (the stem an encoder builds)."""
+    square: bool = True
+    """False for an S x 2S image: encoders with a fixed square input (ViT-B/16, VideoMAE) cannot take it."""
+    kinds: tuple[str, ...] = ("image", "video")
+    """The encoder input kinds it feeds: an "image" encoder reads its `image` array, a "video" one its `video`."""
+    ablation_arrays: tuple[str, ...] = ()
+    """Stored arrays read alongside the input only so that `ablate` can find each modality (the sequences' order)."""
+    ablate: Callable[[Any, list, str], None] | None = None
+    """ablate(x, extra, which): zero the `which` ("audio" | "vision") part of the model input x (N, C, [T,] H, W) in
+    place, the study's "ablated" rows; `extra` holds the `ablation_arrays` as stored. None: the fusion mixes both
+    modalities into every value, and cannot be ablated."""
+    on_device: Callable[[Any, Any], Any] | None = None
+    """on_device(faces (N, [T,] S, S, 3), spectrogram (N, [T,] S, S)) uint8 tensors -> the stored input, bit for bit,
+    built where the tensors are (reads 4 bytes a pixel instead of the fusion's own). None: read the stored arrays."""
+    normalise: Callable[[Any], Any] = to_unit_range
+    """Stored tensor -> the model's float input."""
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -236,56 +272,106 @@ def _random(k: int, clip: ClipInputs) -> np.ndarray:
     return rng.permutation(2 * k)
 
 
+# --- what training does with each fusion (torch tensors, in the model's layout (N, C, [T,] H, W)) -----------
+
+
+def _rgb_tensor(spectrogram):
+    return spectrogram[..., None].expand(*spectrogram.shape, 3)
+
+
+def _concat_on_device(faces, spectrogram):
+    """`_concat` of a batch, where the tensors are: (N, [T,] S, 2S, 3)."""
+    import torch
+
+    return torch.cat([faces, _rgb_tensor(spectrogram)], dim=-2)
+
+
+def _stack_on_device(faces, spectrogram):
+    """`_stack` of a batch, where the tensors are: (N, [T,] S, S, 6)."""
+    import torch
+
+    return torch.cat([faces, _rgb_tensor(spectrogram)], dim=-1)
+
+
+def _ablate_concat(x, extra: list, which: str) -> None:
+    width = x.shape[-1] // 2
+    (x[..., width:] if which == "audio" else x[..., :width]).zero_()
+
+
+def _ablate_concat224(x, extra: list, which: str) -> None:
+    _, chunk_width = concat224_widths(x.shape[-2])
+    (x[..., -chunk_width:] if which == "audio" else x[..., :-chunk_width]).zero_()
+
+
+def _ablate_stack(x, extra: list, which: str) -> None:
+    (x[:, 3:] if which == "audio" else x[:, :3]).zero_()
+
+
+def _ablate_sequence(x, extra: list, which: str) -> None:
+    """Items j < K of the stored order are faces, the others spectrogram chunks (x: (N, C, 2K, S, S))."""
+    order = extra[0].long()
+    is_audio = (order >= order.shape[1] // 2).to(x.device)
+    mask = is_audio if which == "audio" else ~is_audio
+    for n in range(x.shape[0]):
+        x[n, :, mask[n]] = 0
+
+
 # --- registry and entry points -------------------------------------------------------------------
 
-FUSIONS: dict[str, FusionSpec] = {
-    spec.name: spec
-    for spec in (
-        FusionSpec(
-            "concat", "CFAS: face | spectrogram side by side, each S x S", _concat_arrays, _concat
-        ),
-        FusionSpec(
-            "concat224",
-            "face squeezed to S-round(16S/224) wide | chunk round(16S/224) wide; 208+16 at S=224",
-            _concat224_arrays,
-            _concat224,
-        ),
-        FusionSpec(
-            "stack", "face in channels 0-2, spectrogram in 3-5 (the seed code)", _stack_arrays, _stack
-        ),
-        FusionSpec(
-            "sum", "SFAS in float: ImageNet-normalised face + normalised spectrogram", _sum_arrays, _sum
-        ),
-        FusionSpec(
-            "ffls",
-            "sequence: faces V_1..V_K first, spectrogram chunks A_1..A_K last",
-            _sequence_arrays,
-            _ordered_sequence(_faces_first),
-            SEQUENCE_VERSION,
-        ),
-        FusionSpec(
-            "fslf",
-            "sequence: spectrogram chunks A_1..A_K first, faces V_1..V_K last",
-            _sequence_arrays,
-            _ordered_sequence(_spectrograms_first),
-            SEQUENCE_VERSION,
-        ),
-        FusionSpec(
-            "ofos",
-            "sequence: V_1 A_1 V_2 A_2 ... alternating",
-            _sequence_arrays,
-            _ordered_sequence(_interleaved),
-            SEQUENCE_VERSION,
-        ),
-        FusionSpec(
-            "rfas",
-            "sequence: the 2K items in a random order seeded per clip, stored in 'order'",
-            _sequence_arrays,
-            _ordered_sequence(_random),
-            SEQUENCE_VERSION,
-        ),
-    )
-}
+FUSIONS: dict[str, FusionSpec] = {}
+"""Every fusion by name, in registration order (the order of the CLI's choices)."""
+
+
+def register_fusion(spec: FusionSpec) -> FusionSpec:
+    """Adds `spec` to FUSIONS; a second fusion of the same name is refused (it would silently replace the first)."""
+    if spec.name == "none":
+        raise ValueError("'none' means no fusion (unimodal and pair encoders); give the fusion another name")
+    if spec.name in FUSIONS:
+        raise ValueError(f"a fusion named {spec.name!r} is already registered")
+    FUSIONS[spec.name] = spec
+    return spec
+
+
+def list_fusions() -> list[str]:
+    """The registered fusion names, in registration order."""
+    return list(FUSIONS)
+
+
+def device_fusions() -> list[str]:
+    """The fusions `--fuse-on-device` can build from the stored faces and audio (those with an `on_device`)."""
+    return [name for name, spec in FUSIONS.items() if spec.on_device is not None]
+
+
+def fusion_choices_help() -> str:
+    """The train command's --fusion help, from the registry: which fusions each encoder kind takes (no torch import,
+    so the CLI starts fast)."""
+    both = [n for n, s in FUSIONS.items() if {"image", "video"} <= set(s.kinds)]
+    only = {kind: [n for n, s in FUSIONS.items() if kind in s.kinds and n not in both] for kind in ("image", "video")}
+    groups = [f"{', '.join(both)} (2D/3D)"] + [f"{', '.join(names)} ({label})" for (kind, names), label in zip(only.items(), ("2D", "3D")) if names]
+    return (f"{', '.join(groups)}, or none (unimodal, and the encoders that fuse themselves: `cli.py encoders`, kinds pair-* "
+            "and sequences). Default: concat for av, none otherwise.")
+
+
+_SEQUENCE = dict(arrays=_sequence_arrays, version=SEQUENCE_VERSION, kinds=("video",), ablation_arrays=("order",), ablate=_ablate_sequence)
+
+for _spec in (
+    FusionSpec("concat", "CFAS: face | spectrogram side by side, each S x S", _concat_arrays, _concat,
+               square=False, ablate=_ablate_concat, on_device=_concat_on_device),
+    FusionSpec("concat224", "face squeezed to S-round(16S/224) wide | chunk round(16S/224) wide; 208+16 at S=224",
+               _concat224_arrays, _concat224, ablate=_ablate_concat224),
+    FusionSpec("stack", "face in channels 0-2, spectrogram in 3-5 (the seed code)", _stack_arrays, _stack,
+               channels=6, ablate=_ablate_stack, on_device=_stack_on_device),
+    FusionSpec("sum", "SFAS in float: ImageNet-normalised face + normalised spectrogram", _sum_arrays, _sum,
+               normalise=as_stored),
+    FusionSpec("ffls", "sequence: faces V_1..V_K first, spectrogram chunks A_1..A_K last",
+               build=_ordered_sequence(_faces_first), **_SEQUENCE),
+    FusionSpec("fslf", "sequence: spectrogram chunks A_1..A_K first, faces V_1..V_K last",
+               build=_ordered_sequence(_spectrograms_first), **_SEQUENCE),
+    FusionSpec("ofos", "sequence: V_1 A_1 V_2 A_2 ... alternating", build=_ordered_sequence(_interleaved), **_SEQUENCE),
+    FusionSpec("rfas", "sequence: the 2K items in a random order seeded per clip, stored in 'order'",
+               build=_ordered_sequence(_random), **_SEQUENCE),
+):
+    register_fusion(_spec)
 
 
 def get_fusion(name: str) -> FusionSpec:

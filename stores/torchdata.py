@@ -1,16 +1,16 @@
 """Model inputs straight from the store: which arrays an encoder reads, and how they become tensors.
 
-Nothing here decodes a video or imports the pipeline: that is the point of the store. A split small enough
-for memory is read once, as uint8 (only its own rows), and turned into float tensors a batch at a time on the
-training device (cheap, and 4x less memory than float); a larger one is streamed from Zarr by the trainer's
-loader (encoders/loader.py), a group of rows per Zarr call.
+Nothing here decodes a video: that is the point of the store. A split small enough for memory is read once, as
+uint8 (only its own rows), and turned into float tensors a batch at a time on the training device (cheap, and 4x
+less memory than float); a larger one is streamed from Zarr by the trainer's loader (encoders/loader.py), a group
+of rows per Zarr call. What a fusion's arrays mean to a model (its channels, how it is ablated, normalised or
+rebuilt on the device) comes from its FusionSpec (pipeline/fuse.py), so a new fusion needs no line here.
 
-`concat` and `stack` can also be built on the device from the stored faces and chunks (`fuse_on_device`):
-4 bytes per pixel read instead of the stored fusion's 6, and the same tensor bit for bit.
+A fusion with an `on_device` builder (`concat`, `stack`) can also be built on the device from the stored faces and
+chunks (`fuse_on_device`): 4 bytes per pixel read instead of the stored fusion's 6, and the same tensor bit for bit.
 
-Every uint8 image is mapped to [-1, 1] the same way, whatever its modality, so faces, spectrograms and
-their fusions are normalised consistently (the seed code did not; SPEC defect 9). The `sum` fusion is
-stored already normalised, as float16.
+Every uint8 image is mapped to [-1, 1] the same way, whatever its modality (pipeline.fuse.to_unit_range); a
+fusion stored already normalised (`sum`, float16) says so by its `normalise`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ import google_crc32c
 import numpy as np
 import torch
 
+from pipeline.fuse import FUSIONS, FusionSpec, device_fusions, get_fusion, to_unit_range
 from stores.codecs import undo_filters
 from stores.shards import EMPTY
 from stores.store import DamagedChunkError, FeatureSet, FeatureStore, StoreError
 
 MODALITIES = ("audio", "vision", "av")
-SEQUENCE_FUSIONS = ("ffls", "fslf", "ofos", "rfas")
-DEVICE_FUSIONS = ("concat", "stack")  # pure copies of faces and chunks: rebuilt on the device, exactly
 
 
 @dataclass(frozen=True)
@@ -55,17 +54,22 @@ class InputRecipe:
     fuse_on_device: bool = False  # parts are (faces, audio); `to_model_inputs` fuses them
 
     @property
+    def fusion_spec(self) -> FusionSpec | None:
+        """The fusion a single-input av encoder reads (None for unimodal, pair and sequence encoders)."""
+        return get_fusion(self.fusion) if self.modality == "av" and self.input_kind in ("image", "video") else None
+
+    @property
     def channels(self) -> int:
         """Channels of the (first) model input, for building the encoder's stem."""
         if self.modality == "audio" or self.input_kind.startswith("pair"):
             return 1 if self.modality == "audio" else 3
-        return 6 if self.fusion == "stack" else 3
+        return self.fusion_spec.channels if self.fusion_spec is not None else 3
 
 
 def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool = False, fuse_on_device: bool = False) -> InputRecipe:
     """The arrays an encoder of `input_kind` reads for `modality` and `fusion`; ValueError lists valid choices.
 
-    `fuse_on_device` reads the faces and audio of a DEVICE_FUSIONS fusion instead of the stored fusion
+    `fuse_on_device` reads the faces and audio of a fusion with an `on_device` builder instead of the stored fusion
     (ignored for the others, which would not read fewer bytes or could not be rebuilt exactly).
     """
     if modality not in MODALITIES:
@@ -83,24 +87,28 @@ def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool
         parts = (Part("audio", "spec" if input_kind == "image" else "chunks"),)
     elif modality == "vision":
         parts = (Part("faces", "middle" if input_kind == "image" else "crops"),)
-    elif fuse_on_device and fusion in DEVICE_FUSIONS and input_kind in ("image", "video"):
+    elif fuse_on_device and get_fusion(fusion).on_device is not None:
         parts = (Part("faces", "middle"), Part("audio", "spec")) if input_kind == "image" else (Part("faces", "crops"), Part("audio", "chunks"))
         return InputRecipe(input_kind, modality, fusion, parts, fuse_on_device=True)
-    else:
-        parts = (Part(f"fusion-{fusion}", "image" if input_kind == "image" else "video"),)
-        if fusion in SEQUENCE_FUSIONS:
-            parts += (Part(f"fusion-{fusion}", "order"),)
+    else:  # the model input (the fusion's "image" or "video" array), then what only ablation reads
+        parts = tuple(Part(f"fusion-{fusion}", array) for array in (input_kind, *get_fusion(fusion).ablation_arrays))
     return InputRecipe(input_kind, modality, fusion, parts)
 
 
 def valid_fusions(input_kind: str, modality: str, *, square_only: bool = False) -> list[str]:
-    """Fusions an encoder can read; `square_only` encoders (ViT-B/16, VideoMAE) cannot take side-by-side S x 2S."""
+    """Fusions an encoder can read, from the registry: those that feed its input kind and, for `square_only` encoders
+    (ViT-B/16, VideoMAE), fit a square input (not side-by-side S x 2S)."""
     if input_kind.startswith("pair") or input_kind == "sequences":
         return ["none"] if modality == "av" else []  # the model itself fuses
     if modality != "av":
         return ["none"]
-    base = ["concat224", "stack", "sum"] if square_only else ["concat", "concat224", "stack", "sum"]
-    return base + list(SEQUENCE_FUSIONS) if input_kind == "video" else base
+    return [name for name, spec in FUSIONS.items() if input_kind in spec.kinds and (spec.square or not square_only)]
+
+
+def default_fusion(input_kind: str, modality: str) -> str:
+    """The fusion a run reads when it names none: concat (the comparison study's) for a single-input av encoder,
+    none for the others (unimodal, and the pair and sequence encoders, which fuse themselves)."""
+    return "concat" if modality == "av" and input_kind in ("image", "video") else "none"
 
 
 def select_feature_sets(store: FeatureStore, faces: str | None = None, audio: str | None = None) -> tuple[FeatureSet, FeatureSet]:
@@ -349,24 +357,22 @@ def to_model_inputs(recipe: InputRecipe, raw: list[torch.Tensor]) -> list[torch.
     """Stored layout (N, [T,] H, W[, C]) -> the encoder's layout, as float in [-1, 1]."""
     if recipe.input_kind == "sequences":
         return sequence_inputs(*raw)
-    if recipe.fuse_on_device:
-        raw = [fuse_on_device(recipe.fusion, *raw)]
-    if recipe.fusion in SEQUENCE_FUSIONS:
-        raw = raw[:1]  # the order array is for ablation only
+    fusion = recipe.fusion_spec
+    if fusion is not None:
+        stored = fuse_on_device(recipe.fusion, *raw) if recipe.fuse_on_device else raw[0]  # raw[1:]: for ablation only
+        return [_layout(recipe, 0, fusion.normalise(stored))]
     return [_layout(recipe, k, _unit(x)) for k, x in enumerate(raw)]
 
 
 def fuse_on_device(fusion: str, faces: torch.Tensor, spectrogram: torch.Tensor) -> torch.Tensor:
-    """The stored `concat` or `stack` fusion of a batch, built where the tensors are (as pipeline/fuse.py does).
+    """The stored fusion of a batch, built where the tensors are by its spec's `on_device` (as pipeline/fuse.py does).
 
-    faces (N, [T,] S, S, 3) and spectrogram (N, [T,] S, S) uint8 -> (N, [T,] S, 2S, 3) or (N, [T,] S, S, 6).
+    faces (N, [T,] S, S, 3) and spectrogram (N, [T,] S, S) uint8 -> e.g. (N, [T,] S, 2S, 3) for concat.
     """
-    rgb = spectrogram[..., None].expand(*spectrogram.shape, 3)
-    if fusion == "concat":
-        return torch.cat([faces, rgb], dim=-2)
-    if fusion == "stack":
-        return torch.cat([faces, rgb], dim=-1)
-    raise ValueError(f"fusion '{fusion}' is not built on the device; only {', '.join(DEVICE_FUSIONS)} are")
+    build = get_fusion(fusion).on_device
+    if build is None:
+        raise ValueError(f"fusion '{fusion}' is not built on the device; only {', '.join(device_fusions())} are")
+    return build(faces, spectrogram)
 
 
 def sequence_inputs(lld: torch.Tensor, lld_frames: torch.Tensor, embedding: torch.Tensor, found: torch.Tensor) -> list[torch.Tensor]:
@@ -377,7 +383,7 @@ def sequence_inputs(lld: torch.Tensor, lld_frames: torch.Tensor, embedding: torc
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+    return to_unit_range(x) if x.dtype == torch.uint8 else x.float()
 
 
 def _layout(recipe: InputRecipe, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -408,21 +414,8 @@ def ablate(recipe: InputRecipe, inputs: list[torch.Tensor], raw: list[torch.Tens
             inputs[k].zero_()
     elif recipe.input_kind.startswith("pair"):
         inputs[1 if which == "audio" else 0].zero_()
-    elif recipe.fusion == "concat":
-        width = inputs[0].shape[-1] // 2
-        (inputs[0][..., width:] if which == "audio" else inputs[0][..., :width]).zero_()
-    elif recipe.fusion == "concat224":
-        chunk_width = max(1, round(16 * inputs[0].shape[-2] / 224))  # as pipeline.fuse.concat224_widths
-        (inputs[0][..., -chunk_width:] if which == "audio" else inputs[0][..., :-chunk_width]).zero_()
-    elif recipe.fusion == "stack":
-        (inputs[0][:, 3:] if which == "audio" else inputs[0][:, :3]).zero_()
-    elif recipe.fusion in SEQUENCE_FUSIONS:
-        order = raw[1].long()  # (N, 2K): item j < K is a face, j >= K a spectrogram chunk
-        k = order.shape[1] // 2
-        is_audio = (order >= k).to(inputs[0].device)
-        mask = is_audio if which == "audio" else ~is_audio
-        for n in range(inputs[0].shape[0]):
-            inputs[0][n, :, mask[n]] = 0
+    elif recipe.fusion_spec is not None and recipe.fusion_spec.ablate is not None:
+        recipe.fusion_spec.ablate(inputs[0], [] if recipe.fuse_on_device else raw[1:], which)  # the stored ablation_arrays
     else:
         raise ValueError(f"fusion '{recipe.fusion}' mixes the modalities into one value per pixel; it cannot be ablated")
     return inputs

@@ -1,8 +1,9 @@
+import re
 from pathlib import Path
 
 import pytest
 
-from pipeline.corpora import CorpusError, cremad, load_corpus, manifest, ravdess
+from pipeline.corpora import CorpusError, cremad, list_corpora, load_corpus, manifest, ravdess
 from pipeline.records import CREMA_D_EMOTIONS
 from pipeline.splits import assign_splits, check_disjoint
 
@@ -106,5 +107,5 @@ def test_manifest_resolves_paths_keeps_splits_and_checks_them(tmp_path):
 
 
 def test_unknown_dataset_lists_choices(tmp_path):
-    with pytest.raises(CorpusError, match="unknown dataset 'nope'; choose one of: crema-d, manifest, ravdess, sample"):
+    with pytest.raises(CorpusError, match=re.escape(f"unknown dataset 'nope'; choose one of: {', '.join(list_corpora())}")):
         load_corpus("nope", tmp_path)

@@ -176,3 +176,55 @@ def test_ulp_distance_counts_representable_values_across_zero_and_types():
         smallest = np.nextafter(dtype(0), dtype(1))
         assert ulp_distance(np.array([-smallest]), np.array([smallest])).tolist() == [2]  # -tiny, ±0, +tiny
     assert ulp_distance(np.array([3, 250], np.uint8), np.array([4, 5], np.uint8)).tolist() == [1, 245]
+
+
+def stage_fingerprints() -> dict[str, str]:
+    """Every stage's fingerprint for default settings: faces, audio, lld, and each fusion made from those faces and audio."""
+    from pipeline.compare import LldConfig
+    from pipeline.extract import audio_params, face_params, fusion_params, lld_params
+    from pipeline.faces import FaceConfig
+    from pipeline.fuse import FUSIONS
+    from stores.fingerprint import fingerprint
+
+    mel = MelConfig()
+    found = {"faces": fingerprint(face_params(FaceConfig())), "audio": fingerprint(audio_params(mel, 16, 224)),
+             "lld": fingerprint(lld_params(LldConfig(), mel, 16))}
+    return {**found, **{f"fusion-{name}": fingerprint(fusion_params(name, found["faces"], found["audio"], 0)) for name in FUSIONS}}
+
+
+def test_a_stage_version_re_fingerprints_that_stage_alone(monkeypatch):
+    """One global version used to re-fingerprint faces and audio (and so every store's sets) when one fusion's
+    formula changed. Now each stage's version moves its own fingerprint, and those of the fusions made from it."""
+    import dataclasses
+
+    from pipeline.compare import LldConfig
+    from pipeline.faces import FaceConfig
+    from pipeline.fuse import FUSIONS
+
+    before = stage_fingerprints()
+    fusions = {f"fusion-{name}" for name in FUSIONS}
+    for stage, config, moves_too in (("faces", FaceConfig, fusions), ("audio", MelConfig, fusions), ("lld", LldConfig, set())):
+        with monkeypatch.context() as patch:
+            patch.setattr(config, "VERSION", config.VERSION + 1)
+            after = stage_fingerprints()
+        assert {k for k in before if after[k] != before[k]} == {stage, *moves_too}, stage
+    for name, spec in FUSIONS.items():
+        with monkeypatch.context() as patch:
+            patch.setitem(FUSIONS, name, dataclasses.replace(spec, version=spec.version + 1))
+            after = stage_fingerprints()
+        assert {k for k in before if after[k] != before[k]} == {f"fusion-{name}"}, name
+
+
+def test_stores_made_before_stage_versions_keep_their_fingerprints():
+    """Every stage's params still say "algorithm": 3, the one global version every stage had before each got its
+    own, and a fusion at version 1 adds nothing: a store made then finds its feature sets (checked once by hand: a
+    store extracted by the code before this change was reused whole by extract after it)."""
+    from pipeline.compare import LldConfig
+    from pipeline.extract import FUSION_BASE_VERSION, audio_params, face_params, fusion_params, lld_params
+    from pipeline.faces import FaceConfig
+    from pipeline.fuse import FUSIONS
+
+    mel = MelConfig()
+    params = [face_params(FaceConfig()), audio_params(mel, 16, 224), lld_params(LldConfig(), mel, 16), *(fusion_params(n, "f", "a", 0) for n in FUSIONS)]
+    assert {p["algorithm"] for p in params} == {FUSION_BASE_VERSION} == {3}
+    assert all(("fusion_version" in p) == (FUSIONS[p["fusion"]].version > 1) for p in params if p["stage"] == "fusion")

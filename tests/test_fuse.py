@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -12,12 +14,15 @@ from pipeline.fuse import (
     concat224_widths,
     fuse,
     fusion_arrays,
+    list_fusions,
+    register_fusion,
     side_by_side,
 )
 
 T, S = 6, 16
 K = T // 2
-SEQUENCE_FUSIONS = ("ffls", "fslf", "ofos", "rfas")
+SEQUENCE_FUSIONS = [name for name in FUSIONS if "order" in fusion_arrays(name, T, S)]
+"""MultiMAE-DER's token sequences: the fusions that record the order of their items."""
 
 
 def make_clip(frames: int = T, size: int = S, clip_id: str = "1001_DFA_ANG_XX") -> dict:
@@ -50,9 +55,13 @@ def test_outputs_match_declared_arrays(name: str) -> None:
         assert fused[key].dtype == np.dtype(dtype), key
 
 
-def test_registry_entries_are_described() -> None:
-    assert set(FUSIONS) == {"concat", "concat224", "stack", "sum", *SEQUENCE_FUSIONS}
-    assert all(spec.name == name and spec.description for name, spec in FUSIONS.items())
+def test_registry_entries_are_described_and_names_unique() -> None:
+    assert SEQUENCE_FUSIONS and all(spec.name == name and spec.description for name, spec in FUSIONS.items())
+    assert list_fusions() == list(FUSIONS)
+    for taken in (next(iter(FUSIONS)), "none"):  # a second spec of a name, or the word for "no fusion"
+        with pytest.raises(ValueError, match=repr(taken)):
+            register_fusion(dataclasses.replace(next(iter(FUSIONS.values())), name=taken))
+    assert "none" not in FUSIONS
 
 
 def test_unknown_fusion_lists_valid_names() -> None:
@@ -236,16 +245,18 @@ def test_each_face_item_is_a_face_from_its_audio_items_span(frames: int) -> None
         assert step[0] < centre <= step[0] + 1, (j, step, centre)
 
 
-def test_only_the_sequence_fusions_get_a_new_fingerprint() -> None:
-    """A store's sequence sets made when the odd steps were dropped must not be reused; the other fusions'
-    numbers did not change, so their sets (params as stores hold them) still are."""
-    from pipeline.extract import ALGORITHM_VERSION, fusion_params
+def test_only_fusions_past_version_1_get_a_new_fingerprint() -> None:
+    """A store's sequence sets made when the odd steps were dropped must not be reused (the sequences are at version
+    2); the other fusions' numbers did not change, so their sets (params as stores hold them: the one global version,
+    3, that every stage had then) still are."""
+    from pipeline.extract import fusion_params
     from stores.fingerprint import fingerprint
 
+    assert {FUSIONS[name].version for name in SEQUENCE_FUSIONS} == {2}
     for name in FUSIONS:
-        as_stored_before = {"stage": "fusion", "fusion": name, "faces": "f", "audio": "a", "seed": 0, "algorithm": ALGORITHM_VERSION}
+        as_stored_before = {"stage": "fusion", "fusion": name, "faces": "f", "audio": "a", "seed": 0, "algorithm": 3}
         now = fingerprint(fusion_params(name, "f", "a", 0))
-        assert (now != fingerprint(as_stored_before)) == (name in SEQUENCE_FUSIONS), name
+        assert (now != fingerprint(as_stored_before)) == (FUSIONS[name].version > 1), name
 
 
 def test_rfas_is_a_recorded_reproducible_permutation() -> None:

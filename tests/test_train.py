@@ -12,7 +12,8 @@ import torch
 from encoders.registry import get_spec, list_models
 from encoders.train import TrainConfig, load_data, train
 from stores.store import FeatureStore
-from stores.torchdata import SEQUENCE_FUSIONS, ablate, recipe_for, to_model_inputs, valid_fusions
+from pipeline.fuse import FUSIONS
+from stores.torchdata import ablate, recipe_for, to_model_inputs, valid_fusions
 from tests.conftest import extract_sample_store, open_up, run_cli, run_cli_unprivileged
 
 FAST = dict(epochs=12, batch_size=8)
@@ -22,7 +23,7 @@ FAST = dict(epochs=12, batch_size=8)
 def store(tmp_path_factory) -> str:
     """A learnable sample corpus (6 actors: 4 train, 1 val, 1 test) extracted with every fusion."""
     return extract_sample_store(tmp_path_factory, "sample.zarr", actors=6, sentences=2, seed=1, frames=8, size=48, detect_every=3,
-                                fusions=("concat", "concat224", "stack", "sum", "ffls", "fslf", "ofos", "rfas"))
+                                fusions=tuple(FUSIONS))
 
 
 @pytest.mark.slow
@@ -88,12 +89,12 @@ def test_every_input_the_store_serves_has_the_encoder_layout_and_both_halves_mat
     raw = [m[:4] for m in split.memory]
     inputs = to_model_inputs(data.recipe, raw)
     assert all(x.dtype == torch.float32 and x.abs().max() <= 4 for x in inputs)
-    channels = {"audio": 1, "vision": 3}.get(modality, 6 if fusion == "stack" else 3)
+    channels = {"audio": 1, "vision": 3}.get(modality) or (FUSIONS[fusion].channels if fusion in FUSIONS else 3)
     if kind == "image":
         assert inputs[0].shape[1] == channels and inputs[0].dim() == 4
     elif kind == "video":
         assert inputs[0].shape[1] == channels and inputs[0].dim() == 5
-    if modality == "av" and fusion != "sum":
+    if modality == "av" and (fusion == "none" or FUSIONS[fusion].ablate is not None):  # the others mix both modalities into each value
         for half in ("audio", "vision"):
             changed = ablate(data.recipe, inputs, raw, half)
             assert any(not torch.equal(a, b) for a, b in zip(changed, inputs)), (half, fusion)
@@ -103,9 +104,11 @@ def test_every_input_the_store_serves_has_the_encoder_layout_and_both_halves_mat
 def test_recipes_refuse_pairs_that_cannot_go_together():
     with pytest.raises(ValueError, match="takes --fusion none, not 'concat'"):
         recipe_for("image", "audio", "concat")
-    with pytest.raises(ValueError, match="concat \\| concat224 \\| stack \\| sum, not 'fslf'"):
-        recipe_for("image", "av", "fslf")
-    assert set(SEQUENCE_FUSIONS) <= set(valid_fusions("video", "av"))
+    video_only = next(name for name, spec in FUSIONS.items() if "image" not in spec.kinds)
+    with pytest.raises(ValueError, match=f"{' | '.join(valid_fusions('image', 'av'))}, not '{video_only}'".replace("|", "\\|")):
+        recipe_for("image", "av", video_only)
+    assert set(valid_fusions("image", "av")) | set(valid_fusions("video", "av")) == set(FUSIONS)  # each fusion feeds some encoder
+    assert not [name for name in valid_fusions("image", "av", square_only=True) if not FUSIONS[name].square]
 
 
 @pytest.mark.heavy  # the slowest end-to-end paths run in `make test-all`

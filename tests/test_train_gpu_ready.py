@@ -23,6 +23,7 @@ from encoders.device import plan_for, prepare_model
 from encoders.loader import Loader, LoaderConfig, epoch_order, rank_share
 from encoders.registry import get_spec, list_models
 from encoders.train import CPU_IN_MEMORY_CAP_GB, TrainConfig, build_model, evaluate, load_data, memory_limit_bytes, prepare
+from pipeline.fuse import device_fusions
 from stores.torchdata import read_rows, to_model_inputs
 from tests.conftest import REPO, extract_sample_store, run_cli
 
@@ -33,7 +34,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 def store(tmp_path_factory) -> str:
     """24 clips of 4 actors (12 train, 6 val, 6 test), T=8, 48 px, with the concat and stack fusions."""
     return extract_sample_store(tmp_path_factory, "small.zarr", actors=4, sentences=1, seed=1, frames=8, size=48, detect_every=3,
-                                fusions=("concat", "stack"))
+                                fusions=tuple(device_fusions()))
 
 
 # ---- 1. the device plan, with every encoder -------------------------------------------------------------
@@ -160,7 +161,7 @@ def test_streamed_batches_equal_in_memory_ones_and_workers_persist_across_passes
         loader.close()
 
 
-@pytest.mark.parametrize("kind, fusion", [("image", "concat"), ("video", "concat"), ("image", "stack"), ("video", "stack")])
+@pytest.mark.parametrize("kind, fusion", [(kind, fusion) for fusion in device_fusions() for kind in ("image", "video")])
 def test_a_fusion_built_on_the_device_equals_the_stored_one(store, kind, fusion):
     encoder = "resnet18" if kind == "image" else "simple3d"
     stored = load_data(store, TrainConfig(encoder=encoder, modality="av", fusion=fusion))

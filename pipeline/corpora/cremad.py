@@ -20,7 +20,7 @@ import logging
 import re
 from pathlib import Path
 
-from pipeline.corpora import Corpus, CorpusError
+from pipeline.corpora import CorpusError, register_corpus
 from pipeline.records import CREMA_D_EMOTIONS, ClipRecord
 from pipeline.votes import read_tabulated_votes
 
@@ -63,6 +63,7 @@ def record_for(name: str, video_path: Path, audio_path: Path | None, broken: dic
     )
 
 
+@register_corpus("crema-d", description="CREMA-D as distributed (VideoFlash/*.flv, AudioWAV/*.wav)", class_names=CREMA_D_EMOTIONS)
 def load(root: Path, meta: Path | None = None, *, known_broken: dict[str, str] = KNOWN_BROKEN) -> list[ClipRecord]:
     """Records for every `VideoFlash/*.flv` under `root`, sorted by clip id."""
     root = Path(root)
@@ -134,6 +135,7 @@ def join_metadata(records: list[ClipRecord], meta: Path) -> list[ClipRecord]:
     return joined
 
 
+@register_corpus("sample", description="the generated sample corpus (`cli.py sample`), in CREMA-D's layout", class_names=CREMA_D_EMOTIONS)
 def load_sample(root: Path, meta: Path | None = None) -> list[ClipRecord]:
     """The generated sample corpus: CREMA-D's layout; its deliberately broken clips are listed in SAMPLE.json.
 
@@ -146,8 +148,3 @@ def load_sample(root: Path, meta: Path | None = None) -> list[ClipRecord]:
         broken = {b["id"]: f"generated to fail with {b['expect']}" for b in json.loads(described.read_text()).get("broken", [])}
     return load(root, meta, known_broken=broken)
 
-
-CORPUS = Corpus("crema-d", "CREMA-D as distributed (VideoFlash/*.flv, AudioWAV/*.wav)", CREMA_D_EMOTIONS, load)
-SAMPLE_CORPUS = Corpus(
-    "sample", "the generated sample corpus (`cli.py sample`), in CREMA-D's layout", CREMA_D_EMOTIONS, load_sample
-)

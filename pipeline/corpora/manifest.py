@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipeline.corpora import Corpus, CorpusError
+from pipeline.corpora import CorpusError, register_corpus
 from pipeline.labels import EMOTIONS, class_name, corpus_class_list, declared_classes
 from pipeline.records import ClipRecord
 from pipeline.votes import manifest_votes
@@ -114,4 +114,5 @@ def _resolve(base: Path, value: str) -> Path:
     return candidate if candidate.is_absolute() else base / candidate
 
 
-CORPUS = Corpus("manifest", "any corpus from a CSV (video,label,speaker[,audio,split,id])", (), load)
+register_corpus("manifest", description="any corpus from a CSV (video,label,speaker[,audio,split,id])",
+                derive_classes=class_list)(load)  # here, below class_list: its class list is the records' own

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.corpora import Corpus, CorpusError
+from pipeline.corpora import CorpusError, register_corpus
 from pipeline.records import ClipRecord
 
 EMOTIONS: tuple[str, ...] = ("NEU", "CAL", "HAP", "SAD", "ANG", "FEA", "DIS", "SUR")
@@ -20,6 +20,7 @@ EMOTIONS: tuple[str, ...] = ("NEU", "CAL", "HAP", "SAD", "ANG", "FEA", "DIS", "S
 NAME_RE = re.compile(r"^(?P<modality>\d\d)-(?P<channel>\d\d)-(?P<emotion>0[1-8])-(?P<intensity>\d\d)-(?P<statement>\d\d)-(?P<repetition>\d\d)-(?P<actor>\d\d)$")
 
 
+@register_corpus("ravdess", description="RAVDESS audio-visual files (Actor_XX/01-*.mp4), 8 emotions", class_names=EMOTIONS)
 def load(root: Path, meta: Path | None = None) -> list[ClipRecord]:
     root = Path(root)
     if not root.is_dir():
@@ -49,5 +50,3 @@ def load(root: Path, meta: Path | None = None) -> list[ClipRecord]:
         raise CorpusError(f"'{root}' holds no audio-visual files (modality 01, named 01-…); download the audio-visual RAVDESS archives")
     return records
 
-
-CORPUS = Corpus("ravdess", "RAVDESS audio-visual files (Actor_XX/01-*.mp4), 8 emotions", EMOTIONS, load)
