@@ -123,6 +123,42 @@ def test_the_api_batches_are_what_train_feeds(store, trained):
     assert first.rows.tolist() == api[0].rows.tolist() and all(torch.equal(a, b) for a, b in zip(first.inputs, api[0].inputs))
 
 
+def _rank_batches(rank: int, world: int, store: str, port: int, out: str) -> None:
+    """One torch.distributed (gloo) process: the rows of its API batches, train and test."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        opened, rows = avstore.open_store(store), {}
+        for split in ("train", "test"):
+            with opened.loader(split, **RECIPE, batch_size=4, seed=CONFIG.seed, workers=0) as batches:
+                rows[split] = [b.rows.tolist() for b in batches]
+                rows[f"{split}_len"] = len(batches)
+        Path(out, f"rank{rank}.json").write_text(json.dumps(rows))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_under_torch_distributed_each_rank_takes_its_share_of_the_same_order(store, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_rank_batches, args=(2, store, port, str(tmp_path)), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    opened = avstore.open_store(store)
+    with opened.loader("train", **RECIPE, batch_size=4, seed=CONFIG.seed, workers=0) as batches:
+        order = [r for b in batches for r in b.rows.tolist()]
+    half = len(order) // 2
+    assert [r for b in ranks[0]["train"] for r in b] == order[:half]  # equal, contiguous shares of one epoch order
+    assert [r for b in ranks[1]["train"] for r in b] == order[half : 2 * half]
+    assert all(len(r["train"]) == r["train_len"] for r in ranks)
+    test = opened.partition(**RECIPE)["test"]["clips"]
+    assert sum(len(b) for r in ranks for b in r["test"]) == len(test)  # evaluation: every clip once over the ranks
+    assert sorted(x for r in ranks for b in r["test"] for x in b) == sorted(set(x for r in ranks for b in r["test"] for x in b))
+
+
 class TinyNet(torch.nn.Module):
     """A model of the user's own, not from the encoder registry: one conv over the audio chunks, one linear."""
 
