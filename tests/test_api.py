@@ -123,6 +123,21 @@ def test_the_api_batches_are_what_train_feeds(store, trained):
     assert first.rows.tolist() == api[0].rows.tolist() and all(torch.equal(a, b) for a, b in zip(first.inputs, api[0].inputs))
 
 
+@pytest.mark.parametrize("recipe", [
+    dict(input_kind="image", modality="audio", fusion="none"), dict(input_kind="video", modality="vision", fusion="none"),
+    dict(input_kind="video", modality="av", fusion="concat"), dict(input_kind="image", modality="av", fusion="stack", fuse_on_device=True),
+    dict(input_kind="pair-video", modality="av", fusion="none")])
+def test_a_dataset_item_is_the_loader_s_row_for_every_kind_of_recipe(store, recipe):
+    opened = avstore.open_store(store)
+    dataset = opened.dataset("val", **recipe)
+    with opened.loader("val", **recipe, batch_size=len(dataset), workers=0) as batches:  # evaluation order: the split's
+        batch = next(iter(batches))
+    for i in (0, len(dataset) - 1):
+        item = dataset[i]
+        assert len(item.inputs) == len(batch.inputs) and all(torch.equal(a, b[i]) for a, b in zip(item.inputs, batch.inputs))
+        assert (item.label, item.speaker, item.clip_id) == (int(batch.labels[i]), batch.speakers[i], batch.clip_ids[i])
+
+
 def _rank_batches(rank: int, world: int, store: str, port: int, out: str) -> None:
     """One torch.distributed (gloo) process: the rows of its API batches, train and test."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
