@@ -92,6 +92,18 @@ def test_a_store_opens_read_only_by_default_and_refuses_writes(store):
         avstore.open_store(store, mode="w")
 
 
+def test_an_unfinished_store_is_read_only_with_allow_partial_as_train_reads_it(store, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    stores.state.mark_unfinished(copy)  # as an interrupted extract leaves it
+    opened = avstore.open_store(copy)
+    assert opened.feature_sets() and opened.statuses()  # what it holds can still be looked at
+    with pytest.raises(stores.state.PartialStoreError, match="allow-partial"):
+        opened.dataset("train", **RECIPE)
+    partial = avstore.open_store(copy, allow_partial=True).dataset("train", **RECIPE)
+    assert partial.clip_ids == avstore.open_store(store).dataset("train", **RECIPE).clip_ids
+
+
 def test_the_api_split_rows_are_train_s_partition_json(store, trained):
     recorded = json.loads((trained["out"] / "partition.json").read_text())
     api = avstore.open_store(store).partition(**RECIPE)
