@@ -34,7 +34,7 @@ import torch
 from encoders import partition as run_partition
 from encoders.loader import Loader, LoaderConfig, default_workers
 from encoders.rows import RowOptions, Selection, hold_splits, select_rows
-from stores.splits import generations, replay_folds
+from stores.splits import PARTITIONS, generations, replay_folds
 from stores.state import check_finished
 from stores.store import FeatureStore
 from stores.torchdata import StoreSplit, to_model_inputs
@@ -174,6 +174,11 @@ class Store:
             options = {"input_kind": spec.input_kind, "square_only": spec.square_input, **options}
         return select_rows(self.feature_store, RowOptions(**options))
 
+    def _split_selection(self, split: str, options: dict) -> Selection:
+        if split not in PARTITIONS:
+            raise ValueError(f"split takes {' | '.join(PARTITIONS)}, not '{split}'")
+        return self.select(**options)
+
     def partition(self, **options: Any) -> dict:
         """{split: {"speakers", "clips"}, "fold_rule"}: the usable clips of each split, as a `train` run with these
         options records them in its partition.json."""
@@ -186,7 +191,7 @@ class Store:
 
         Held in memory when it fits `train`'s budget (`max_memory_gb`, else the default for `device`), else
         read from the store per item; `in_memory` forces either."""
-        selection = self.select(**options)
+        selection = self._split_selection(split, options)
         if in_memory is not None:
             max_memory_gb = float("inf") if in_memory else 0.0
         splits, _ = hold_splits(selection, (split,), max_memory_gb, device)
@@ -199,7 +204,7 @@ class Store:
         sharded by rank under torch.distributed (equal shares when shuffled, every clip once otherwise).
 
         `shuffle` defaults to True for "train" only; `workers`: streaming processes (default: from the CPU count)."""
-        selection = self.select(**options)
+        selection = self._split_selection(split, options)
         splits, _ = hold_splits(selection, (split,), max_memory_gb, device)
         shuffle = split == "train" if shuffle is None else shuffle
         rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())

@@ -90,6 +90,10 @@ def test_a_store_opens_read_only_by_default_and_refuses_writes(store):
     assert "touched" not in FeatureStore.open(store).root.attrs
     with pytest.raises(ValueError, match="mode takes 'r'"):
         avstore.open_store(store, mode="w")
+    with pytest.raises(ValueError, match=re.escape("split takes train | val | test, not 'tset'")):
+        opened.dataset("tset", **RECIPE)
+    with pytest.raises(TypeError, match="unknown option.*modalty"):
+        opened.loader("train", modalty="audio")
 
 
 def test_an_unfinished_store_is_read_only_with_allow_partial_as_train_reads_it(store, tmp_path):
