@@ -96,10 +96,12 @@ def clip_targets(store: FeatureStore, table: dict[str, np.ndarray]) -> ClipTarge
     return ClipTargets(intended=np.asarray(table["label"], np.int64), clip_ids=np.asarray(table["clip_id"]), votes=votes)
 
 
-def training_targets(store: FeatureStore, table: dict[str, np.ndarray], usable: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def training_targets(store: FeatureStore, table: dict[str, np.ndarray], usable: np.ndarray, target: str,
+                     targets: ClipTargets | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(usable rows that have the target, hard labels of every row, notes for the log). A perceived target on a
-    store without its votes is refused (StoreError), naming how to add them."""
-    targets = clip_targets(store, table)
+    store without its votes is refused (StoreError), naming how to add them. `targets`: the store's, when the
+    caller read them already (a run reads them once: encoders/rows.py)."""
+    targets = targets if targets is not None else clip_targets(store, table)
     has = targets.has(target)
     if target != "intended" and not has.any():
         raise StoreError(f"store '{store.location}' holds no {modality_of(target)} votes for --target {target}; extract with "
@@ -110,9 +112,10 @@ def training_targets(store: FeatureStore, table: dict[str, np.ndarray], usable: 
     return usable & has, targets.hard(target), notes
 
 
-def soft_targets(store: FeatureStore, table: dict[str, np.ndarray], rows: dict[str, np.ndarray], target: str) -> dict[str, torch.Tensor]:
-    """Split name -> (rows, K) float32 vote distributions, for `--labels soft`."""
-    dist = clip_targets(store, table).soft(target, len(store.class_names))
+def soft_targets(store: FeatureStore, table: dict[str, np.ndarray], rows: dict[str, np.ndarray], target: str,
+                 targets: ClipTargets | None = None) -> dict[str, torch.Tensor]:
+    """Split name -> (rows, K) float32 vote distributions, for `--labels soft` (`targets`: as training_targets)."""
+    dist = (targets if targets is not None else clip_targets(store, table)).soft(target, len(store.class_names))
     return {name: torch.as_tensor(dist[r], dtype=torch.float32) for name, r in rows.items()}
 
 
@@ -190,11 +193,14 @@ def score_targets(log_q: np.ndarray, targets: ClipTargets, rows: np.ndarray, cla
 
 
 def score_run(model: torch.nn.Module, data, plan, config, location: str, ablation: str | None = None) -> dict[str, Any]:
-    """metrics.json's "targets": what was trained, and the test split scored against all four targets."""
-    store = FeatureStore.open(location)
-    table = store.clip_table()
+    """metrics.json's "targets": what was trained, and the test split scored against all four targets (the
+    store's targets as the run read them, `data.targets`, else read now)."""
+    targets = getattr(data, "targets", None)
+    if targets is None:
+        store = FeatureStore.open(location)
+        targets = clip_targets(store, store.clip_table())
     log_q = predict_log_probabilities(model, data, "test", plan, config.batch_size, ablation)
-    scored = score_targets(log_q, clip_targets(store, table), data.splits["test"].rows, data.class_names)
+    scored = score_targets(log_q, targets, data.splits["test"].rows, data.class_names)
     return {"trained": {"target": config.target, "labels": config.labels, "tie_seed": TIE_SEED}, **scored}
 
 

@@ -43,28 +43,20 @@ from tqdm import tqdm
 from encoders import partition as run_partition
 from encoders import predictions as run_predictions
 from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, plan_for, prepare_model
-from encoders.loader import Loader, LoaderConfig, check_workers, default_workers
+from encoders.loader import CPU_IN_MEMORY_CAP_GB, Loader, LoaderConfig, check_workers, default_workers, memory_limit_bytes  # noqa: F401 (re-exported)
 from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
 from encoders.registry import encoder_config, get_model, get_spec, list_models
-from encoders.targets import batch_target, check_target, score_run, soft_targets, training_targets
+from encoders.rows import MissingFusionError, RowOptions, hold_splits, select_rows  # noqa: F401 (MissingFusionError re-exported)
+from encoders.targets import ClipTargets, batch_target, check_target, score_run, soft_targets
 from stores.provenance import code_commit, library_versions
-from stores.selection import usable_rows
-from stores.sequences import sequence_sets
+from stores.splits import PARTITIONS
 from stores.state import StoreState, check_finished, describe_partial, partial_record
-from stores.store import FeatureStore, StoreError
-from stores.torchdata import (
-    InputRecipe, StoreSplit, ablate, fusion_set, read_rows, recipe_for, select_feature_sets, to_model_inputs,
-)
+from stores.store import FeatureStore
+from stores.torchdata import InputRecipe, StoreSplit, ablate, read_rows, to_model_inputs
 
 ENCODER_TYPE = {"image": "2D", "video": "3D", "pair-image": "fusion", "pair-video": "fusion", "sequences": "fusion"}
 
-class MissingFusionError(StoreError):
-    """The store has no cached fusion for these faces and audio; `fusion` says which."""
-
-    def __init__(self, fusion: str, location: str):
-        super().__init__(f"store '{location}' has no '{fusion}' fusion yet; derive it with `python cli.py extract ... --fusion {fusion}`")
-        self.fusion = fusion
 
 
 @dataclass(frozen=True)
@@ -97,6 +89,14 @@ class TrainConfig:
     embed: str | None = None
     encoder_options: dict = dataclasses.field(default_factory=dict)  # the encoder's own settings (registry: its options class)
 
+    def row_options(self) -> RowOptions:
+        """What this run reads (encoders/rows.py): its encoder's input recipe, feature sets, split and target."""
+        spec = get_spec(self.encoder)
+        return RowOptions(input_kind=spec.input_kind, modality=self.modality, fusion=self.fusion, square_only=spec.square_input,
+                          fuse_on_device=self.fuse_on_device, faces=self.faces, audio=self.audio, lld=self.lld, embed=self.embed,
+                          split_seed=self.split_seed, fold=self.fold, folds=self.folds, include_broken=self.include_broken,
+                          target=self.target)
+
     def resolved(self) -> "TrainConfig":
         """Defaults filled in; ValueError (one line, naming the fix) for options no run could use."""
         if self.amp not in AMP_CHOICES:
@@ -125,28 +125,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-CPU_IN_MEMORY_CAP_GB = 0.5
-"""The most a CPU run holds in memory by default. On CPU the training step itself takes ~2.2 GB (resnet18, 2D
-concat, 224 px, batch 32: its activations), and a step is far slower than streaming the rows it needs, so holding
-the splits buys no speed there; uncapped, the process grew with the corpus (4.5 GB at CREMA-D size, issue 11).
-On a GPU the activations live on the device and the loader can be the bottleneck: half the available RAM."""
-
-
-def memory_limit_bytes(max_memory_gb: float | None, device: str) -> float:
-    """Bytes of splits to hold in memory: as asked, else half the RAM available now, shared by the node's ranks,
-    and on CPU at most CPU_IN_MEMORY_CAP_GB."""
-    if max_memory_gb is not None:
-        return max_memory_gb * 1e9
-    available = None
-    try:
-        with open("/proc/meminfo") as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    limit = available / 2 / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return limit if device.startswith("cuda") else min(limit, CPU_IN_MEMORY_CAP_GB * 1e9)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -173,6 +151,7 @@ class Data:
     labelled: np.ndarray | None = None  # per training position, whether its label is used (None: all are)
     warnings: list[str] = dataclasses.field(default_factory=list)  # what the run's inputs are not (metrics.json)
     embeddings_random_init: bool = False  # face embeddings of a randomly initialised backbone (cli.py embed without --weights)
+    targets: ClipTargets | None = None  # every target of every clip row, read once per run (training, soft labels, scoring)
 
     def holding(self) -> str:
         """Where the rows come from, and why: one line of the log."""
@@ -182,70 +161,44 @@ class Data:
         return f"streamed ({size} > {limit}; --max-memory-gb raises it)"
 
 
-def load_data(location: str, config: TrainConfig, recorded: dict | None = None, *, allow_partial: bool = False) -> Data:
+def load_data(location: str, config: TrainConfig, recorded: dict | None = None, *, allow_partial: bool = False, checked: bool = False) -> Data:
     """The run's data; `recorded` (a run's partition.json) selects exactly the clips that run used.
 
     A store being written or never finished is refused (PartialStoreError) unless `allow_partial`: its
-    committed clips look like a small finished store, and a run would silently train on a fraction of them."""
+    committed clips look like a small finished store, and a run would silently train on a fraction of them.
+    `checked`: the caller (train) has just checked that already, so the store's listing is not read twice.
+    Which rows, splits and labels: encoders/rows.py, the one selection the Python API (avstore.py) uses too."""
     store = FeatureStore.open(location)
-    check_finished(location, allow_partial=allow_partial)
-    spec = get_spec(config.encoder)
-    recipe = recipe_for(spec.input_kind, config.modality, config.fusion, square_only=spec.square_input, fuse_on_device=config.fuse_on_device)
-    faces, audio = select_feature_sets(store, config.faces, config.audio)
-    sets = {"faces": faces.name, "audio": audio.name}
-    sequences = None
-    if any(p.source in ("lld", "embed") for p in recipe.parts):  # seed 002: LLD frames and face embeddings
-        sequences = sequence_sets(store, faces, config.lld, config.embed)
-        sets.update(lld=sequences[0].name, embed=sequences[1].name)
-    fused = None
-    if any(p.source.startswith("fusion-") for p in recipe.parts):
-        fused = fusion_set(store, config.fusion, faces, audio)
-        if fused is None:
-            raise MissingFusionError(config.fusion, location)
-        sets[f"fusion-{config.fusion}"] = fused.name
-    table = store.clip_table()
-    store_split = run_partition.split_column(store, table, split_seed=config.split_seed, fold=config.fold, folds=config.folds)
-    # Clips whose faces AND audio are ok, for every modality: audio, vision and fused runs compare like with like.
-    ok, excluded_broken = usable_rows(faces, audio, fused, table["broken"], include_broken=config.include_broken)
-    if sequences is not None:
-        ok &= sequences[0].ok() & sequences[1].ok()
-    ok, labels, target_notes = training_targets(store, table, ok, config.target)  # --target: encoders/targets.py
-    rows = {name: np.flatnonzero(ok & (store_split == name)) for name in ("train", "val", "test")}
-    notes = list(target_notes)
-    if recorded is not None:
-        rows, notes = run_partition.recorded_rows(table, ok, recorded, store_split, location)
-    for name, r in rows.items():
-        if len(r) == 0:
-            raise StoreError(f"the {name} split of '{location}' has no usable clips; extract more clips or use another --split-seed")
-    arrays = [store.root[f"features/{sets[p.source]}/{p.array}"] for p in recipe.parts]
-    per_row = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in arrays)
-    split_bytes, memory_limit = per_row * sum(len(r) for r in rows.values()), memory_limit_bytes(config.max_memory_gb, resolve_device(config.device))
-    in_memory = split_bytes <= memory_limit
-    splits = {name: StoreSplit(location, sets, recipe, r, labels[r], in_memory=in_memory) for name, r in rows.items()}
-    first = to_model_inputs(recipe, [torch.from_numpy(read_rows(a, rows["train"][:1])) for a in arrays])
+    if not checked:
+        check_finished(location, allow_partial=allow_partial)
+    selection = select_rows(store, config.row_options(), recorded)
+    recipe, rows, labels, table = selection.recipe, selection.rows, selection.labels, selection.table
+    splits, holding = hold_splits(selection, PARTITIONS, config.max_memory_gb, resolve_device(config.device))
+    first = to_model_inputs(recipe, [torch.from_numpy(read_rows(a, rows["train"][:1])) for a in selection.arrays()])
     labelled, partition = None, {**run_partition.record(table, rows), "target": {"target": config.target, "labels": config.labels}}
     if config.labelled_fraction < 1:
         labelled = labelled_mask(labels[rows["train"]], config.labelled_fraction, config.seed)
         partition["train"]["unlabelled"] = [str(c) for c in table["clip_id"][rows["train"][~labelled]]]
-    random_init = sequences is not None and bool(sequences[1].params.get("random_init"))
+    sequences = recipe.input_kind == "sequences"
     return Data(
         recipe=recipe,
         splits=splits,
         class_names=store.class_names,
         image_size=tuple(first[0].shape[-2:]),
-        frames=int(faces.params["frames"]),
-        fingerprints={k: store.root[f"features/{v}"].attrs["fingerprint"] for k, v in sets.items()},
+        frames=int(selection.faces.params["frames"]),
+        fingerprints=selection.fingerprints(),
         speakers={name: len(set(table["speaker"][r].tolist())) for name, r in rows.items()},
-        excluded_broken=excluded_broken,
+        excluded_broken=selection.excluded_broken,
         partition=partition,
-        notes=notes,
-        split_bytes=split_bytes,
-        memory_limit=memory_limit,
-        soft=soft_targets(store, table, rows, config.target) if config.labels == "soft" else {},
-        in_channels=first[2].shape[-1] if sequences is not None else recipe.channels,
+        notes=list(selection.notes),
+        split_bytes=holding.split_bytes,
+        memory_limit=holding.memory_limit,
+        soft=soft_targets(store, table, rows, config.target, selection.targets) if config.labels == "soft" else {},
+        in_channels=first[2].shape[-1] if sequences else recipe.channels,
         labelled=labelled,
-        warnings=["face embeddings from a randomly initialised backbone (no --weights): not face descriptors"] if random_init else [],
-        embeddings_random_init=random_init,
+        warnings=["face embeddings from a randomly initialised backbone (no --weights): not face descriptors"] if selection.random_init else [],
+        embeddings_random_init=selection.random_init,
+        targets=selection.targets,
     )
 
 
@@ -365,7 +318,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
     """train()'s one loop, for every encoder (the ladder's own objective included): writes `out` (which must not exist)."""
     config = config.resolved()
     seed_everything(config.seed)
-    data = load_data(location, config, allow_partial=True)  # train() checked the store; bad input fails here, on every rank
+    data = load_data(location, config, checked=True)  # train() checked the store (once); bad input fails here, on every rank
     rank, world, device = start_distributed(config.device)
     master = rank == 0  # only rank 0 logs and writes
     if master:

@@ -317,3 +317,19 @@ def test_ladder_on_a_store_without_llds_or_embeddings_names_the_command(corpus, 
     result = run_cli("train", "--encoder", "ladder", "--store", location, "--out", str(tmp_path / "r"), "--no-progress")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--lld" in result.stderr and "extract" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_the_python_api_serves_the_sequences_the_ladder_reads(store):
+    """avstore.py's Dataset for the "sequences" recipe: the LLD frames and face embeddings, with their masks, as
+    `train` gives them to the ladder."""
+    import avstore
+    from encoders.train import load_data
+    from stores.torchdata import to_model_inputs
+
+    dataset = avstore.open_store(store).dataset("train", encoder="ladder", modality="av", fusion="none")
+    data = load_data(store, TrainConfig(encoder="ladder", modality="av", fusion="none"))
+    assert dataset.rows.tolist() == data.splits["train"].rows.tolist()
+    fed = to_model_inputs(data.recipe, [m[-1:] for m in data.splits["train"].memory])
+    item = dataset[len(dataset) - 1]
+    assert [x.dtype for x in item.inputs] == [torch.float32, torch.bool, torch.float32, torch.bool]
+    assert all(torch.equal(a, b[0]) for a, b in zip(item.inputs, fed)) and item.label == int(data.splits["train"].labels[-1])
