@@ -73,3 +73,9 @@ def test_relative_links_resolve():
         assert (REPO / target).exists(), f"README links to {target}, which does not exist"
         if anchor:
             assert anchor in heading_anchors((REPO / target).read_text()), f"README links to {target}#{anchor}: no such heading"
+
+
+def test_no_heading_appears_twice():
+    # A merge once left two "Using a store from Python" headings, the first empty; anchors then point at it.
+    headings = [line for line in README.splitlines() if line.startswith("#")]
+    assert len(headings) == len(set(headings)), sorted(h for h in headings if headings.count(h) > 1)
