@@ -30,8 +30,8 @@ import zarr
 from zarr.codecs import TransposeCodec, ZstdCodec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stores.codecs import CHAINS, ShapedDelta, chain_for, chunk_filters  # noqa: E402
-from stores.store import SHARD_ROWS, _is_big  # noqa: E402
+from stores.codecs import CHAINS, ShapedDelta, chain_for, chunk_filters, is_large  # noqa: E402
+from stores.store import SHARD_ROWS  # noqa: E402
 from stores.torchdata import ShardReader  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -114,7 +114,7 @@ def main(store: list[str] = typer.Option(..., help="Stores to measure (repeat)."
                 group = root[f"features/{set_name}"]
                 ok = np.flatnonzero(group["done"][:].astype(bool))[:rows]
                 for name, array in sorted(group.arrays()):
-                    if not _is_big(array.shape[1:]) or len(ok) == 0:
+                    if not is_large(array.shape[1:]) or len(ok) == 0:
                         continue
                     data = np.stack([array[int(r)] for r in ok])
                     kind = set_name.rsplit("-", 1)[0]

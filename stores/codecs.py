@@ -68,6 +68,16 @@ def use_shaped_delta() -> None:
 use_shaped_delta()
 
 
+LARGE_ARRAY_VALUES = 4096
+"""An array with at least this many values per clip is large: one chunk per row, in shards, under a codec chain
+here; smaller ones (labels, scores, boxes) are plain chunks of many rows."""
+
+
+def is_large(clip_shape: tuple[int, ...]) -> bool:
+    """Whether an array of one clip's shape `clip_shape` is stored as a large array (LARGE_ARRAY_VALUES)."""
+    return int(np.prod(clip_shape)) >= LARGE_ARRAY_VALUES
+
+
 def chunk_filters(clip_shape: tuple[int, ...], dtype: str, chain: str = "compact") -> list:
     """The array-to-array codecs of one row's chunk (shape (1, *clip_shape)), before bytes + zstd.
 

@@ -24,7 +24,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec, 
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from stores.codecs import ZSTD_CHECKSUM, ZSTD_LEVEL, chunk_compressors, chunk_filters, undo_filters
+from stores.codecs import ZSTD_CHECKSUM, ZSTD_LEVEL, chunk_compressors, chunk_filters, is_large, undo_filters
 
 EMPTY = 2**64 - 1
 """Offset and length of a chunk a shard does not hold (it reads as the fill value)."""
@@ -101,11 +101,9 @@ def decode_row(row: EncodedRow) -> np.ndarray:
 def encode_large_arrays(arrays: dict[str, np.ndarray] | None, chain: str = "compact") -> dict | None:
     """`arrays` with every array the store shards (stores/store.py) replaced by its EncodedRow under `chain`
     (the feature set's: stores/codecs.chain_for)."""
-    from stores.store import _is_big
-
     if arrays is None:
         return None
-    return {name: encode_row(v, chain) if isinstance(v, np.ndarray) and _is_big(v.shape) else v for name, v in arrays.items()}
+    return {name: encode_row(v, chain) if isinstance(v, np.ndarray) and is_large(v.shape) else v for name, v in arrays.items()}
 
 
 def takes_encoded_rows(array: zarr.Array, chain: str = "compact") -> bool:

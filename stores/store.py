@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 
 from stores.clip_votes import write_votes
-from stores.codecs import chain_for, chunk_compressors, chunk_filters, use_shaped_delta
+from stores.codecs import chain_for, chunk_compressors, chunk_filters, is_large, use_shaped_delta
 from stores.fingerprint import fingerprint
 from stores.location import locate
 from stores.shards import EncodedRow, decode_row, takes_encoded_rows, write_encoded_rows
@@ -111,15 +111,11 @@ class FeatureSet:
             self.group.attrs["numeric"] = json.loads(json.dumps(list(merged.values())))
 
 
-def _is_big(shape: tuple[int, ...]) -> bool:
-    return int(np.prod(shape)) >= 4096
-
-
 def _create_array(group: zarr.Group, name: str, n_rows: int, clip_shape: tuple[int, ...], dtype: str, chain: str = "compact") -> zarr.Array:
     shape = (n_rows, *clip_shape)
     if dtype == "str":
         return group.create_array(name, shape=shape, dtype=str, chunks=(META_CHUNK_ROWS, *clip_shape), fill_value="")
-    if _is_big(clip_shape):
+    if is_large(clip_shape):
         return group.create_array(
             name, shape=shape, dtype=dtype, chunks=(1, *clip_shape), shards=(SHARD_ROWS, *clip_shape), fill_value=0,
             filters=chunk_filters(clip_shape, dtype, chain), compressors=chunk_compressors(),

@@ -12,8 +12,8 @@ import pytest
 import zarr
 from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
 
-from stores.codecs import CHAINS, chunk_filters
-from stores.store import SHARD_ROWS, FeatureStore, _create_array, _is_big
+from stores.codecs import CHAINS, chunk_filters, is_large
+from stores.store import SHARD_ROWS, FeatureStore, _create_array
 from stores.torchdata import ShardReader, read_rows
 from tests.conftest import extract_sample_store, run_cli
 
@@ -26,7 +26,7 @@ def store(tmp_path_factory) -> str:
 
 def _large_arrays(root: zarr.Group) -> dict[str, zarr.Array]:
     return {f"features/{g}/{n}": a for g in sorted(root["features"].group_keys()) for n, a in sorted(root[f"features/{g}"].arrays())
-            if _is_big(a.shape[1:])}
+            if is_large(a.shape[1:])}
 
 
 def _old_chain(location, values: np.ndarray) -> zarr.Array:
