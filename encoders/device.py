@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stores.torchdata import InputRecipe, ablate, to_model_inputs
+
 AMP_CHOICES = ("auto", "bf16", "off")
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_MIN_PARAMETERS = 5_000_000  # below this a step is launch-bound; compiling costs more than it saves
@@ -86,3 +88,11 @@ def prepare_model(model: nn.Module, plan: DevicePlan) -> nn.Module:
 def compiled(model: nn.Module, plan: DevicePlan) -> nn.Module:
     """`model` compiled when the plan says so (after DDP wrapping, as PyTorch recommends), else itself."""
     return torch.compile(model) if plan.compile else model
+
+
+def prepare(recipe: InputRecipe, raw: list[torch.Tensor], plan: DevicePlan | None = None, ablation: str | None = None) -> list[torch.Tensor]:
+    """Stored uint8 tensors (already on the device) -> the model's float inputs, in the plan's memory format."""
+    inputs = to_model_inputs(recipe, raw)
+    if ablation:
+        inputs = ablate(recipe, inputs, raw, ablation)
+    return plan.inputs(inputs) if plan is not None else inputs

@@ -133,7 +133,7 @@ def batch_target(soft: dict[str, torch.Tensor], labels: torch.Tensor, positions:
 def predict_log_probabilities(model: torch.nn.Module, data, split: str, plan, batch_size: int, ablation: str | None = None) -> np.ndarray:
     """(clips of `split`, K) log-softmax of the model, in the split's order (float64); one process."""
     from encoders.loader import Loader, LoaderConfig
-    from encoders.train import prepare
+    from encoders.device import prepare
 
     loader = Loader(data.splits, LoaderConfig(workers=0), plan.device)
     model.eval()

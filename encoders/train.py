@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from encoders import partition as run_partition
 from encoders import predictions as run_predictions
-from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, plan_for, prepare_model
+from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, plan_for, prepare, prepare_model
 from encoders.loader import CPU_IN_MEMORY_CAP_GB, Loader, LoaderConfig, check_workers, default_workers, memory_limit_bytes  # noqa: F401 (re-exported)
 from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
@@ -53,7 +53,7 @@ from stores.provenance import code_commit, library_versions
 from stores.splits import PARTITIONS
 from stores.state import StoreState, check_finished, describe_partial, partial_record
 from stores.store import FeatureStore
-from stores.torchdata import InputRecipe, StoreSplit, ablate, read_rows, to_model_inputs
+from stores.torchdata import InputRecipe, StoreSplit, read_rows, to_model_inputs
 
 ENCODER_TYPE = {"image": "2D", "video": "3D", "pair-image": "fusion", "pair-video": "fusion", "sequences": "fusion"}
 
@@ -233,14 +233,6 @@ def step_loss(model, own_objective: bool, inputs: list[torch.Tensor], labels: to
     if soft is not None:
         return loss_fn(logits[labelled], soft[labelled]) / labelled.sum().clamp_min(1), {}
     return loss_fn(logits, labels) / labelled.sum().clamp_min(1), {}
-
-
-def prepare(recipe: InputRecipe, raw: list[torch.Tensor], plan: DevicePlan | None = None, ablation: str | None = None) -> list[torch.Tensor]:
-    """Stored uint8 tensors (already on the device) -> the model's float inputs, in the plan's memory format."""
-    inputs = to_model_inputs(recipe, raw)
-    if ablation:
-        inputs = ablate(recipe, inputs, raw, ablation)
-    return plan.inputs(inputs) if plan is not None else inputs
 
 
 @torch.no_grad()
