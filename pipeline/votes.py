@@ -36,7 +36,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from pipeline.corpora import CorpusError
+from pipeline.corpora.base import CorpusError
 from pipeline.labels import emotion_code
 from pipeline.records import CREMA_D_EMOTIONS, VOTE_MODALITIES, ClipRecord
 

@@ -89,10 +89,10 @@ def extended():
     register_corpus("folders-test", description="SPEAKER/EMOTION/clip.mp4", class_names=FOLDER_CLASSES)(load_folders)
     try:
         yield
-    finally:  # the registries as shipped for every other test file (the private dicts: no public unregister)
+    finally:  # the registries as shipped for every other test file (their dicts: no public unregister)
         FUSIONS.pop(VSTACK.name)
         registry._REGISTRY.pop("toy-test")
-        corpora._CORPORA.pop("folders-test")
+        corpora.CORPORA.pop("folders-test")
 
 
 def synthetic_clip(frames: int = 4, size: int = 8) -> dict:

@@ -20,7 +20,7 @@ import logging
 import re
 from pathlib import Path
 
-from pipeline.corpora import CorpusError, register_corpus
+from pipeline.corpora.base import CorpusError, register_corpus
 from pipeline.records import CREMA_D_EMOTIONS, ClipRecord
 from pipeline.votes import read_tabulated_votes
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipeline.corpora import CorpusError, register_corpus
+from pipeline.corpora.base import CorpusError, register_corpus
 from pipeline.labels import EMOTIONS, class_name, corpus_class_list, declared_classes
 from pipeline.records import ClipRecord
 from pipeline.votes import manifest_votes

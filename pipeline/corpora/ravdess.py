@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.corpora import CorpusError, register_corpus
+from pipeline.corpora.base import CorpusError, register_corpus
 from pipeline.records import ClipRecord
 
 EMOTIONS: tuple[str, ...] = ("NEU", "CAL", "HAP", "SAD", "ANG", "FEA", "DIS", "SUR")
