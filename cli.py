@@ -131,23 +131,13 @@ def print_summary(records, as_json: bool = False) -> None:
 
 
 
-GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/kfd")  # NVIDIA's driver, AMD's ROCm
-
-
 def default_device(device: str) -> str:
-    """`auto` is cuda when torch sees a GPU. Without any GPU driver the answer is cpu without importing torch:
-    that import costs seconds, and a run with nothing left to compute (a no-op re-run) should not pay it."""
-    if device == "auto" and not any(Path(p).exists() for p in GPU_DRIVER_FILES):
-        return "cpu"
-    import torch
+    from pipeline.hardware import DeviceError, resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu (or auto)")
-    if device not in ("cpu", "cuda"):
-        fail(f"unknown --device '{device}'; choose auto, cpu or cuda")
-    return device
+    try:
+        return resolve_device(device)
+    except DeviceError as err:
+        fail(str(err))
 
 
 @app.command()

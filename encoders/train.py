@@ -49,6 +49,7 @@ from encoders.plots import plot_confusion, plot_learning_curve
 from encoders.registry import encoder_config, get_model, get_spec, list_models
 from encoders.rows import MissingFusionError, RowOptions, hold_splits, select_rows  # noqa: F401 (MissingFusionError re-exported)
 from encoders.targets import ClipTargets, batch_target, check_target, score_run, soft_targets
+from pipeline.hardware import resolve_device
 from stores.provenance import code_commit, library_versions
 from stores.splits import PARTITIONS
 from stores.state import StoreState, check_finished, describe_partial, partial_record
@@ -117,12 +118,6 @@ class TrainConfig:
             device=resolve_device(self.device),
             loader_workers=check_workers(self.loader_workers) if self.loader_workers is not None else default_workers(),
         )
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def seed_everything(seed: int) -> None:

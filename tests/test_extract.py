@@ -17,9 +17,9 @@ import pytest
 import zarr
 
 from pipeline.corpora.sample import write_sample_corpus
+from pipeline.hardware import GPU_DRIVER_FILES
 from stores.lock import WriterLock
 from stores.store import FeatureStore
-from cli import GPU_DRIVER_FILES
 from tests.conftest import REPO, run_cli
 
 SMALL = ["--size", "48", "--n-mels", "32", "--frames", "10", "--detect-every", "3", "--no-progress"]
