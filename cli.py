@@ -290,36 +290,21 @@ def embed(
 
 
 def local_store_writable(store: str) -> bool:
-    """Whether this user may write the local store location `store` (False for URLs: see check_writable).
-
-    A local folder with no write bit at all (a published store, chmod a-w) counts as read-only even for
-    root, who could write it anyway."""
-    from stores.location import LocationError, locate
+    from stores.location import LocationError, local_store_writable as writable
 
     try:
-        where = locate(store)
+        return writable(store)
     except LocationError as err:
         fail(str(err))
-    if not where.is_local:
-        return False
-    path = where.local_path
-    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
-    return os.access(probe, os.W_OK) and not (path.exists() and not path.stat().st_mode & 0o222)
 
 
 def check_writable(store: str) -> None:
-    """Refuse, before anything is written, a store location this user cannot write.
-
-    A remote store's permissions are only known by trying: the writer lock, the first thing extract writes,
-    turns a denied PUT into the same one-line refusal."""
-    from stores.location import LocationError, locate
+    from stores.location import LocationError, check_writable as writable
 
     try:
-        local = locate(store).is_local
+        writable(store)
     except LocationError as err:
         fail(str(err))
-    if local and not local_store_writable(store):
-        fail(f"store '{store}' is read-only for this user; extract into a writable --store (consumers can still read this one)")
 
 
 def open_store(store: str):

@@ -228,3 +228,25 @@ def locate(store: str | Path | Location) -> Location:
         raise LocationError(f"cannot use '{url}' as a store ({err}); give a local path or an s3://, gs:// or file:// URL") from None
     root = root.rstrip("/") or root
     return Location(url=url, fs=fs, root=root)
+
+
+def local_store_writable(store: str | Path | Location) -> bool:
+    """Whether this user may write the local store location `store` (False for URLs: see check_writable).
+
+    A local folder with no write bit at all (a published store, chmod a-w) counts as read-only even for
+    root, who could write it anyway."""
+    where = locate(store)
+    if not where.is_local:
+        return False
+    path = where.local_path
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    return os.access(probe, os.W_OK) and not (path.exists() and not path.stat().st_mode & 0o222)
+
+
+def check_writable(store: str | Path | Location) -> None:
+    """Refuse (LocationError), before anything is written, a store location this user cannot write.
+
+    A remote store's permissions are only known by trying: the writer lock, the first thing extract writes,
+    turns a denied PUT into the same one-line refusal."""
+    if locate(store).is_local and not local_store_writable(store):
+        raise LocationError(f"store '{store}' is read-only for this user; extract into a writable --store (consumers can still read this one)")
