@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +41,19 @@ READ_BATCH_BYTES = 256 << 20
 
 class LocationError(ValueError):
     """A --store string that cannot be used; the message names the problem and the fix."""
+
+
+class UnreadableError(LocationError):
+    """A store that exists but cannot be read (permissions, network); the message says what to check."""
+
+
+@contextmanager
+def reading(what: str) -> Iterator[None]:
+    """Turn an OSError while reading `what` (e.g. "store 'x.zarr'") into UnreadableError: one line, not a traceback."""
+    try:
+        yield
+    except OSError as err:
+        raise UnreadableError(f"cannot read {what} ({type(err).__name__}: {err}); check the path or URL and the credentials (AWS_* variables)") from err
 
 
 @dataclass(frozen=True)
@@ -211,6 +226,16 @@ def default_store(dataset: str) -> tuple[str, str | None]:
         return old, (f"note: using {old}, the old default store location (the default is now {new}); "
                      f"to move it: mkdir -p {DEFAULT_STORE_DIR} && mv {old} {new}")
     return new, None
+
+
+def store_or_default(store: str | None, dataset: str = "crema-d") -> str:
+    """--store as given, else the default store of `dataset` (default_store; its note, if any, said on stderr)."""
+    if store:
+        return store
+    store, note = default_store(dataset)
+    if note:
+        print(note, file=sys.stderr)
+    return store
 
 
 def locate(store: str | Path | Location) -> Location:
