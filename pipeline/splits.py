@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
+from pipeline.corpora import load_corpus
 from pipeline.records import ClipRecord
 from pipeline.reconcile import plan_changes, write_changes
 from stores.store import FeatureStore
 from stores.splits import PARTITIONS, SplitError, actor_disjoint_split, extend_recorded, fold_partitions, kfold_by_actor
 
-__all__ = ["PARTITIONS", "SplitError", "actor_disjoint_split", "fold_partitions", "kfold_by_actor", "assign_splits", "check_disjoint", "corpus_splits", "split_for_store", "add_to_store"]
+__all__ = ["PARTITIONS", "SplitError", "actor_disjoint_split", "fold_partitions", "kfold_by_actor", "assign_splits", "check_disjoint", "corpus_records", "corpus_splits", "split_for_store", "add_to_store"]
 
 
 def assign_splits(records: list[ClipRecord], *, seed: int = 0) -> list[ClipRecord]:
@@ -23,6 +25,14 @@ def assign_splits(records: list[ClipRecord], *, seed: int = 0) -> list[ClipRecor
     assigned = [r.with_split(partition[r.speaker]) for r in records]
     check_disjoint(assigned)
     return assigned
+
+
+def corpus_records(dataset: str, root: Path, meta: Path | None = None, split_seed: int | None = None, *, assign: bool = True,
+                   classes: str | None = None) -> list[ClipRecord]:
+    """A corpus's records with their splits: assigned with `split_seed` (summary, demo), or with `assign=False` the
+    corpus's own or none, leaving the split to the store (extract)."""
+    records = load_corpus(dataset, root, meta, classes)
+    return assign_splits(records, seed=split_seed or 0) if assign else corpus_splits(records)
 
 
 def corpus_splits(records: list[ClipRecord]) -> list[ClipRecord]:
