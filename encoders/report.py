@@ -51,6 +51,7 @@ from encoders.metrics import mean_sd
 from encoders.partition import digest, fold_rule
 from encoders.plots import HUMAN_RATERS_CREMA_D, MODALITY_LABELS, plot_comparison
 from encoders.predictions import of_run as predictions_of
+from encoders.significance import compare_metrics
 from encoders.targets_report import DEFAULTS as TARGET_DEFAULTS, perceived_markdown, write_targets_csv
 from stores.state import describe_partial
 
@@ -461,3 +462,31 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class ReportError(ValueError):
+    """Nothing to report on: the folder holds no finished runs."""
+
+
+def report_runs(runs: Path, out: Path | None = None, compare: tuple[str, str] | None = None, metric: str = "accuracy,uar,macro_f1",
+                alternative: str = "two-sided") -> None:
+    """`cli.py report`: the comparison table of the runs under `runs` (into `out`, default RUNS/report), or with
+    `compare` the test of configuration A against B on each of the comma-separated `metric`s (compare.json)."""
+    if not runs.is_dir() or not any(runs.rglob("metrics.json")):
+        raise ReportError(f"'{runs}' holds no run directories with metrics.json; train something first")
+    folder = out or runs / "report"
+    if not compare:
+        print_written(write_report(runs, folder))
+        return
+    results = compare_metrics(collect_runs(runs), *compare, metrics=[m.strip() for m in metric.split(",") if m.strip()], alternative=alternative)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "compare.json").write_text(json.dumps([r.as_dict() for r in results], indent=2))
+    for result in results:
+        print("\n".join(result.lines()) + "\n")
+    print(f"written: {folder / 'compare.json'}")
+
+
+def print_written(paths: dict[str, Path]) -> None:
+    """A table just written: its Markdown, then where its files are."""
+    print(paths["markdown"].read_text())
+    print("written: " + ", ".join(str(p) for p in paths.values()))

@@ -1,4 +1,5 @@
-"""Sweep presets that reproduce a study's results table, and the table itself.
+"""Sweeps: encoders x modalities x folds x seeds in one command, and presets that reproduce a study's results
+table, with the table itself.
 
 Goncalves & Busso (seed 002) report, per model, macro and micro precision, recall and F1, and mark where the
 audiovisual ladder network beats a competitor by a one-tailed matched-pairs t-test over 20 runs (p < 0.05).
@@ -17,16 +18,28 @@ trained on the same store, folds and seeds: ResNet18 on the face and spectrogram
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from encoders.metrics import mean_sd
-from encoders.report import random_init_notes
+from encoders.registry import get_spec, list_models
+from encoders.report import collect_runs, print_written, random_init_notes, write_report
+from encoders.runs import check_store, finished_metrics, print_metrics, run_name, run_training, train_config
 from encoders.significance import CompareError, adjust, compare_runs
+from encoders.train import TrainConfig
+from pipeline.hardware import resolve_device
+from stores.location import store_or_default
 
-__all__ = ["Arm", "Preset", "PRESETS", "StudyError", "get_preset", "study_table", "write_study"]
+__all__ = ["Arm", "Preset", "PRESETS", "StudyError", "get_preset", "study_table", "write_study", "sweep", "run_plan"]
+
+SWEEP_ENCODERS = ("resnet18", "simple3d")
+SWEEP_MODALITIES = ("audio", "vision", "av")
+SWEEP_SEEDS = (0, 1)
+"""What `sweep` runs when it is given no --encoders, --modalities or --seeds (and no --preset)."""
 
 TABLE_METRICS: dict[str, str] = {
     "macro_precision": "Macro P", "macro_recall": "Macro R", "macro_f1": "Macro F1", "accuracy": "Accuracy (= micro P, R, F1)",
@@ -247,3 +260,99 @@ def stale_fields(planned: dict[str, Any], recorded: dict[str, Any]) -> list[str]
         if json.loads(json.dumps(value)) != recorded[key]:  # tuples were written as lists
             stale.append(f"{key}={recorded[key]!r} (asked {value!r})")
     return stale
+
+
+# ---- running a sweep --------------------------------------------------------------------------------------
+
+Plan = list[tuple[TrainConfig, Path]]
+"""Every run of a sweep: its configuration and its folder."""
+
+
+def sweep(store: str | None, *, encoders: str | None, modalities: str | None, seeds: str | None, folds: int | None,
+          preset: str | None, fusion: str, out: Path, progress: bool, allow_partial: bool, device: str, **common: Any) -> None:
+    """`cli.py sweep`: every run of the plan (or of `preset`) that is not done yet, then the comparison table and
+    plots. `common` are TrainConfig fields every run shares (epochs, batch size, lr, ...)."""
+    store = store_or_default(store)
+    study = preset_spec(preset, given=[n for n, v in (("--encoders", encoders), ("--modalities", modalities)) if v]) if preset else None
+    check_store(store, allow_partial)
+    common = dict(common, device=resolve_device(device))
+    if study:
+        run_preset(store, study, seeds, folds, common, out, progress, allow_partial)
+        return
+    run_plan(store, sweep_plan(encoders, modalities, seeds, folds, fusion, out, common), progress, allow_partial)
+    print_written(write_report(out, out / "report"))
+
+
+def names(text: str | None, default: tuple[str, ...]) -> list[str]:
+    """A comma-separated option as a list, or `default` when it is not given."""
+    return [n.strip() for n in text.split(",") if n.strip()] if text else list(default)
+
+
+def parse_seeds(seeds: str) -> list[int]:
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise StudyError(f"--seeds '{seeds}' must be comma-separated integers, e.g. 0,1,2") from None
+
+
+def sweep_plan(encoders: str | None, modalities: str | None, seeds: str | None, folds: int | None, fusion: str, out: Path,
+               common: dict[str, Any]) -> Plan:
+    """Encoders x modalities x folds (or the stored split) x seeds; `fusion` for the av runs of single-input encoders.
+    A model that fuses itself (pair and sequence encoders) has no unimodal form, so only its av run is planned."""
+    seed_list = parse_seeds(seeds) if seeds else list(SWEEP_SEEDS)
+    fold_options = {"folds": folds} if folds else {}
+    plan = []
+    for encoder in names(encoders, SWEEP_ENCODERS):
+        fuses_itself = encoder in list_models() and get_spec(encoder).input_kind.startswith(("pair", "sequences"))
+        for modality in names(modalities, SWEEP_MODALITIES):
+            if fuses_itself and modality != "av":
+                continue
+            for fold in (range(folds) if folds else [None]):
+                for seed in seed_list:
+                    config = train_config(encoder, modality, None if fuses_itself or modality != "av" else fusion,
+                                          seed=seed, fold=fold, **fold_options, **common)
+                    plan.append((config, out / run_name(config)))
+    return plan
+
+
+def run_plan(store: str, plan: Plan, progress: bool, allow_partial: bool = False) -> None:
+    """Train every (config, run folder) of `plan` whose metrics.json is missing; a finished run is kept, unless it was
+    made with another configuration than planned (StudyError before anything trains: the table would mix them)."""
+    for config, run_dir in plan:
+        metrics = finished_metrics(run_dir)
+        stale = stale_fields(dataclasses.asdict(config), metrics.get("config", {})) if metrics else []
+        if stale:
+            raise StudyError(f"'{run_dir}' was made with {', '.join(stale)}; use another --out, or delete that run to redo it")
+    for k, (config, run_dir) in enumerate(plan, 1):
+        if finished_metrics(run_dir):
+            print(f"[{k}/{len(plan)}] {run_dir.name}: done already")
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"[{k}/{len(plan)}] {run_dir.name}")
+        print_metrics(run_training(store, config, run_dir, progress, allow_partial), run_dir)
+
+
+def preset_spec(name: str, given: list[str]) -> Preset:
+    """The preset `name`; StudyError when it does not exist or when options it fixes (`given`) were passed too."""
+    spec = get_preset(name)
+    if given:
+        raise StudyError(f"--preset {name} fixes the configurations; drop {' and '.join(given)}")
+    return spec
+
+
+def run_preset(store: str, spec: Preset, seeds: str | None, folds: int | None, common: dict[str, Any], out: Path, progress: bool,
+               allow_partial: bool = False) -> None:
+    """A study's table: every arm of the preset over folds x seeds (the preset's unless given), then its table."""
+    seed_list = parse_seeds(seeds) if seeds else list(spec.seeds)
+    folds = folds or spec.folds
+    plan, arm_dirs = [], {}
+    for arm in spec.arms:
+        for fold in range(folds):
+            for seed in seed_list:
+                config = train_config(arm.encoder, arm.modality, arm.fusion, seed=seed, fold=fold, folds=folds, **common, **dict(arm.options))
+                run_dir = out / run_name(config, prefix=arm.slug)
+                plan.append((config, run_dir))
+                arm_dirs.setdefault(arm.slug, []).append(run_dir)
+    print(f"preset {spec.name}: {len(spec.arms)} configurations x {folds} folds x {len(seed_list)} seeds = {len(plan)} runs")
+    run_plan(store, plan, progress, allow_partial)
+    print_written(write_study(spec, {slug: [run for d in dirs for run in collect_runs(d)] for slug, dirs in arm_dirs.items()}, out / "report"))

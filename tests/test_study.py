@@ -7,12 +7,12 @@ import csv
 
 import numpy as np
 import pytest
-import typer
 from scipy import stats
+from typer.testing import CliRunner
 
 import cli
 from encoders.significance import corrected_t_test, holm
-from encoders.study import PRESETS, Arm, Preset, StudyError, get_preset, stale_fields, write_study
+from encoders.study import PRESETS, Arm, Preset, StudyError, get_preset, preset_spec, stale_fields, write_study
 
 PRESET = Preset(
     name="toy", description="a toy study",
@@ -106,11 +106,12 @@ def test_a_finished_run_made_otherwise_is_stale():
     assert stale_fields(planned, {"epochs": 1, "lr": 0.001, "encoder_options": {"lambdas": [1.0]}, "seed": 0}) == ["epochs=1 (asked 20)"]
 
 
-def test_unknown_or_overridden_preset_is_one_line_exit_2(capsys):
-    # in-process: sweep checks the preset before it opens the store, and a CLI start costs ~6 s of imports
-    for name, given, named in (("nope", [], "unknown preset 'nope'; choose one of ladder-crema-d"), ("ladder-crema-d", ["--encoders"], "drop --encoders")):
-        with pytest.raises(typer.Exit) as refused:
-            cli.preset_spec(name, given=given)
-        err = capsys.readouterr().err
-        assert refused.value.exit_code == 2 and err.count("\n") == 1 and named in err, err
-    assert cli.preset_spec("ladder-crema-d", given=[]) is get_preset("ladder-crema-d")
+def test_unknown_or_overridden_preset_is_one_line_exit_2(tmp_path):
+    # in-process (a CLI start costs ~6 s of imports), through the typer app: sweep checks the preset before it opens the store
+    runner = CliRunner()
+    for options, named in ((["--preset", "nope"], "unknown preset 'nope'; choose one of ladder-crema-d"),
+                           (["--preset", "ladder-crema-d", "--encoders", "vgg16"], "drop --encoders")):
+        refused = runner.invoke(cli.app, ["sweep", *options, "--store", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "runs")])
+        assert refused.exit_code == 2 and refused.stderr.count("\n") == 1 and named in refused.stderr, refused.output
+    assert not (tmp_path / "runs").exists()
+    assert preset_spec("ladder-crema-d", given=[]) is get_preset("ladder-crema-d")
