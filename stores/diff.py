@@ -20,6 +20,7 @@ their checksum files alone. diff trusts those checksums; `verify` is the command
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +28,16 @@ import numpy as np
 
 from stores.integrity import read_checksums
 from stores.state import store_state
-from stores.location import locate
+from stores.location import locate, reading
 from stores.store import CLIP_COLUMNS, FeatureSet, FeatureStore
 
 PROVENANCE = {"made_by", "made_at", "avstore_commit", "versions", "device"}
 IGNORED_STORE_KEYS = {"created"}
 IGNORED_CLIP_COLUMNS = {"video_path"}  # where the file was on the extracting machine, not what it holds
+
+
+class DiffError(ValueError):
+    """A diff option no comparison can use."""
 
 
 @dataclass
@@ -176,6 +181,20 @@ def diff_stores(a: str, b: str, tolerance: int = 0) -> StoreDiff:
                 result.arrays[key] = differ
             result.numeric[name] = [fa.numeric_environments, fb.numeric_environments]
     return result
+
+
+def diff_and_report(store_a: str, store_b: str, *, tolerance: int = 0, as_json: bool = False) -> int:
+    """`cli.py diff`: print how two stores differ in content (text or JSON); exit code 1 when they do, as `diff`."""
+    if tolerance < 0:
+        raise DiffError(f"--tolerance must be 0 or more ulps, not {tolerance}")
+    with reading(f"store '{store_a}'"):
+        FeatureStore.open(store_a)
+    with reading(f"store '{store_b}'"):
+        FeatureStore.open(store_b)
+    with reading(f"stores '{store_a}' and '{store_b}'"):
+        result = diff_stores(store_a, store_b, tolerance=tolerance)
+    print(json.dumps(result.as_dict(), indent=2, default=str) if as_json else "\n".join(result.lines()))
+    return 0 if result.identical else 1
 
 
 def _difference_stats(fa: FeatureSet, fb: FeatureSet, array: str, clips: list[str], rows_a: dict, rows_b: dict) -> dict | None:

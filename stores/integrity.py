@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from stores.location import Location, locate
+from stores.location import Location, locate, reading, store_or_default
+from stores.store import FeatureStore, StoreError
 
 CHECKSUMS = "avstore-checksums.json"
 IGNORED = {CHECKSUMS, ".avstore-writer.lock", ".avstore-unfinished"}  # the writer's lock and marker (stores/state.py)
@@ -158,3 +159,20 @@ def verify(store: str | Path | Location) -> list[Damage]:
             damage.append(Damage(rel, "changed", describe(location, rel)))
     damage += [Damage(rel, "unexpected", describe(location, rel)) for rel in sorted(set(present) - set(listed))]
     return damage
+
+
+def verify_and_report(store: str | None) -> int:
+    """`cli.py verify`: re-hash `store` (default: the default store), print each damaged file; exit code 1 if any."""
+    store = store_or_default(store)
+    with reading(f"store '{store}'"):
+        FeatureStore.open(store)
+        if not has_checksums(store):
+            raise StoreError(f"'{store}' has no {CHECKSUMS}; it was never committed by a finished extract run")
+        damage = verify(store)
+    for d in damage:
+        print(str(d))
+    if damage:
+        print(f"{len(damage)} damaged file(s) in {store}; re-extract the rows named above (delete those files, run extract again)")
+        return 1
+    print(f"{store}: every file matches its checksum")
+    return 0

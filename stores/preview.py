@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import zarr
 
-from stores.location import locate
+from stores.location import locate, reading
+from stores.store import FeatureStore
 
 LABEL_HEIGHT = 16
 MIN_CELL = 96  # small stores (size 48) are enlarged so the crops can be seen
@@ -83,6 +84,26 @@ def write_preview(location: str, out: Path, **options) -> list[PreviewClip]:
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(out, pnginfo=info)
     return picked
+
+
+class PreviewError(ValueError):
+    """A preview that cannot be drawn: a status no clip can have, or a store without faces or audio."""
+
+
+def preview_and_report(store: str, out: Path, *, clips: int, statuses: tuple[str, ...] = ()) -> None:
+    """`cli.py preview`: write the contact sheet of `store` to `out` and say which clip leads it."""
+    from pipeline.extract import STATUSES  # the statuses extract gives (not imported with this module: it pulls the stages in)
+
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise PreviewError(f"unknown --status '{unknown[0]}'; choose from: {', '.join(STATUSES)}")
+    with reading(f"store '{store}'"):
+        FeatureStore.open(store)
+        try:
+            shown = write_preview(store, out, clips=clips, statuses=statuses)
+        except LookupError as err:
+            raise PreviewError(f"{err} (store '{store}')") from None
+    print(f"wrote {out}: {len(shown)} clips" + (f", first {shown[0].clip_id} ({shown[0].status}, face coverage {shown[0].coverage:.2f})" if shown else ""))
 
 
 def _first_set(root: zarr.Group, kind: str) -> str:

@@ -75,6 +75,15 @@ def publish(src: str | Path | Location, dest: str | Path | Location) -> Publishe
     return Published(files=len(rels), bytes=sum(v["size"] for v in listed.values()), dest=dest.url)
 
 
+def publish_and_report(store: str, to: str) -> None:
+    """`cli.py publish`: publish `store` to `to` and say what arrived; a failed copy is one line naming both places."""
+    try:
+        done = publish(store, to)
+    except OSError as err:
+        raise PublishError(f"publishing '{store}' to '{to}' failed ({type(err).__name__}: {err}); check both locations and the credentials") from err
+    print(f"published {store} -> {done.dest}: {done.files} files, {done.bytes / 1e6:.1f} MB, checksums verified on arrival")
+
+
 # ---- local destination: hidden sibling, verify, chmod a-w, rename ----------------------------------------------
 def _publish_local(src: Location, dest: Location, rels: list[str]) -> None:
     final = dest.local_path
