@@ -23,6 +23,7 @@ before the feature set exists, so a bad file leaves the store untouched. CPU ker
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import pickle
@@ -38,12 +39,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.hardware import resolve_device
 from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
-from stores.location import locate
+from stores.location import check_writable, locate, store_or_default
 from stores.lock import WriterLock
 from stores.numeric import numeric_environment, pinned
 from stores.provenance import provenance
-from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError
+from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError, store_exists
 
 ALGORITHM_VERSION = 2
 """Bump by hand when a change here changes the numbers. 2: crops normalised as each backbone's weights expect
@@ -276,3 +278,19 @@ def run_embed(location: str, config: EmbedConfig, *, weights: Path | None = None
             embed.add_numeric_environments([{**numeric_environment(), "device": where_run}])  # what can still move the last bits
             refresh_checksums(where, store.touched) if incremental else write_checksums(where)
     return embed, len(todo)
+
+
+def embed_and_report(store: str | None, *, backbone: str, size: int | None, batch_size: int, weights: Path | None,
+                     faces: str | None, device: str, progress: bool) -> None:
+    """`cli.py embed`: embed the stored crops of `store` (default: the default store), then say what was made."""
+    store = store_or_default(store)
+    if not store_exists(store):
+        raise StoreError(f"no store at '{store}'; make it with `python cli.py extract --store {store} ...` first")
+    check_writable(store)
+    config = EmbedConfig(backbone=backbone, size=size, batch_size=batch_size)
+    made, n = run_embed(store, config, weights=weights, device=resolve_device(device), faces_fingerprint=faces, progress=progress)
+    status = collections.Counter(made.status()[made.done()].tolist())
+    print(f"{n} clips embedded into {made.name} ({made.params['backbone']} {made.params['layer']}, {made.params['dim']}-d, "
+          f"weights {made.params['weights']}); status: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
+    if made.params["random_init"]:
+        print("warning: no --weights: the backbone is randomly initialised; runs that read these embeddings are flagged")

@@ -44,6 +44,7 @@ __all__ = [
     "get_model",
     "get_spec",
     "list_models",
+    "print_encoders",
     "register_encoder",
 ]
 
@@ -105,6 +106,13 @@ def register_encoder(name: str, *, input_kind: InputKind, description: str, squa
 def list_models() -> list[str]:
     """The registered encoder names, sorted."""
     return sorted(_REGISTRY)
+
+
+def print_encoders() -> None:
+    """`cli.py encoders`: each registered encoder, its input kind and what it is."""
+    for name in list_models():
+        spec = get_spec(name)
+        print(f"{name:10s} {spec.input_kind:11s} {spec.description}")
 
 
 def get_spec(name: str) -> EncoderSpec:

@@ -13,7 +13,7 @@ from pathlib import Path
 from pipeline.corpora.base import CORPORA, Corpus, CorpusError, register_corpus
 from pipeline.records import ClipRecord
 
-__all__ = ["Corpus", "CorpusError", "class_list", "datasets_help", "get_corpus", "list_corpora", "load_corpus", "register_corpus"]
+__all__ = ["Corpus", "CorpusError", "class_list", "datasets_help", "get_corpus", "list_corpora", "load_corpus", "print_corpora", "register_corpus"]
 
 
 _DISCOVERED = False
@@ -39,6 +39,12 @@ def get_corpus(name: str) -> Corpus:
     if name not in corpora:
         raise CorpusError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(corpora))}")
     return corpora[name]
+
+
+def print_corpora() -> None:
+    """`cli.py datasets`: each corpus adapter and what it reads."""
+    for name in list_corpora():
+        print(f"{name:10s} {get_corpus(name).description}")
 
 
 def datasets_help() -> str:

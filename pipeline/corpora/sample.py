@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 import skimage.data
 
+from pipeline.corpora.base import CorpusError
 from pipeline.media import ffmpeg_exe
 from pipeline.records import CREMA_D_EMOTIONS, VOTE_MODALITIES
 from pipeline.votes import write_tabulated_votes
@@ -156,6 +157,14 @@ class ActorLook:
     face_top: int
     pitch_offset_hz: float
     loudness: float
+
+
+def make_sample(out: Path, *, actors: int, sentences: int, seed: int, with_broken: bool) -> None:
+    """`cli.py sample`: write the corpus into `out`, which must be new or empty (nothing is overwritten)."""
+    if out.exists() and any(out.iterdir()):
+        raise CorpusError(f"'{out}' exists and is not empty; choose a new --out folder or delete it")
+    ids = write_sample_corpus(out, actors=actors, sentences=sentences, seed=seed, with_broken=with_broken)
+    print(f"wrote {len(ids)} clips to {out}")
 
 
 def write_sample_corpus(
