@@ -412,5 +412,7 @@ def test_ctrl_c_during_extract_is_one_line_exit_130_and_train_refuses_the_store_
 
 
 def port_busy_warning(line: str) -> bool:
-    """Dask's three-line warning when another cluster on this machine holds port 8787 (shared test machines)."""
-    return "UserWarning: Port 8787 is already in use" in line or line in ("Perhaps you already have a cluster running?",) or line.startswith("Hosting the HTTP server on port")
+    """Dask's warning when another cluster on this machine holds port 8787 (shared test machines): three lines, and the
+    source line `warnings.warn(` that Python shows under it."""
+    return ("UserWarning: Port 8787 is already in use" in line or line.strip() in ("Perhaps you already have a cluster running?", "warnings.warn(")
+            or line.strip().startswith("Hosting the HTTP server on port"))
