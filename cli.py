@@ -15,7 +15,9 @@ from typing import Callable, Optional
 
 import typer
 
-from cli_options import CLASSES, DATASET, Demo, Embed, Evaluate, Extract, Report, Sample, Stores, Summary, Sweep, Train, input_errors
+from cli_options import (
+    CLASSES, DATASET, JSON, STORE, Demo, Diff, Embed, Evaluate, Extract, Preview, Publish, Report, Sample, Summary, Sweep, Train, input_errors,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -109,7 +111,7 @@ def embed(
 
 
 @command
-def info(store: Optional[str] = Stores.store, as_json: bool = Stores.as_json) -> None:
+def info(store: Optional[str] = STORE, as_json: bool = JSON) -> None:
     """What a store holds: clips by status, feature sets with parameters and fingerprints, arrays, bytes on disk."""
     from stores.inspect import print_info
 
@@ -117,7 +119,7 @@ def info(store: Optional[str] = Stores.store, as_json: bool = Stores.as_json) ->
 
 
 @command
-def verify(store: Optional[str] = Stores.store) -> int:
+def verify(store: Optional[str] = STORE) -> int:
     """Re-hash every file against the checksums written at commit; exit 1 and name the damage if any."""
     from stores.integrity import verify_and_report
 
@@ -125,7 +127,7 @@ def verify(store: Optional[str] = Stores.store) -> int:
 
 
 @command
-def publish(store: str = Stores.publish_store, to: str = Stores.to) -> None:
+def publish(store: str = Publish.store, to: str = Publish.to) -> None:
     """Copy a finished store to a shared place, verify it there, and make it visible only once complete.
 
     Example: python cli.py publish --store data/stores/crema-d.zarr --to s3://lab-features/crema-d.zarr
@@ -136,7 +138,7 @@ def publish(store: str = Stores.publish_store, to: str = Stores.to) -> None:
 
 
 @command
-def diff(store_a: str = Stores.store_a, store_b: str = Stores.store_b, as_json: bool = Stores.as_json, tolerance: int = Stores.tolerance) -> int:
+def diff(store_a: str = Diff.store_a, store_b: str = Diff.store_b, as_json: bool = JSON, tolerance: int = Diff.tolerance) -> int:
     """Compare two stores by content (feature sets, parameters, clips, committed arrays); provenance is ignored.
 
     Exit 0 and "no difference" when identical in content, exit 1 when they differ (like `diff`). Bit-identical is
@@ -150,7 +152,7 @@ def diff(store_a: str = Stores.store_a, store_b: str = Stores.store_b, as_json: 
 
 
 @command
-def preview(store: str = Stores.preview_store, out: Path = Stores.preview_out, clips: int = Stores.clips, status: list[str] = Stores.status) -> None:
+def preview(store: str = Preview.store, out: Path = Preview.out, clips: int = Preview.clips, status: list[str] = Preview.status) -> None:
     """A PNG contact sheet: per clip a few face crops beside their spectrogram chunks, labelled with the clip
     id, status, face coverage and split. Clips most likely to be wrong come first.
 

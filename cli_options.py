@@ -53,7 +53,8 @@ def input_errors() -> tuple[type[BaseException], ...]:
 DATASET = typer.Option(..., help=datasets_help())
 CLASSES = typer.Option(None, help="manifest only: its class list in label order, e.g. ANG,HAP,NEU,SAD (default: its labels' codes, "
                        "alphabetical); needed for labels outside the emotion table (README).")
-STORE = "Store path or URL (default data/stores/crema-d.zarr)."
+STORE = typer.Option(None, help="Store path or URL (default data/stores/crema-d.zarr).")  # info, verify, sweep
+JSON = typer.Option(False, "--json", help="Print JSON.")  # info, diff
 
 
 class Sample:
@@ -110,18 +111,20 @@ class Embed:
     progress = typer.Option(True, help="Show a progress bar.")
 
 
-class Stores:
-    """info, verify, publish, diff and preview."""
-
-    store = typer.Option(None, help=STORE)
-    as_json = typer.Option(False, "--json", help="Print JSON.")
-    publish_store = typer.Option(..., help="The finished store to publish (path or URL).")
+class Publish:
+    store = typer.Option(..., help="The finished store to publish (path or URL).")
     to = typer.Option(..., help="Where to publish it (path or URL); must not exist yet.")
+
+
+class Diff:
     store_a = typer.Argument(..., help="First store (path or URL).")
     store_b = typer.Argument(..., help="Second store (path or URL).")
     tolerance = typer.Option(0, "--tolerance", metavar="ULPS", help="Accept numeric arrays that differ by at most this many ulps (units for integer images).")
-    preview_store = typer.Option(..., help="Store path or URL (read only).")
-    preview_out = typer.Option(Path("preview.png"), help="The PNG contact sheet to write.")
+
+
+class Preview:
+    store = typer.Option(..., help="Store path or URL (read only).")
+    out = typer.Option(Path("preview.png"), help="The PNG contact sheet to write.")
     clips = typer.Option(16, min=1, help="How many clips to show (not-ok and low face coverage first).")
     status = typer.Option([], help="Only clips with this faces or audio status (repeat the option), e.g. face_lost.")
 
@@ -182,7 +185,7 @@ class Report:
 
 
 class Sweep:
-    store = typer.Option(None, help=STORE)
+    store = STORE
     encoders = typer.Option(None, help="Comma-separated encoders (default resnet18,simple3d).")
     modalities = typer.Option(None, help="Comma-separated modalities (default audio,vision,av).")
     seeds = typer.Option(None, help="Comma-separated seeds (default 0,1; a preset's own otherwise).")
