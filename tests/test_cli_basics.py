@@ -1,4 +1,6 @@
-from tests.conftest import run_cli
+import pytest
+
+from tests.conftest import open_up, run_cli, run_cli_unprivileged
 
 
 def test_help_lists_every_command_with_a_description():
@@ -38,3 +40,32 @@ def test_the_default_store_lives_under_data_and_an_old_default_store_is_still_us
     old = run_cli("info", "--json", cwd=tmp_path)
     assert old.returncode == 0 and json.loads(old.stdout)["dataset"] == "crema-d", old.stderr
     assert old.stderr.count("old default store location") == 1 and "data/stores/crema-d.zarr" in old.stderr
+
+
+def test_a_device_no_run_can_use_is_refused_in_one_line():
+    from pipeline.hardware import DeviceError, resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(DeviceError, match="unknown --device 'tpu'; choose auto, cpu or cuda"):
+        resolve_device("tpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="torch sees no CUDA GPU here; use --device cpu"):
+            resolve_device("cuda")
+
+
+def test_a_store_this_user_cannot_read_is_one_line_exit_2_naming_what_to_check(tmp_path):
+    from stores.store import FeatureStore
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    workdir.chmod(0o777)
+    open_up(workdir)
+    store = workdir / "s.zarr"
+    FeatureStore.create(store, dataset="crema-d", class_names=["ANG"], split_seed=0)
+    (store / "zarr.json").chmod(0o600)  # the owner's alone
+    result = run_cli_unprivileged("info", "--store", str(store), cwd=workdir)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr[-2000:]
+    assert f"cannot read store '{store}' (PermissionError" in result.stderr and "credentials" in result.stderr
