@@ -124,13 +124,18 @@ def test_every_input_error_names_an_exception_class():
         assert isinstance(error, type) and issubclass(error, Exception), (module, name)
 
 
-def cli_defaults(command: str) -> dict[str, object]:
-    """Option name -> default of one cli.py command, as typer declares them."""
+def cli_command(name: str):
+    """One cli.py command as click sees it."""
     import typer.main
 
     import cli
 
-    return {param.name: param.default for param in typer.main.get_command(cli.app).commands[command].params}
+    return typer.main.get_command(cli.app).commands[name]
+
+
+def cli_defaults(command: str) -> dict[str, object]:
+    """Option name -> default of one cli.py command, as typer declares them."""
+    return {param.name: param.default for param in cli_command(command).params}
 
 
 def test_the_clis_written_out_defaults_are_the_librarys():
@@ -151,5 +156,13 @@ def test_the_clis_written_out_defaults_are_the_librarys():
 
     sweep = cli_defaults("sweep")
     assert {k: sweep[k] for k in ("epochs", "batch_size", "device")} == {k: train_fields[k] for k in ("epochs", "batch_size", "device")}
+    from encoders.study import SWEEP_ENCODERS, SWEEP_MODALITIES, SWEEP_SEEDS
+
+    helps = {param.name: param.help for param in cli_command("sweep").params}
+    assert f"(default {','.join(SWEEP_ENCODERS)})" in helps["encoders"] and f"(default {','.join(SWEEP_MODALITIES)})" in helps["modalities"]
+    assert f"(default {','.join(map(str, SWEEP_SEEDS))};" in helps["seeds"]
+    from encoders.runs import RUNS_DIR
+
+    assert Path(cli_defaults("report")["runs"]) == RUNS_DIR
     embed = cli_defaults("embed")
     assert (embed["backbone"], embed["batch_size"], embed["size"]) == (EmbedConfig.backbone, EmbedConfig.batch_size, EmbedConfig.size)
