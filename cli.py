@@ -247,4 +247,5 @@ def demo(out: Path = Demo.out, workers: int = Demo.workers) -> None:
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # the library prints; through a pipe too, each line shows when printed
     sys.exit(app())
