@@ -4,6 +4,12 @@ per-stage profile of avstore's task, on the sample corpus and the real GRID clip
 
     nice -n 10 .venv/bin/python bench/extract.py           # bench/results/extract.{json,md}
     .venv/bin/python bench/extract.py --quick               # 18 sample clips, 3-clip baseline: extract-quick.*
+    .venv/bin/python bench/extract.py --main 96 [--profile-main]  # the main process alone: extract-main-96.*
+
+* main (`--main N`): only the warm 2-worker run, on ~N sample clips (N/12 actors, 2 sentences): the main
+  process's CPU per clip, which caps any cluster at 1/that clips/s (the client commits every clip), with
+  the CPU of each of its threads (main thread; Dask's event loop, which also runs the local scheduler) and,
+  with --profile-main, cProfile of the main thread (the commits) and of the event-loop thread.
 
 * cold: `cli.py extract --workers w` in a fresh process (its worker import server, pipeline/worker_imports.py,
   lives as long as the process); the start-up is the "first clip after N s" it prints.
@@ -148,6 +154,65 @@ def warm(records, store: Path, config: ExtractConfig, workers: int) -> dict:
         return measured(run, len(records))
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """CPU-seconds of each live thread of this process, by Python name (threads of one name summed)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = names.get(int(task.name), "(not Python)")
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def main_only(clips: int, tmp: Path, config: ExtractConfig, profile_main: bool) -> dict:
+    """The warm 2-worker run on ~`clips` sample clips: main-process CPU per clip, per thread, and where it goes."""
+    import threading
+
+    actors = max(1, -(-clips // 12))
+    write_sample_corpus(tmp / "sample", actors=actors, sentences=2, seed=0)
+    records = assign_splits(load_corpus("sample", tmp / "sample"), seed=0)
+    profilers: dict[str, cProfile.Profile] = {}
+    if profile_main:
+        def profile_thread(frame, event, arg):  # the first call in each new thread starts that thread's profiler
+            name = threading.current_thread().name
+            if name not in profilers:
+                profilers[name] = cProfile.Profile(time.thread_time)  # CPU, not waiting
+                profilers[name].enable()  # replaces this hook in this thread
+        threading.setprofile(profile_thread)
+        profilers["MainThread"] = cProfile.Profile(time.thread_time)
+        profilers["MainThread"].enable()
+    before = thread_cpu_s()
+    row = warm(records, tmp / "main.zarr", config, 2)
+    after = thread_cpu_s()
+    for profiler in profilers.values():
+        profiler.disable()
+    threading.setprofile(None)
+    row["threads_cpu_ms_per_clip"] = {name: round(1000 * (t - before.get(name, 0.0)) / len(records), 2)
+                                      for name, t in sorted(after.items()) if t - before.get(name, 0.0) > 0.005}
+    row["main_ms_per_clip"] = round(1000 * row["main_cpu_s_per_clip"], 2)
+    row["commit_ceiling_clips_per_s"] = round(1 / max(row["main_cpu_s_per_clip"], 1e-4))
+    if profilers:
+        import io
+
+        row["profiles"] = {}
+        for name, profiler in profilers.items():
+            text = io.StringIO()
+            try:
+                stats = pstats.Stats(profiler, stream=text)
+            except TypeError:  # a thread that never ran Python code
+                continue
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(40)
+            row["profiles"][name] = text.getvalue()
+    return row
+
+
 def baseline_clip(path: str, audio_path: str, mtcnn, config: ExtractConfig) -> None:
     import cv2
     import librosa
@@ -234,9 +299,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="18 sample clips and a 3-clip baseline")
     parser.add_argument("--baseline-clips", type=int, default=12, help="sample clips the (slow) seed way runs on")
+    parser.add_argument("--main", type=int, metavar="CLIPS", help="only the main process's CPU per clip, warm, 2 workers, ~CLIPS sample clips")
+    parser.add_argument("--profile-main", action="store_true", help="with --main: cProfile of the main process's threads")
     args = parser.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
     config = ExtractConfig()
+    if args.main:
+        with tempfile.TemporaryDirectory(prefix="avstore-bench-") as tmp:
+            row = main_only(args.main, Path(tmp), config, args.profile_main)
+        profiles = row.pop("profiles", {})
+        row.update(date=time.strftime("%Y-%m-%d %H:%M %Z"), nice=os.nice(0), load_after=round(os.getloadavg()[0], 2))
+        stem = REPO / "bench" / "results" / f"extract-main-{row['clips']}"
+        stem.with_suffix(".json").write_text(json.dumps(row, indent=2) + "\n")
+        for name, text in profiles.items():
+            print(f"==== cProfile of thread {name}\n{text}")
+        print(json.dumps(row, indent=2))
+        return 0
     stem = REPO / "bench" / "results" / ("extract-quick" if args.quick else "extract")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown CPU")
     r = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nice": os.nice(0), "machine": f"{os.cpu_count()} cores ({cpu}), no GPU", "load": [round(os.getloadavg()[0], 2)],
