@@ -154,10 +154,10 @@ def shard_bytes(chunks: list[bytes | None]) -> bytes:
 
 
 def read_shard(stored, shard_rows: int, key: str) -> list[bytes | None]:
-    """The chunks of a stored shard (a zarr Buffer, or None when there is none yet), by row within it."""
+    """The chunks of a stored shard (its bytes or a zarr Buffer, or None when there is none yet), by row within it."""
     if stored is None:
         return [None] * shard_rows
-    data = stored.to_bytes()
+    data = stored if isinstance(stored, bytes) else stored.to_bytes()
     raw = data[-(shard_rows * 16 + 4) : -4]
     if len(raw) != shard_rows * 16 or np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes() != data[-4:]:
         raise ValueError(f"shard '{key}' has a damaged index (crc32c mismatch); run `python cli.py verify` on the store")
