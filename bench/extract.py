@@ -17,8 +17,10 @@ per-stage profile of avstore's task, on the sample corpus and the real GRID clip
   it: the steady rate, store writes and fusion included. The speed-ups and projections use this rate.
 * baseline (the seed's way), one process, torch 1 thread: ffmpeg rawvideo of every frame, MTCNN on every
   full-resolution frame, ffmpeg audio pipe, librosa mel with the same parameters, 16 chunks resized.
-* profile: cProfile over avstore's task (clip_task, in process) on a few clips; cumulative time of the
-  stages (no monkeypatching; cProfile adds its own overhead, so the stages are shares, the total is wall).
+* profile: cProfile over a clip's share of avstore's task (clip_task below: the features, then every large
+  array encoded into its chunk's bytes, as shards_task does before writing the shards) in process on a few
+  clips; cumulative time of the stages (no monkeypatching; cProfile adds its own overhead, so the stages are
+  shares, the total is wall).
 
 CPU-seconds count this process and all its descendants (workers, ffmpeg). The machine may be shared: the
 load average and the cores other jobs used meanwhile are recorded beside every number.
@@ -51,14 +53,16 @@ from pipeline.corpora import load_corpus  # noqa: E402
 from pipeline.corpora.sample import write_sample_corpus  # noqa: E402
 from pipeline.media import ffmpeg_exe, probe  # noqa: E402
 from pipeline.records import CREMA_D_EMOTIONS  # noqa: E402
-from pipeline.run import ExtractConfig, clip_task, process_clip, run_extract  # noqa: E402
+from pipeline.run import ExtractConfig, process_clip, run_extract  # noqa: E402
 from pipeline.splits import assign_splits  # noqa: E402
+from stores.codecs import chain_for  # noqa: E402
+from stores.shards import encode_large_arrays  # noqa: E402
 
 GRID_DIR = Path(os.environ.get("AVSTORE_SHARED_DATA", REPO.parent / "shared" / "data")) / "grid"
 CREMA_D_CLIPS = 7442
 TICK = os.sysconf("SC_CLK_TCK")
 STAGES = {  # profile label: (file, functions) as cProfile names them
-    "clip_task (whole task)": ("run.py", ("clip_task",)),
+    "clip_task (whole task)": ("bench/extract.py", ("clip_task",)),
     "process_clip (features)": ("run.py", ("process_clip",)),
     "open + demux (probe facts)": ("media.py", ("_open", "_demux")),
     "decode + RGB of the kept frames": ("media.py", ("frames",)),
@@ -71,6 +75,14 @@ STAGES = {  # profile label: (file, functions) as cProfile names them
     "fusion (on the worker)": ("extract.py", ("fuse_clip",)),
     "encode large arrays (on the worker)": ("shards.py", ("encode_large_arrays",)),
 }
+
+
+def clip_task(record, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str) -> tuple:
+    """One clip's share of pipeline/run.py's shards_task, without writing: its features and fusions, every large
+    array encoded into its chunk's bytes."""
+    *results, fused = process_clip(record, config, want_faces, want_audio, device)
+    encoded = [None if r is None else encode_large_arrays(r.arrays) for r in results]
+    return (*encoded, {name: encode_large_arrays(arrays, chain_for(f"fusion-{name}")) for name, arrays in fused.items()})
 
 
 def processes() -> dict[int, tuple[int, float]]:
@@ -136,15 +148,21 @@ def cold(dataset: str, root: Path, store: Path, workers: int, clips: int) -> dic
     return {k: v for k, v in measured(run, clips).items() if k != "main_cpu_s_per_clip"}  # the CLI's main process is a child here
 
 
-def warm(records, store: Path, config: ExtractConfig, workers: int) -> dict:
+def warm(records, store: Path, config: ExtractConfig, workers: int, threads: dict | None = None) -> dict:
+    """`threads`, if given, receives each thread's CPU-seconds over the run alone (thread_cpu_s before and after)."""
     from dask.distributed import Client
 
     from pipeline.workers import local_cluster
 
     def run() -> dict:
+        before = thread_cpu_s()
         summary = run_extract(records, store, config, dataset="bench", class_names=list(CREMA_D_EMOTIONS), split_seed=0, progress=False,
                               scheduler=cluster.scheduler_address)
-        return {"mb_per_clip": mb_per_clip(store, len(records)), "not_ok": {k: v for k, v in summary.status.items() if not k.endswith(":ok")}}
+        if threads is not None:
+            for tid, (name, t) in thread_cpu_s().items():
+                threads[name] = threads.get(name, 0.0) + t - before.get(tid, ("", 0.0))[1]
+        return {"mb_per_clip": mb_per_clip(store, len(records)), "not_ok": {k: v for k, v in summary.status.items() if not k.endswith(":ok")},
+                "files_hashed": summary.files_hashed, "mb_hashed": round(summary.bytes_hashed / 1e6, 2), "timings_s": summary.timings}
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     with local_cluster(workers) as cluster:  # the CLI's own cluster: forked workers, no statistical profiler
@@ -154,19 +172,19 @@ def warm(records, store: Path, config: ExtractConfig, workers: int) -> dict:
         return measured(run, len(records))
 
 
-def thread_cpu_s() -> dict[str, float]:
-    """CPU-seconds of each live thread of this process, by Python name (threads of one name summed)."""
+def thread_cpu_s() -> dict[int, tuple[str, float]]:
+    """Thread id -> (name, CPU-seconds) of each live thread of this process (its Python name where it has one)."""
     import threading
 
     names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[str, float] = {}
+    out = {}
     for task in Path("/proc/self/task").iterdir():
         try:
-            name = names.get(int(task.name), "(not Python)")
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = names.get(int(task.name)) or f"{(task / 'comm').read_text().strip()} (not a Python thread)"
         except OSError:
             continue
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / TICK)
     return out
 
 
@@ -187,14 +205,12 @@ def main_only(clips: int, tmp: Path, config: ExtractConfig, profile_main: bool) 
         threading.setprofile(profile_thread)
         profilers["MainThread"] = cProfile.Profile(time.thread_time)
         profilers["MainThread"].enable()
-    before = thread_cpu_s()
-    row = warm(records, tmp / "main.zarr", config, 2)
-    after = thread_cpu_s()
+    spent: dict[str, float] = {}
+    row = warm(records, tmp / "main.zarr", config, 2, spent)
     for profiler in profilers.values():
         profiler.disable()
     threading.setprofile(None)
-    row["threads_cpu_ms_per_clip"] = {name: round(1000 * (t - before.get(name, 0.0)) / len(records), 2)
-                                      for name, t in sorted(after.items()) if t - before.get(name, 0.0) > 0.005}
+    row["threads_cpu_ms_per_clip"] = {name: round(1000 * t / len(records), 2) for name, t in sorted(spent.items()) if t > 0.005}
     row["main_ms_per_clip"] = round(1000 * row["main_cpu_s_per_clip"], 2)
     row["commit_ceiling_clips_per_s"] = round(1 / max(row["main_cpu_s_per_clip"], 1e-4))
     if profilers:
