@@ -9,7 +9,8 @@ per-stage profile of avstore's task, on the sample corpus and the real GRID clip
 * main (`--main N`): only the warm 2-worker run, on ~N sample clips (N/12 actors, 2 sentences): the main
   process's CPU per clip, which caps any cluster at 1/that clips/s (the client commits every clip), with
   the CPU of each of its threads (main thread; Dask's event loop, which also runs the local scheduler) and,
-  with --profile-main, cProfile of the main thread (the commits) and of the event-loop thread.
+  with --profile-main, cProfile of each thread: the main thread's with the whole process's CPU as its clock, so
+  work it waits on in zarr's or Dask's threads counts where it waited.
 
 * cold: `cli.py extract --workers w` in a fresh process (its worker import server, pipeline/worker_imports.py,
   lives as long as the process); the start-up is the "first clip after N s" it prints.
@@ -203,7 +204,7 @@ def main_only(clips: int, tmp: Path, config: ExtractConfig, profile_main: bool) 
                 profilers[name] = cProfile.Profile(time.thread_time)  # CPU, not waiting
                 profilers[name].enable()  # replaces this hook in this thread
         threading.setprofile(profile_thread)
-        profilers["MainThread"] = cProfile.Profile(time.thread_time)
+        profilers["MainThread"] = cProfile.Profile(time.process_time)  # the process's CPU, by what the main thread was doing
         profilers["MainThread"].enable()
     spent: dict[str, float] = {}
     row = warm(records, tmp / "main.zarr", config, 2, spent)

@@ -6,8 +6,9 @@ timestamps, ...), records the sums of the files the task wrote (stores/integrity
 the rows done: fusions, LLDs, audio, and faces last, so a row whose faces are done has all of its sets
 committed. A row that ended in `error` is left uncommitted, and the next run redoes it.
 
-Why the arrays are opened once (`CommitTargets`): opening a zarr array reads and parses its zarr.json, and a
-commit writes some thirty arrays; opened per commit that was a third of the client's CPU.
+Why the arrays are opened once (`CommitTargets`), and written through chunks kept in memory (stores/small_arrays.py):
+a commit writes some thirty arrays, and opening each (reading its zarr.json), then reading back, decoding and
+encoding its chunk through zarr cost ~2 CPU-ms an array, most of the client's CPU per clip.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import zarr
 
 from pipeline.extract import TaskResult
 from pipeline.spans import SpanResult
 from stores.integrity import record_sums
 from stores.location import Location
-from stores.store import FeatureSet, FeatureStore, write_runs
+from stores.small_arrays import ChunkWriter
+from stores.store import FeatureSet, FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,13 @@ class CommitTargets:
     """The small arrays of one feature set, opened once for the whole run (its large ones are the workers')."""
 
     feature_set: FeatureSet
-    features: dict[str, zarr.Array]  # name -> array, without ROW_STATE
-    state: dict[str, zarr.Array]  # ROW_STATE names it has -> array
+    features: dict[str, ChunkWriter]  # name -> its writer, without ROW_STATE
+    state: dict[str, ChunkWriter]  # ROW_STATE names it has -> its writer
 
     @classmethod
-    def of(cls, feature_set: FeatureSet) -> "CommitTargets":
-        arrays = {name: array.with_config({"write_empty_chunks": True}) for name, array in feature_set.group.arrays()
-                  if array.shards is None}  # write_empty_chunks: no scan of each chunk for the fill value
-        return cls(feature_set, {n: a for n, a in arrays.items() if n not in ROW_STATE}, {n: a for n, a in arrays.items() if n in ROW_STATE})
+    def of(cls, feature_set: FeatureSet, where: Location) -> "CommitTargets":
+        writers = {name: ChunkWriter(array, where) for name, array in feature_set.group.arrays() if array.shards is None}
+        return cls(feature_set, {n: w for n, w in writers.items() if n not in ROW_STATE}, {n: w for n, w in writers.items() if n in ROW_STATE})
 
 
 DONE_ORDER = ("fusion-", "lld", "audio", "faces")
@@ -74,7 +74,7 @@ def commit_span(store: FeatureStore, where: Location, targets: dict[str, CommitT
         record_sums(where, f"{first:09d}-{last:09d}", {rel: s.entry() for rel, s in result.files.items()})
     for kind in sorted(committed, key=done_rank):
         rows = committed[kind][0]
-        write_runs(targets[kind].state["done"], rows, np.ones(len(rows), np.uint8))
+        targets[kind].state["done"].write(rows, np.ones(len(rows), np.uint8))
     return errors, sum(len(rows) for kind, (rows, _) in committed.items() if kind.startswith("fusion-"))
 
 
@@ -84,14 +84,14 @@ def done_rank(kind: str) -> int:
 
 def write_values(target: CommitTargets, rows: np.ndarray, results: list[TaskResult]) -> None:
     """The rows' small arrays, status, reason and source (not `done`): zeros where a result has no value (a failed clip)."""
-    for name, array in target.features.items():
-        values = np.zeros((len(rows), *array.shape[1:]), array.dtype)
+    for name, writer in target.features.items():
+        values = np.zeros((len(rows), *writer.array.shape[1:]), writer.array.dtype)
         for k, result in enumerate(results):
             value = (result.arrays or {}).get(name)
             if value is not None:
                 values[k] = value
-        write_runs(array, rows, values)
+        writer.write(rows, values)
     if "source" in target.state:
-        write_runs(target.state["source"], rows, np.asarray([r.source for r in results], dtype=object))
-    write_runs(target.state["status"], rows, np.asarray([r.status for r in results], dtype=object))
-    write_runs(target.state["reason"], rows, np.asarray([r.reason for r in results], dtype=object))
+        target.state["source"].write(rows, np.asarray([r.source for r in results], dtype=object))
+    target.state["status"].write(rows, np.asarray([r.status for r in results], dtype=object))
+    target.state["reason"].write(rows, np.asarray([r.reason for r in results], dtype=object))

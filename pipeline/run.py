@@ -406,7 +406,7 @@ def commit_results(store: FeatureStore, where: Location, sets: dict[str, Feature
     """Commit each task's clips as its result arrives (pipeline/commit.py), and collect in `known` the checksum
     entries of the files the tasks wrote. Returns row -> reason of the rows that ended in `error` (left
     uncommitted, so the next run redoes them) and how many fused rows were committed."""
-    targets = {kind: CommitTargets.of(s) for kind, s in sets.items()}
+    targets = {kind: CommitTargets.of(s, where) for kind, s in sets.items()}
     timings = {} if timings is None else timings
     timings.setdefault("committing", 0.0)
     errors: dict[int, str] = {}
