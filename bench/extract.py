@@ -120,7 +120,7 @@ def measured(fn, clips: int) -> dict:
     extra = fn() or {}
     wall, own, busy, main = time.perf_counter() - wall, cpu_s() - own, busy_s() - busy, sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - main
     return {"clips": clips, "seconds": round(wall, 2), "clips_per_s": round(clips / wall, 3), "cpu_s_per_clip": round(own / clips, 3),
-            "main_cpu_s_per_clip": round(main / clips, 3),  # the one process every clip goes through: writer, scheduler, client
+            "main_cpu_s_per_clip": round(main / clips, 4),  # the one process every clip goes through: writer, scheduler, client
             "other_cores": round(max(0.0, busy - own) / wall, 2), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), **extra}
 
 
@@ -212,7 +212,7 @@ def main_only(clips: int, tmp: Path, config: ExtractConfig, profile_main: bool) 
         profiler.disable()
     threading.setprofile(None)
     row["threads_cpu_ms_per_clip"] = {name: round(1000 * t / len(records), 2) for name, t in sorted(spent.items()) if t > 0.005}
-    row["main_ms_per_clip"] = round(1000 * row["main_cpu_s_per_clip"], 2)
+    row["main_ms_per_clip"] = round(1000 * row["main_cpu_s_per_clip"], 1)
     row["commit_ceiling_clips_per_s"] = round(1 / max(row["main_cpu_s_per_clip"], 1e-4))
     if profilers:
         import io
@@ -226,6 +226,7 @@ def main_only(clips: int, tmp: Path, config: ExtractConfig, profile_main: bool) 
                 continue
             stats.sort_stats("tottime").print_stats(25)
             stats.sort_stats("cumulative").print_stats(40)
+            stats.sort_stats("cumulative").print_stats(r"wt-\d+/(pipeline|stores)/", 60)
             row["profiles"][name] = text.getvalue()
     return row
 

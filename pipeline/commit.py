@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import zarr
 
 from pipeline.extract import TaskResult
 from pipeline.spans import SpanResult
@@ -40,8 +41,9 @@ class CommitTargets:
     state: dict[str, ChunkWriter]  # ROW_STATE names it has -> its writer
 
     @classmethod
-    def of(cls, feature_set: FeatureSet, where: Location) -> "CommitTargets":
-        writers = {name: ChunkWriter(array, where) for name, array in feature_set.group.arrays() if array.shards is None}
+    def of(cls, feature_set: FeatureSet, arrays: dict[str, zarr.Array], where: Location) -> "CommitTargets":
+        """`arrays`: all of the set's arrays, opened."""
+        writers = {name: ChunkWriter(array, where) for name, array in arrays.items() if array.shards is None}
         return cls(feature_set, {n: w for n, w in writers.items() if n not in ROW_STATE}, {n: w for n, w in writers.items() if n in ROW_STATE})
 
 

@@ -286,13 +286,15 @@ def run_extract(
         if len(todo):
             sets = {"faces": faces, "audio": audio, **({"lld": lld} if lld is not None else {}),
                     **{"fusion-" + name: s for name, s in fused_sets.items()}}
-            large = {kind: sharded_arrays(s) for kind, s in sets.items()}
+            opened = {kind: dict(s.group.arrays()) for kind, s in sets.items()}  # each zarr.json read once
+            large = {kind: sharded_arrays(s, opened[kind]) for kind, s in sets.items()}
+            targets = {kind: CommitTargets.of(s, opened[kind], where) for kind, s in sets.items()}
             clips = [(int(rows[i]), records[i], bool(todo_faces[i]), bool(todo_audio[i]), bool(todo_lld[i])) for i in todo]
             spans = [Span(location, group, large) for group in plan_spans(clips, rows_per_span(large, commit_every))]
             environments: list[dict] = []
             results = timed_first(compute(spans, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
                                           environments=environments), started, summary.timings)
-            errors, summary.fusions_computed = commit_results(store, where, sets, results, known, summary.timings)
+            errors, summary.fusions_computed = commit_results(store, where, targets, results, known, summary.timings)
             clip_of_row = {int(row): record.clip_id for row, record in zip(rows, records)}
             summary.errors = {clip_of_row[row]: why for row, why in errors.items()}
             fused_on_workers = [(s, summary.fusions_computed) for s in fused_sets.values()]
@@ -401,12 +403,11 @@ def silence_logs() -> None:
     logging.disable(logging.CRITICAL)
 
 
-def commit_results(store: FeatureStore, where: Location, sets: dict[str, FeatureSet], results, known: dict[str, dict],
+def commit_results(store: FeatureStore, where: Location, targets: dict[str, CommitTargets], results, known: dict[str, dict],
                    timings: dict[str, float] | None = None) -> tuple[dict[int, str], int]:
     """Commit each task's clips as its result arrives (pipeline/commit.py), and collect in `known` the checksum
     entries of the files the tasks wrote. Returns row -> reason of the rows that ended in `error` (left
     uncommitted, so the next run redoes them) and how many fused rows were committed."""
-    targets = {kind: CommitTargets.of(s, where) for kind, s in sets.items()}
     timings = {} if timings is None else timings
     timings.setdefault("committing", 0.0)
     errors: dict[int, str] = {}
@@ -454,10 +455,12 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
     """Derive fusion `name` for every row whose faces and audio are ok, from the stored arrays; cached."""
     frames, size = faces.params["frames"], faces.params["size"]
     fused = store.ensure_feature_set("fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, seed), fusion_arrays(name, frames, size), who)
+    faces_done, audio_done = faces.done(), audio.done()
+    todo = np.flatnonzero(~fused.done() & faces_done & audio_done)
+    if not len(todo):  # the usual case: the workers fused every clip
+        return fused, 0
     clip_ids = store.root["clips/clip_id"][:]
-    both_ok = faces.ok() & audio.ok()
-    done = fused.done()
-    todo = np.flatnonzero(~done & (faces.done() & audio.done()))
+    both_ok = (faces_done & (faces.status() == "ok")) & (audio_done & (audio.status() == "ok"))
     bar = tqdm(total=len(todo), desc=f"fusion {name}", unit="clip", disable=not progress or not len(todo), file=sys.stderr)
     for start in range(0, len(todo), SHARD_ROWS):  # a shard's worth at a time: memory bounded whatever the corpus
         rows = todo[start : start + SHARD_ROWS]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import zarr
+
 from pipeline.extract import TaskResult
 from pipeline.records import ClipRecord
 from stores.codecs import chain_for
@@ -43,10 +45,10 @@ class SpanResult:
     files: dict[str, FileSum] = field(default_factory=dict)
 
 
-def sharded_arrays(feature_set: FeatureSet) -> dict[str, ShardedArray]:
-    """The feature set's large arrays (those stored in shards), as a worker writes them."""
+def sharded_arrays(feature_set: FeatureSet, arrays: dict[str, zarr.Array]) -> dict[str, ShardedArray]:
+    """The feature set's large arrays (those stored in shards; `arrays`: all of its arrays, opened), as a worker writes them."""
     chain = chain_for(feature_set.kind)
-    return {name: ShardedArray.of(array, chain) for name, array in sorted(feature_set.group.arrays()) if array.shards is not None}
+    return {name: ShardedArray.of(array, chain) for name, array in sorted(arrays.items()) if array.shards is not None}
 
 
 def rows_per_span(arrays: dict[str, dict[str, ShardedArray]], commit_every: int) -> int:

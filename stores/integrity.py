@@ -93,10 +93,11 @@ def record_sums(store: str | Path | Location, name: str, sums: dict[str, dict]) 
     locate(store).write_bytes(f"{RECORDED}/{name}.json", json.dumps(sums, separators=(",", ":")).encode())
 
 
-def recorded_sums(store: str | Path | Location) -> list[dict[str, dict]]:
-    """Every recorded file of sums (see record_sums), oldest run's first is not guaranteed: match by stamp."""
+def recorded_sums(store: str | Path | Location, listing: dict | None = None) -> list[dict[str, dict]]:
+    """Every recorded file of sums (see record_sums), in no particular order: match by stamp. `listing`: the
+    store's, if the caller has it (no second listing)."""
     location = locate(store)
-    names = sorted(rel for rel in location.files() if rel.startswith(RECORDED + "/") and rel.endswith(".json"))
+    names = sorted(rel for rel in (location.files() if listing is None else listing) if rel.startswith(RECORDED + "/") and rel.endswith(".json"))
     out = []
     for _, data in location.read_many(names):
         try:
@@ -119,9 +120,10 @@ def refresh_checksums(store: str | Path | Location, touched: dict[str, set[int]]
     finds it. Every other file is hashed: the metadata (each zarr.json, the clip table), the small arrays'
     chunks this run wrote, and files nothing describes. `verify` still re-hashes everything."""
     location = locate(store)
-    files = _listing(location)
-    old = read_checksums(location) if location.exists(CHECKSUMS) else {}
-    candidates = [known or {}, *recorded_sums(location), old]
+    everything = location.listing()
+    files = {rel: entry for rel, entry in everything.items() if _covered(rel)}
+    old = read_checksums(location) if CHECKSUMS in everything else {}
+    candidates = [known or {}, *recorded_sums(location, everything), old]
     shards = _touched_shards(location, files, touched) if trust_list else {}
 
     def current(rel: str) -> dict | None:

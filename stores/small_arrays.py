@@ -7,7 +7,7 @@ arrays, most of what the client spent per clip once the workers wrote the large 
 chunk is read once per run and kept decoded; a commit updates its rows, encodes it with numcodecs, exactly as
 zarr's codecs do (bytes or vlen-utf8, then zstd), and writes it whole (stores/location.py: a rename or one PUT).
 
-The bytes are zarr's own for the same values (tests/test_small_arrays.py compares them), so any reader reads
+Chunks are read back the same way (numcodecs' zstd, then the bytes or vlen-utf8), once each. The bytes are zarr's own for the same values (tests/test_small_arrays.py compares them), so any reader reads
 them. An array with other codecs (not made by stores/store.py) is written through zarr, as before.
 """
 
@@ -50,20 +50,29 @@ class ChunkWriter:
             inside = rows // self.rows_per_chunk == index
             chunk = self.chunk(index)
             chunk[rows[inside] - index * self.rows_per_chunk] = values[inside]
-            key = f"{self.array.path}/" + self.array.metadata.encode_chunk_key((index, *[0] * (self.array.ndim - 1)))
-            self.location.write_bytes(key, self.encode(chunk))
+            self.location.write_bytes(self.key(index), self.encode(chunk))
+
+    def key(self, index: int) -> str:
+        return f"{self.array.path}/" + self.array.metadata.encode_chunk_key((index, *[0] * (self.array.ndim - 1)))
 
     def chunk(self, index: int) -> np.ndarray:
-        """Chunk `index` decoded, whole (rows past the array's end hold the fill value, as zarr stores them)."""
+        """Chunk `index` decoded, whole (rows past the array's end hold the fill value, as zarr stores them):
+        read once, then kept."""
         if index not in self.chunks:
-            start = index * self.rows_per_chunk
-            stored = self.array[start : min(start + self.rows_per_chunk, self.array.shape[0])]
-            fill = self.array.fill_value
-            chunk = np.full((self.rows_per_chunk, *self.array.shape[1:]), "" if self.strings else fill,
-                            dtype=object if self.strings else self.array.dtype)
-            chunk[: len(stored)] = stored
-            self.chunks[index] = chunk
+            shape = (self.rows_per_chunk, *self.array.shape[1:])
+            try:
+                stored = self.location.read_bytes(self.key(index))
+            except FileNotFoundError:
+                self.chunks[index] = np.full(shape, "" if self.strings else self.array.fill_value, dtype=object if self.strings else self.array.dtype)
+            else:
+                self.chunks[index] = self.decode(stored).reshape(shape)
         return self.chunks[index]
+
+    def decode(self, stored: bytes) -> np.ndarray:
+        raw = self.zstd.decode(stored)
+        if self.strings:
+            return VLenUTF8().decode(raw)
+        return np.frombuffer(raw, self.array.dtype.newbyteorder("<")).astype(self.array.dtype)
 
     def encode(self, chunk: np.ndarray) -> bytes:
         if self.strings:
