@@ -163,7 +163,7 @@ def warm(records, store: Path, config: ExtractConfig, workers: int, threads: dic
             for tid, (name, t) in thread_cpu_s().items():
                 threads[name] = threads.get(name, 0.0) + t - before.get(tid, ("", 0.0))[1]
         return {"mb_per_clip": mb_per_clip(store, len(records)), "not_ok": {k: v for k, v in summary.status.items() if not k.endswith(":ok")},
-                "files_hashed": summary.files_hashed, "mb_hashed": round(summary.bytes_hashed / 1e6, 2), "timings_s": summary.timings}
+                "files_hashed": summary.files_hashed, "mb_hashed": round(sum(summary.hashed.values()) / 1e6, 2), "timings_s": summary.timings}
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     with local_cluster(workers) as cluster:  # the CLI's own cluster: forked workers, no statistical profiler

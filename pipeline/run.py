@@ -81,7 +81,7 @@ class ExtractSummary:
     changes: list[str] = field(default_factory=list)  # one line per kind of change to clips already stored (reconcile.py)
     usable: int = 0  # clips whose faces and audio are both ok
     files_hashed: int = 0  # by the checksum update: only files no task or earlier list gave the sum of (metadata, small arrays)
-    bytes_hashed: int = 0
+    hashed: dict[str, int] = field(default_factory=dict)  # those files -> their sizes
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds: first_clip (the first task back, from the call), committing, fusion (from the store)
 
@@ -318,9 +318,11 @@ def run_extract(
         for clip_id, why in summary.errors.items():
             summary.failures[clip_id] = f"error (will be retried by the next run): {why}"
         wrote = wrote or summary.computed or summary.fusions_computed or len(store.feature_sets()) > sets_before
+        if summary.computed:
+            remove_partial_files(where)  # a worker lost mid-write (its task was redone elsewhere) left its temporary file
         if wrote or not checksums_match_listing(where):
-            hashed = refresh_checksums(where, store.touched, known, trust_list=incremental)
-            summary.files_hashed, summary.bytes_hashed = len(hashed), sum(hashed.values())
+            summary.hashed = refresh_checksums(where, store.touched, known, trust_list=incremental)
+            summary.files_hashed = len(summary.hashed)
         mark_finished(where)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -532,8 +534,9 @@ def committed_clips(location: str | Path, config: ExtractConfig) -> tuple[int, i
 
 
 def remove_partial_files(location: Location | Path) -> None:
-    """A writer killed mid-write leaves Zarr's temporary `*.partial` files; they were never visible. Object
-    stores have none: a PUT is atomic, so an interrupted one leaves nothing behind."""
+    """A writer killed mid-write (this process, or a worker writing its shards) leaves its temporary `*.partial`
+    files (Zarr's and stores/location.py's); they were never visible. Object stores have none: a PUT is atomic,
+    so an interrupted one leaves nothing behind."""
     where = locate(location)
     if not where.is_local:
         return
