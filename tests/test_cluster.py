@@ -110,7 +110,8 @@ def test_a_worker_lost_mid_run_has_its_clips_redone_and_nothing_written_twice_or
         _wait_for(lambda: _worker_count(cluster) >= 3, "a third worker", tmp_path)
         store = tmp_path / "lost-worker.zarr"
         extract = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *extract_args(corpus, str(store), "--scheduler", cluster, "--commit-every", "1", workers=None)],
-                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   cwd=REPO, env={**os.environ, "AVSTORE_SHARD_ROWS": "2"},  # tasks of 2 clips: 9 of them
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for(lambda: _faces_done(store) >= 2, "the first committed clips", tmp_path, timeout=180)
         assert extract.poll() is None and _faces_done(store) < 18, "the extract finished before the worker could be lost"
         os.killpg(doomed.pid, signal.SIGKILL)  # the worker is lost with whatever it was computing
