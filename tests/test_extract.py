@@ -408,6 +408,7 @@ def test_ctrl_c_during_extract_is_one_line_exit_130_and_train_refuses_the_store_
     store = tmp_path / "s.zarr"
     args = ["extract", "--dataset", "sample", "--root", str(corpus), "--store", str(store), "--workers", "2", *SMALL]
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args, "--commit-every", "2"], cwd=REPO, text=True,
+                            env={**os.environ, "AVSTORE_SHARD_ROWS": "4"},  # tasks of 4 clips: the interrupt lands between commits
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline, done = time.time() + 180, 0
     while time.time() < deadline and proc.poll() is None and done < 1:
