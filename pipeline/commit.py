@@ -14,6 +14,7 @@ encoding its chunk through zarr cost ~2 CPU-ms an array, most of the client's CP
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,9 +23,9 @@ import zarr
 from pipeline.extract import TaskResult
 from pipeline.spans import SpanResult
 from stores.integrity import record_sums
-from stores.location import Location
+from stores.location import Location, local_stamp
 from stores.small_arrays import ChunkWriter
-from stores.store import FeatureSet, FeatureStore
+from stores.store import FeatureSet, FeatureStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ DONE_ORDER = ("fusion-", "lld", "audio", "faces")
 
 def commit_span(store: FeatureStore, where: Location, targets: dict[str, CommitTargets], result: SpanResult) -> tuple[dict[int, str], int]:
     """Commit one task's clips; returns (row -> reason of each row that ended in `error`, fused rows committed)."""
+    check_written_here(where, result)
     errors: dict[int, str] = {}
     committed: dict[str, tuple[np.ndarray, list[TaskResult]]] = {}
     for kind, target in targets.items():
@@ -78,6 +80,25 @@ def commit_span(store: FeatureStore, where: Location, targets: dict[str, CommitT
         rows = committed[kind][0]
         targets[kind].state["done"].write(rows, np.ones(len(rows), np.uint8))
     return errors, sum(len(rows) for kind, (rows, _) in committed.items() if kind.startswith("fusion-"))
+
+
+def check_written_here(where: Location, result: SpanResult) -> None:
+    """Refuse to commit rows whose shards this process does not see as the task wrote them (a stat per file).
+
+    Why: with `--scheduler`, a local --store path names a folder on each worker's own machine; a worker that
+    cannot see the client's folder writes its shards into another one of the same name, and committing the rows
+    would leave the store without their data. An object store is one place for all (a worker without access
+    fails its task instead)."""
+    if not where.is_local:
+        return
+    for rel, written in result.files.items():
+        try:
+            same = local_stamp(os.stat(where.local_path / rel)) == written.stamp
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise StoreError(f"a worker wrote '{rel}' where this process does not see it: with --scheduler, --store must be a folder "
+                             f"every worker sees at the same path (a shared filesystem) or an s3:// URL")
 
 
 def done_rank(kind: str) -> int:

@@ -414,13 +414,16 @@ def commit_results(store: FeatureStore, where: Location, targets: dict[str, Comm
     timings.setdefault("committing", 0.0)
     errors: dict[int, str] = {}
     n_fused = 0
-    for result in results:
-        started = time.perf_counter()
-        failed, fused = commit_span(store, where, targets, result)
-        errors.update(failed)
-        n_fused += fused
-        known.update((rel, s.entry()) for rel, s in result.files.items())
-        timings["committing"] += time.perf_counter() - started
+    try:
+        for result in results:
+            started = time.perf_counter()
+            failed, fused = commit_span(store, where, targets, result)
+            errors.update(failed)
+            n_fused += fused
+            known.update((rel, s.entry()) for rel, s in result.files.items())
+            timings["committing"] += time.perf_counter() - started
+    finally:
+        getattr(results, "close", lambda: None)()  # a commit that failed stops the cluster now
     return errors, n_fused
 
 

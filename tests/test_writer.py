@@ -15,6 +15,7 @@ from pipeline.run import ExtractConfig, materialise_fusion, process_clip, run_ex
 from pipeline.spans import Span, plan_spans, rows_per_span, sharded_arrays
 from pipeline.splits import assign_splits
 from tests.remote_helpers import sample_corpus
+from stores.location import locate
 from stores.store import SHARD_ROWS, FeatureStore
 
 FACES, MEL = FaceConfig(frames=6, size=32, detect_every=3), MelConfig(n_mels=32)
@@ -112,3 +113,30 @@ def test_tasks_cover_whole_shards_so_no_shard_is_written_by_two_tasks(commit_eve
     assert sum(len(s) for s in shards) == len(set().union(*shards))  # every shard in one span only
     assert [row for span in spans for row, *_ in span] == sorted(row for row, *_ in todo)
     assert rows_per_span({"faces": {"crops": Array(4)}, "audio": {"mel": Array(6)}}, 1) == 12  # whole shards of both
+
+
+def test_rows_whose_shards_this_process_cannot_see_are_not_committed(tmp_path_factory, tmp_path):
+    """With --scheduler, a worker on another machine writes a local --store path on its own disk: the client must
+    refuse to mark those rows done, in one line that says what --store needs."""
+
+    from pipeline.commit import CommitTargets, commit_span
+    from stores.store import StoreError
+
+    good = assign_splits(load_corpus("sample", sample_corpus(tmp_path_factory)), seed=0)[:1]
+    config = ExtractConfig(faces=FACES, mel=MEL)
+    store, sets = store_with_sets(tmp_path / "s.zarr", good, config)
+    opened = {kind: dict(s.group.arrays()) for kind, s in sets.items()}
+    span = Span(str(tmp_path / "elsewhere.zarr"), [(0, good[0], True, True, False)], {k: sharded_arrays(s, opened[k]) for k, s in sets.items()})
+    result = shards_task(span, config, "cpu")  # written into another folder, as on another machine
+    targets = {kind: CommitTargets.of(s, opened[kind], locate(str(tmp_path / "s.zarr"))) for kind, s in sets.items()}
+    with pytest.raises(StoreError, match="shared filesystem"):
+        commit_span(store, locate(str(tmp_path / "s.zarr")), targets, result)
+    assert not sets["faces"].done().any()
+    import shutil
+
+    shutil.copytree(tmp_path / "elsewhere.zarr" / "features", tmp_path / "s.zarr" / "features", dirs_exist_ok=True)  # same bytes, other files
+    with pytest.raises(StoreError, match="shared filesystem"):
+        commit_span(store, locate(str(tmp_path / "s.zarr")), targets, result)
+    here = Span(str(tmp_path / "s.zarr"), span.clips, span.arrays)
+    commit_span(store, locate(str(tmp_path / "s.zarr")), targets, shards_task(here, config, "cpu"))
+    assert sets["faces"].done().all()
