@@ -223,9 +223,10 @@ def run_extract(
     split_seed: int | None = None, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
     commit_every: int = SHARD_ROWS, retry_failed: bool = False, started: float | None = None, classes_declared: bool = True,
 ) -> ExtractSummary:
-    """Compute what the store lacks for `records` and commit it, `commit_every` clips at a time.
+    """Compute what the store lacks for `records` and commit it, one task of whole shards at a time.
 
-    A smaller `commit_every` loses less work to a crash but rewrites each shard more often. A committed row
+    A task holds `commit_every` clips rounded to whole shards (pipeline/spans.py): it writes its shards and its
+    clips are committed when it finishes, so a smaller one loses less work to a crash. A committed row
     is redone when its source file changed since (size, mtime, hash of its ends), and a non-ok one also when
     `retry_failed`; an ok row whose source is unchanged never is. Speakers the store has recorded keep their
     partition; new ones get theirs by the stable rule (stores/splits.py) with the store's seed, or the records'
