@@ -56,6 +56,7 @@ QUIET_MONITORS = {
     "distributed.admin.system-monitor.interval": "5s",
     "distributed.admin.system-monitor.disk": False,
     "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.deploy.cluster-repr-interval": "10s",
 }
 """Dask's monitors, for a dashboard a local run does not have. The statistical profilers walk each worker's stack
 every 10 ms (~3 % of a clip). The scheduler and the workers' nannies run in this process, the one that commits
