@@ -4,7 +4,7 @@ per-stage profile of avstore's task, on the sample corpus and the real GRID clip
 
     nice -n 10 .venv/bin/python bench/extract.py           # bench/results/extract.{json,md}
     .venv/bin/python bench/extract.py --quick               # 18 sample clips, 3-clip baseline: extract-quick.*
-    .venv/bin/python bench/extract.py --main 96 [--profile-main]  # the main process alone: extract-main-96.*
+    .venv/bin/python bench/extract.py --main 96 [--profile-main]  # the main process alone: extract-main-96.{json,md}
 
 * main (`--main N`): only the warm 2-worker run, on ~N sample clips (N/12 actors, 2 sentences): the main
   process's CPU per clip, which caps any cluster at 1/that clips/s (the client commits every clip), with
@@ -231,6 +231,20 @@ def main_only(clips: int, tmp: Path, config: ExtractConfig, profile_main: bool) 
     return row
 
 
+def main_markdown(row: dict, cpu: str) -> str:
+    """The --main run as a short table: what the one committing process costs per clip, and where."""
+    threads = ", ".join(f"{name} {ms}" for name, ms in sorted(row["threads_cpu_ms_per_clip"].items(), key=lambda kv: -kv[1]))
+    return "\n".join([
+        f"### The extract client's CPU per clip ({row['date']}, {row['clips']} sample clips)", "",
+        f"{os.cpu_count()} cores ({cpu}). Defaults (T=16, 224 px, 512 mels, concat), 2 warm local workers, a fresh store. "
+        f"**Shared machine**: load average {row['load_before']} before, {row['load_after']} after; run at nice {row['nice']}.", "",
+        "| clips | s | clips/s | CPU-s/clip (all processes) | main process CPU-ms/clip | commit ceiling (clips/s) |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {row['clips']} | {row['seconds']} | {row['clips_per_s']} | {row['cpu_s_per_clip']} | {row['main_ms_per_clip']} | {row['commit_ceiling_clips_per_s']} |", "",
+        f"Main-process threads, CPU-ms per clip: {threads}. Files hashed by the client: {row['files_hashed']} ({row['mb_hashed']} MB).",
+        "", "Written by `bench/extract.py --main`; every number in the .json beside it.", ""])
+
+
 def baseline_clip(path: str, audio_path: str, mtcnn, config: ExtractConfig) -> None:
     import cv2
     import librosa
@@ -322,19 +336,21 @@ def main() -> int:
     args = parser.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
     config = ExtractConfig()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown CPU")
     if args.main:
         with tempfile.TemporaryDirectory(prefix="avstore-bench-") as tmp:
             row = main_only(args.main, Path(tmp), config, args.profile_main)
         profiles = row.pop("profiles", {})
         row.update(date=time.strftime("%Y-%m-%d %H:%M %Z"), nice=os.nice(0), load_after=round(os.getloadavg()[0], 2))
-        stem = REPO / "bench" / "results" / f"extract-main-{row['clips']}"
-        stem.with_suffix(".json").write_text(json.dumps(row, indent=2) + "\n")
+        if not profiles:  # a profiled run is slower: its numbers are not the figure
+            stem = REPO / "bench" / "results" / f"extract-main-{row['clips']}"
+            stem.with_suffix(".json").write_text(json.dumps(row, indent=2) + "\n")
+            stem.with_suffix(".md").write_text(main_markdown(row, cpu))
         for name, text in profiles.items():
             print(f"==== cProfile of thread {name}\n{text}")
         print(json.dumps(row, indent=2))
         return 0
     stem = REPO / "bench" / "results" / ("extract-quick" if args.quick else "extract")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown CPU")
     r = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nice": os.nice(0), "machine": f"{os.cpu_count()} cores ({cpu}), no GPU", "load": [round(os.getloadavg()[0], 2)],
          "parameters": {"quick": args.quick, "faces": asdict(config.faces), "mel": asdict(config.mel), "fusions": list(config.fusions)}, "corpora": {}}
     with tempfile.TemporaryDirectory(prefix="avstore-bench-") as tmp:
