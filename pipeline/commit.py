@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +76,8 @@ def commit_span(store: FeatureStore, where: Location, targets: dict[str, CommitT
             store.touched.setdefault(target.feature_set.name, set()).update(rows)
     if result.files:
         first, last = min(result.rows), max(result.rows)
-        record_sums(where, f"{first:09d}-{last:09d}", {rel: s.entry() for rel, s in result.files.items()})
+        name = f"{first:09d}-{last:09d}-{uuid.uuid4().hex[:8]}"  # never another commit's: sums are matched by stamp, none lost
+        record_sums(where, name, {rel: s.entry() for rel, s in result.files.items()})
     for kind in sorted(committed, key=done_rank):
         rows = committed[kind][0]
         targets[kind].state["done"].write(rows, np.ones(len(rows), np.uint8))
