@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
+from stores.integrity import checksums_match_listing, refresh_checksums
 from stores.location import locate
 from stores.lock import WriterLock
 from stores.numeric import numeric_environment, pinned
@@ -274,5 +274,5 @@ def run_embed(location: str, config: EmbedConfig, *, weights: Path | None = None
         if len(todo):
             where_run = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
             embed.add_numeric_environments([{**numeric_environment(), "device": where_run}])  # what can still move the last bits
-            refresh_checksums(where, store.touched) if incremental else write_checksums(where)
+            refresh_checksums(where, store.touched, trust_list=incremental)  # after a takeover: files whose stamp changed
     return embed, len(todo)
