@@ -291,7 +291,8 @@ def run_extract(
             large = {kind: sharded_arrays(s, opened[kind]) for kind, s in sets.items()}
             targets = {kind: CommitTargets.of(s, opened[kind], where) for kind, s in sets.items()}
             clips = [(int(rows[i]), records[i], bool(todo_faces[i]), bool(todo_audio[i]), bool(todo_lld[i])) for i in todo]
-            spans = [Span(location, group, large) for group in plan_spans(clips, rows_per_span(large, commit_every))]
+            target = str(where.local_path.resolve()) if where.is_local else location  # as a worker in another folder sees it
+            spans = [Span(target, group, large) for group in plan_spans(clips, rows_per_span(large, commit_every))]
             environments: list[dict] = []
             results = timed_first(compute(spans, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
                                           environments=environments), started, summary.timings)
