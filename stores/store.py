@@ -14,7 +14,9 @@ Layout::
 Why so: rows are written data first and `done` last, so a reader that selects `done == 1` never sees a half
 written clip, and a killed run resumes by redoing rows whose `done` is 0. Large arrays hold one clip per
 inner chunk inside shards of SHARD_ROWS clips (few files on NFS or object storage, one chunk read per
-sample), each chunk encoded by the lossless chain stores/codecs.py picks for its shape and dtype. Exactly one process writes (the extract's client; see WriterLock).
+sample), each chunk encoded by the lossless chain stores/codecs.py picks for its shape and dtype. One extract writes at a
+time (WriterLock): its workers write whole shards of the large arrays (stores/shard_files.py), its client everything
+else, and the client alone marks rows done.
 """
 
 from __future__ import annotations
