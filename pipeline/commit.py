@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -94,11 +95,14 @@ def check_written_here(where: Location, result: SpanResult) -> None:
     if not where.is_local:
         return
     for rel, written in result.files.items():
-        try:
-            same = local_stamp(os.stat(where.local_path / rel)) == written.stamp
-        except FileNotFoundError:
-            same = False
-        if not same:
+        for wait in (0.0, 0.2, 0.5, 1.0, 2.0):  # a shared filesystem's client may show a new file a moment late
+            time.sleep(wait)
+            try:
+                if local_stamp(os.stat(where.local_path / rel)) == written.stamp:
+                    break
+            except FileNotFoundError:
+                pass
+        else:
             raise StoreError(f"a worker wrote '{rel}' where this process does not see it: with --scheduler, --store must be a folder "
                              f"every worker sees at the same path (a shared filesystem) or an s3:// URL")
 
