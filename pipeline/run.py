@@ -45,7 +45,7 @@ from stores.integrity import checksums_match_listing, refresh_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
 from stores.provenance import provenance
-from stores.shard_files import FileSum, write_rows
+from stores.shard_files import FileSum, ShardWriteError, write_rows
 from stores.state import UNFINISHED, mark_finished, mark_unfinished
 from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError, store_exists
 
@@ -379,6 +379,8 @@ def compute(spans: list[Span], config: ExtractConfig, *, workers: int, scheduler
         running = as_completed(submit(2 * n_workers + 2))
         for future in running:
             span = futures.pop(future)
+            if future.status == "error" and isinstance(future.exception(), ShardWriteError):
+                raise future.exception()  # the workers cannot reach the store: every task would fail alike
             result = failed_span(span, future.exception()) if future.status == "error" else future.result()
             future.release()
             yield result

@@ -25,6 +25,7 @@ import numpy as np
 
 from stores.location import Location
 from stores.shards import encode_row, read_shard, shard_bytes, takes_encoded_rows
+from stores.store import StoreError
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,27 @@ def write_shard(location: Location, array: ShardedArray, shard: int, chunks: dic
     return key, FileSum(len(data), stamp, hashlib.sha256(data).hexdigest())
 
 
+class ShardWriteError(StoreError):
+    """A worker could not write (or read back) a shard of the store: the message says what the workers need."""
+
+
 def write_rows(location: Location, array: ShardedArray, chunks: dict[int, bytes | None]) -> dict[str, FileSum]:
-    """Write every shard that holds a row of `chunks` (store row -> chunk bytes), each once, whole."""
+    """Write every shard that holds a row of `chunks` (store row -> chunk bytes), each once, whole.
+    ShardWriteError when the store cannot be reached from here (no credentials, no such folder, no permission)."""
     by_shard: dict[int, dict[int, bytes | None]] = {}
     for row, chunk in chunks.items():
         by_shard.setdefault(row // array.shard_rows, {})[row % array.shard_rows] = chunk
-    return dict(write_shard(location, array, shard, rows) for shard, rows in sorted(by_shard.items()))
+    written = {}
+    for shard, rows in sorted(by_shard.items()):
+        try:
+            key, file = write_shard(location, array, shard, rows)
+        except Exception as err:  # botocore's (NoCredentialsError, ...) are plain Exceptions
+            raise ShardWriteError(
+                f"a worker could not write {array.key(shard)} into the store {location.url} ({type(err).__name__}: {err}); every "
+                "worker needs write access to the store: for s3://, the AWS_* variables in the workers' environment; for a folder, "
+                "the same path on a filesystem they share") from None
+        written[key] = file
+    return written
 
 
 def _encoded_by_zarr(values: np.ndarray, metadata: dict) -> bytes:
