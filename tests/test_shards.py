@@ -117,3 +117,16 @@ def test_a_worker_writes_whole_shards_of_an_older_chain_with_zarr_s_own_encoding
     for row, values in rows.items():
         assert np.array_equal(reread[row], values)
     assert np.array_equal(reread[3], before) and not reread[2].any()
+
+
+def test_a_worker_that_cannot_write_the_store_says_what_the_workers_need(tmp_path):
+    """A shard whose folder cannot be made (here a file stands where it goes; on a cluster: no credentials, another
+    machine's disk): one error naming the file, the store and the fix, not one error per clip."""
+    from stores.location import locate
+    from stores.shard_files import ShardedArray, ShardWriteError, write_rows
+
+    (tmp_path / "s.zarr").mkdir()
+    (tmp_path / "s.zarr" / "crops").write_text("in the way")
+    layout = ShardedArray("crops", shard_rows=SHARD_ROWS, length=4, ndim=5, chain="compact")
+    with pytest.raises(ShardWriteError, match=r"crops/c/0/0/0/0/0.*every worker needs write access.*AWS_\*"):
+        write_rows(locate(str(tmp_path / "s.zarr")), layout, {0: encode_row(smooth((4, 32, 32, 3), "uint8", 0)).data})
