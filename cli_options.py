@@ -91,7 +91,7 @@ class Extract:
     device = typer.Option("auto", help="MTCNN device: auto, cpu or cuda.")
     split_seed = typer.Option(None, help="Seed of the actor-disjoint split of a new store (default 0); an existing store keeps its own.")
     progress = typer.Option(True, help="Show a progress bar.")
-    commit_every = typer.Option(32, min=1, help="Commit finished clips to the store this many at a time (32 = one shard).")
+    commit_every = typer.Option(32, min=1, help="Clips per task, rounded to whole shards of 32 (at least one): each task writes its shards, and its clips are committed when it finishes.")
     retry_failed = typer.Option(False, "--retry-failed", help="Redo every clip that is not ok (clips whose source file changed are redone anyway).")
     ffmpeg_timeout = typer.Option(FFMPEG_TIMEOUT_S, min=0.1, help="Seconds decoding one clip may take; past it the clip is decode_error (timeout).")
     lld = typer.Option(False, "--lld", help="Also store ComParE_2016 LLD + delta sequences (130-d, 32 ms / 16 ms; seed 002), from the same decoded audio.")

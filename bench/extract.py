@@ -4,6 +4,13 @@ per-stage profile of avstore's task, on the sample corpus and the real GRID clip
 
     nice -n 10 .venv/bin/python bench/extract.py           # bench/results/extract.{json,md}
     .venv/bin/python bench/extract.py --quick               # 18 sample clips, 3-clip baseline: extract-quick.*
+    .venv/bin/python bench/extract.py --main 96 [--profile-main]  # the main process alone: extract-main-96.{json,md}
+
+* main (`--main N`): only the warm 2-worker run, on ~N sample clips (N/12 actors, 2 sentences): the main
+  process's CPU per clip, which caps any cluster at 1/that clips/s (the client commits every clip), with
+  the CPU of each of its threads (main thread; Dask's event loop, which also runs the local scheduler) and,
+  with --profile-main, cProfile of each thread: the main thread's with the whole process's CPU as its clock, so
+  work it waits on in zarr's or Dask's threads counts where it waited.
 
 * cold: `cli.py extract --workers w` in a fresh process (its worker import server, pipeline/worker_imports.py,
   lives as long as the process); the start-up is the "first clip after N s" it prints.
@@ -11,8 +18,10 @@ per-stage profile of avstore's task, on the sample corpus and the real GRID clip
   it: the steady rate, store writes and fusion included. The speed-ups and projections use this rate.
 * baseline (the seed's way), one process, torch 1 thread: ffmpeg rawvideo of every frame, MTCNN on every
   full-resolution frame, ffmpeg audio pipe, librosa mel with the same parameters, 16 chunks resized.
-* profile: cProfile over avstore's task (clip_task, in process) on a few clips; cumulative time of the
-  stages (no monkeypatching; cProfile adds its own overhead, so the stages are shares, the total is wall).
+* profile: cProfile over a clip's share of avstore's task (clip_task below: the features, then every large
+  array encoded into its chunk's bytes, as shards_task does before writing the shards) in process on a few
+  clips; cumulative time of the stages (no monkeypatching; cProfile adds its own overhead, so the stages are
+  shares, the total is wall).
 
 CPU-seconds count this process and all its descendants (workers, ffmpeg). The machine may be shared: the
 load average and the cores other jobs used meanwhile are recorded beside every number.
@@ -45,14 +54,16 @@ from pipeline.corpora import load_corpus  # noqa: E402
 from pipeline.corpora.sample import write_sample_corpus  # noqa: E402
 from pipeline.media import ffmpeg_exe, probe  # noqa: E402
 from pipeline.records import CREMA_D_EMOTIONS  # noqa: E402
-from pipeline.run import ExtractConfig, clip_task, process_clip, run_extract  # noqa: E402
+from pipeline.run import ExtractConfig, process_clip, run_extract  # noqa: E402
 from pipeline.splits import assign_splits  # noqa: E402
+from stores.codecs import chain_for  # noqa: E402
+from stores.shards import encode_large_arrays  # noqa: E402
 
 GRID_DIR = Path(os.environ.get("AVSTORE_SHARED_DATA", REPO.parent / "shared" / "data")) / "grid"
 CREMA_D_CLIPS = 7442
 TICK = os.sysconf("SC_CLK_TCK")
 STAGES = {  # profile label: (file, functions) as cProfile names them
-    "clip_task (whole task)": ("run.py", ("clip_task",)),
+    "clip_task (whole task)": ("bench/extract.py", ("clip_task",)),
     "process_clip (features)": ("run.py", ("process_clip",)),
     "open + demux (probe facts)": ("media.py", ("_open", "_demux")),
     "decode + RGB of the kept frames": ("media.py", ("frames",)),
@@ -65,6 +76,14 @@ STAGES = {  # profile label: (file, functions) as cProfile names them
     "fusion (on the worker)": ("extract.py", ("fuse_clip",)),
     "encode large arrays (on the worker)": ("shards.py", ("encode_large_arrays",)),
 }
+
+
+def clip_task(record, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str) -> tuple:
+    """One clip's share of pipeline/run.py's shards_task, without writing: its features and fusions, every large
+    array encoded into its chunk's bytes."""
+    *results, fused = process_clip(record, config, want_faces, want_audio, device)
+    encoded = [None if r is None else encode_large_arrays(r.arrays) for r in results]
+    return (*encoded, {name: encode_large_arrays(arrays, chain_for(f"fusion-{name}")) for name, arrays in fused.items()})
 
 
 def processes() -> dict[int, tuple[int, float]]:
@@ -101,7 +120,7 @@ def measured(fn, clips: int) -> dict:
     extra = fn() or {}
     wall, own, busy, main = time.perf_counter() - wall, cpu_s() - own, busy_s() - busy, sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - main
     return {"clips": clips, "seconds": round(wall, 2), "clips_per_s": round(clips / wall, 3), "cpu_s_per_clip": round(own / clips, 3),
-            "main_cpu_s_per_clip": round(main / clips, 3),  # the one process every clip goes through: writer, scheduler, client
+            "main_cpu_s_per_clip": round(main / clips, 4),  # the one process every clip goes through: writer, scheduler, client
             "other_cores": round(max(0.0, busy - own) / wall, 2), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), **extra}
 
 
@@ -130,15 +149,21 @@ def cold(dataset: str, root: Path, store: Path, workers: int, clips: int) -> dic
     return {k: v for k, v in measured(run, clips).items() if k != "main_cpu_s_per_clip"}  # the CLI's main process is a child here
 
 
-def warm(records, store: Path, config: ExtractConfig, workers: int) -> dict:
+def warm(records, store: Path, config: ExtractConfig, workers: int, threads: dict | None = None) -> dict:
+    """`threads`, if given, receives each thread's CPU-seconds over the run alone (thread_cpu_s before and after)."""
     from dask.distributed import Client
 
     from pipeline.workers import local_cluster
 
     def run() -> dict:
+        before = thread_cpu_s()
         summary = run_extract(records, store, config, dataset="bench", class_names=list(CREMA_D_EMOTIONS), split_seed=0, progress=False,
                               scheduler=cluster.scheduler_address)
-        return {"mb_per_clip": mb_per_clip(store, len(records)), "not_ok": {k: v for k, v in summary.status.items() if not k.endswith(":ok")}}
+        if threads is not None:
+            for tid, (name, t) in thread_cpu_s().items():
+                threads[name] = threads.get(name, 0.0) + t - before.get(tid, ("", 0.0))[1]
+        return {"mb_per_clip": mb_per_clip(store, len(records)), "not_ok": {k: v for k, v in summary.status.items() if not k.endswith(":ok")},
+                "files_hashed": summary.files_hashed, "mb_hashed": round(sum(summary.hashed.values()) / 1e6, 2), "timings_s": summary.timings}
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     with local_cluster(workers) as cluster:  # the CLI's own cluster: forked workers, no statistical profiler
@@ -146,6 +171,78 @@ def warm(records, store: Path, config: ExtractConfig, workers: int) -> dict:
             client.wait_for_workers(workers)
             client.run(process_clip, records[0], config, True, True, "cpu")  # every worker: imports, MTCNN, filterbank
         return measured(run, len(records))
+
+
+def thread_cpu_s() -> dict[int, tuple[str, float]]:
+    """Thread id -> (name, CPU-seconds) of each live thread of this process (its Python name where it has one)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = names.get(int(task.name)) or f"{(task / 'comm').read_text().strip()} (not a Python thread)"
+        except OSError:
+            continue
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def main_only(clips: int, tmp: Path, config: ExtractConfig, profile_main: bool) -> dict:
+    """The warm 2-worker run on ~`clips` sample clips: main-process CPU per clip, per thread, and where it goes."""
+    import threading
+
+    actors = max(1, -(-clips // 12))
+    write_sample_corpus(tmp / "sample", actors=actors, sentences=2, seed=0)
+    records = assign_splits(load_corpus("sample", tmp / "sample"), seed=0)
+    profilers: dict[str, cProfile.Profile] = {}
+    if profile_main:
+        def profile_thread(frame, event, arg):  # the first call in each new thread starts that thread's profiler
+            name = threading.current_thread().name
+            if name not in profilers:
+                profilers[name] = cProfile.Profile(time.thread_time)  # CPU, not waiting
+                profilers[name].enable()  # replaces this hook in this thread
+        threading.setprofile(profile_thread)
+        profilers["MainThread"] = cProfile.Profile(time.process_time)  # the process's CPU, by what the main thread was doing
+        profilers["MainThread"].enable()
+    spent: dict[str, float] = {}
+    row = warm(records, tmp / "main.zarr", config, 2, spent)
+    for profiler in profilers.values():
+        profiler.disable()
+    threading.setprofile(None)
+    row["threads_cpu_ms_per_clip"] = {name: round(1000 * t / len(records), 2) for name, t in sorted(spent.items()) if t > 0.005}
+    row["main_ms_per_clip"] = round(1000 * row["main_cpu_s_per_clip"], 1)
+    row["commit_ceiling_clips_per_s"] = round(1 / max(row["main_cpu_s_per_clip"], 1e-4))
+    if profilers:
+        import io
+
+        row["profiles"] = {}
+        for name, profiler in profilers.items():
+            text = io.StringIO()
+            try:
+                stats = pstats.Stats(profiler, stream=text)
+            except TypeError:  # a thread that never ran Python code
+                continue
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(40)
+            stats.sort_stats("cumulative").print_stats(r"wt-\d+/(pipeline|stores)/", 60)
+            row["profiles"][name] = text.getvalue()
+    return row
+
+
+def main_markdown(row: dict, cpu: str) -> str:
+    """The --main run as a short table: what the one committing process costs per clip, and where."""
+    threads = ", ".join(f"{name} {ms}" for name, ms in sorted(row["threads_cpu_ms_per_clip"].items(), key=lambda kv: -kv[1]))
+    return "\n".join([
+        f"### The extract client's CPU per clip ({row['date']}, {row['clips']} sample clips)", "",
+        f"{os.cpu_count()} cores ({cpu}). Defaults (T=16, 224 px, 512 mels, concat), 2 warm local workers, a fresh store. "
+        f"**Shared machine**: load average {row['load_before']} before, {row['load_after']} after; run at nice {row['nice']}.", "",
+        "| clips | s | clips/s | CPU-s/clip (all processes) | main process CPU-ms/clip | commit ceiling (clips/s) |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {row['clips']} | {row['seconds']} | {row['clips_per_s']} | {row['cpu_s_per_clip']} | {row['main_ms_per_clip']} | {row['commit_ceiling_clips_per_s']} |", "",
+        f"Main-process threads, CPU-ms per clip: {threads}. Files hashed by the client: {row['files_hashed']} ({row['mb_hashed']} MB).",
+        "", "Written by `bench/extract.py --main`; every number in the .json beside it.", ""])
 
 
 def baseline_clip(path: str, audio_path: str, mtcnn, config: ExtractConfig) -> None:
@@ -234,11 +331,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="18 sample clips and a 3-clip baseline")
     parser.add_argument("--baseline-clips", type=int, default=12, help="sample clips the (slow) seed way runs on")
+    parser.add_argument("--main", type=int, metavar="CLIPS", help="only the main process's CPU per clip, warm, 2 workers, ~CLIPS sample clips")
+    parser.add_argument("--profile-main", action="store_true", help="with --main: cProfile of the main process's threads")
     args = parser.parse_args()
     logging.getLogger("distributed").setLevel(logging.ERROR)
     config = ExtractConfig()
-    stem = REPO / "bench" / "results" / ("extract-quick" if args.quick else "extract")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown CPU")
+    if args.main:
+        with tempfile.TemporaryDirectory(prefix="avstore-bench-") as tmp:
+            row = main_only(args.main, Path(tmp), config, args.profile_main)
+        profiles = row.pop("profiles", {})
+        row.update(date=time.strftime("%Y-%m-%d %H:%M %Z"), nice=os.nice(0), load_after=round(os.getloadavg()[0], 2))
+        if not profiles:  # a profiled run is slower: its numbers are not the figure
+            stem = REPO / "bench" / "results" / f"extract-main-{row['clips']}"
+            stem.with_suffix(".json").write_text(json.dumps(row, indent=2) + "\n")
+            stem.with_suffix(".md").write_text(main_markdown(row, cpu))
+        for name, text in profiles.items():
+            print(f"==== cProfile of thread {name}\n{text}")
+        print(json.dumps(row, indent=2))
+        return 0
+    stem = REPO / "bench" / "results" / ("extract-quick" if args.quick else "extract")
     r = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nice": os.nice(0), "machine": f"{os.cpu_count()} cores ({cpu}), no GPU", "load": [round(os.getloadavg()[0], 2)],
          "parameters": {"quick": args.quick, "faces": asdict(config.faces), "mel": asdict(config.mel), "fusions": list(config.fusions)}, "corpora": {}}
     with tempfile.TemporaryDirectory(prefix="avstore-bench-") as tmp:

@@ -40,7 +40,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.hardware import resolve_device
-from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
+from stores.integrity import checksums_match_listing, refresh_checksums
 from stores.location import check_writable, locate, store_or_default
 from stores.lock import WriterLock
 from stores.numeric import numeric_environment, pinned
@@ -276,7 +276,7 @@ def run_embed(location: str, config: EmbedConfig, *, weights: Path | None = None
         if len(todo):
             where_run = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
             embed.add_numeric_environments([{**numeric_environment(), "device": where_run}])  # what can still move the last bits
-            refresh_checksums(where, store.touched) if incremental else write_checksums(where)
+            refresh_checksums(where, store.touched, trust_list=incremental)  # after a takeover: files whose stamp changed
     return embed, len(todo)
 
 

@@ -1,11 +1,12 @@
 """Extraction as a whole: plan what is missing, compute it on a Dask cluster, write it into the store.
 
 The orchestration holds no feature logic (that is extract.py): it finds the rows whose feature sets are not
-yet done, submits one task per clip to a cluster of processes (one MTCNN and one mel filterbank per worker,
-loaded once), and writes results from this process alone, a shard's worth at a time. Fused tensors are computed on
-the workers beside each clip, and every large array is encoded there into its chunk's bytes, so the writer only
-places bytes into shards (stores/shards.py). A fusion asked for later, or a row of which only one stage was
-redone, is derived from the stored crops and chunks, so it costs no decoding and no detection.
+yet done and submits one task per span of whole shards to a cluster of processes (one MTCNN and one mel
+filterbank per worker, loaded once; pipeline/spans.py). A task computes its clips, fuses them, and writes the
+shards of every large array into the store itself (stores/shard_files.py); this process, the client, receives
+only the small per-clip values and the sums of the files written, and commits (pipeline/commit.py). A fusion
+asked for later, or a row of which only one stage was redone, is derived from the stored crops and chunks, so
+it costs no decoding and no detection.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from pipeline.audio import MelConfig
 from pipeline.extract import (
-    MEDIA_STATUSES, TaskResult, audio_arrays, audio_params, decode_clip_audio, extract_audio, extract_faces, extract_lld,
+    TaskResult, audio_arrays, audio_params, decode_clip_audio, extract_audio, extract_faces, extract_lld,
     face_arrays, face_params, fuse_clip, fusion_arrays, fusion_params, lld_arrays, lld_params, probe_timeline,
 )
 from pipeline.compare import LldConfig
@@ -37,13 +38,14 @@ from pipeline.records import ClipRecord
 from pipeline.sources import file_signature, source_changed
 from pipeline.labels import LabelError
 from pipeline.splits import SplitError, add_to_store
+from pipeline.commit import CommitTargets, commit_span
+from pipeline.spans import Span, SpanResult, plan_spans, rows_per_span, sharded_arrays, small_values
 from pipeline.workers import local_cluster, start_import_server
-from stores.codecs import chain_for
-from stores.integrity import checksums_match_listing, refresh_checksums, write_checksums
+from stores.integrity import checksums_match_listing, refresh_checksums
 from stores.location import Location, locate
 from stores.lock import WriterLock
 from stores.provenance import provenance
-from stores.shards import EncodedRow, encode_large_arrays, encode_row
+from stores.shard_files import FileSum, ShardWriteError, write_rows
 from stores.state import UNFINISHED, mark_finished, mark_unfinished
 from stores.store import SHARD_ROWS, FeatureSet, FeatureStore, StoreError, store_exists
 
@@ -78,9 +80,10 @@ class ExtractSummary:
     errors: dict[str, str] = field(default_factory=dict)  # clip id -> what failed in our code (status `error`)
     changes: list[str] = field(default_factory=list)  # one line per kind of change to clips already stored (reconcile.py)
     usable: int = 0  # clips whose faces and audio are both ok
-    files_hashed: int = 0  # by the checksum update: only the shards this run wrote, when the last list was current
+    files_hashed: int = 0  # by the checksum update: only files no task or earlier list gave the sum of (metadata, small arrays)
+    hashed: dict[str, int] = field(default_factory=dict)  # those files -> their sizes
     seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: first_clip (from the call), writing (writer thread), fusion (from the store)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: first_clip (the first task back, from the call), committing, fusion (from the store)
 
     def verdict(self) -> tuple[int, str]:
         """Exit code and one line: 1 when our code failed on a clip or no clip at all is usable, else 0
@@ -129,39 +132,50 @@ def process_clip(record: ClipRecord, config: ExtractConfig, want_faces: bool, wa
             None if lld is None else dataclasses.replace(lld, source=audio_source), fused)
 
 
-def clip_task(record: ClipRecord, config: ExtractConfig, want_faces: bool, want_audio: bool, device: str,
-              want_lld: bool = False) -> tuple:
-    """process_clip, with every array the store shards already encoded into its chunk's bytes
-    (stores/shards.py): the writer, one process for the whole cluster, then receives ~2 MB per clip at the
-    defaults instead of ~9 and compresses nothing."""
+STAGES = ("faces", "audio", "lld")
+SKIPPED_FUSION = "faces or audio not ok for this clip"
+
+
+def shards_task(span: Span, config: ExtractConfig, device: str) -> SpanResult:
+    """The Dask task: compute the span's clips (process_clip), write the shards of every large array they fill
+    straight into the store (stores/shard_files.py), and return only what is small: per clip, each stage's
+    status and small arrays, and the sums of the files written. The client then commits (pipeline/commit.py).
+
+    A clip that raises gets task_error's results, made here where its traceback still exists (status `error`,
+    left uncommitted, redone by the next run), and the others go on. Fusions are committed from here for every
+    clip whose faces and audio both ran here: ok with the fused tensors, or `skipped` when one stage is not ok.
+    Encoded chunks are held until the span's shards are written: ~2 MB per clip at the defaults."""
     keep_freed_memory()
-    *results, fused = process_clip(record, config, want_faces, want_audio, device, want_lld)
-    encoded = [None if r is None else dataclasses.replace(r, arrays=encode_large_arrays(r.arrays)) for r in results]
-    return (*encoded, {name: encode_large_arrays(arrays, chain_for(f"fusion-{name}")) for name, arrays in fused.items()})
-
-
-CLIPS_PER_TASK = 4
-"""Clips in one Dask task. Why not one: each task costs the scheduler, the client and the worker ~15 CPU-ms
-of bookkeeping and messages (submit, result fetch, release), ~8 % of a clip's work. A failing clip still fails
-alone (`clips_task`); a lost worker's task is retried whole."""
-
-
-def clips_task(clips: list[tuple[ClipRecord, bool, bool, bool]], config: ExtractConfig, device: str) -> list[tuple]:
-    """clip_task for each (record, want_faces, want_audio, want_lld); a clip that raises gets task_error's
-    results, made here where its traceback still exists, and the others go on."""
-    out = []
-    for record, want_faces, want_audio, want_lld in clips:
+    where = locate(span.store)
+    fusions = [kind for kind in span.arrays if kind.startswith("fusion-")]
+    chunks: dict[tuple[str, str], dict[int, bytes | None]] = {}
+    stages = []
+    for row, record, want_faces, want_audio, want_lld in span.clips:
         try:
-            out.append(clip_task(record, config, want_faces, want_audio, device, want_lld))
+            *results, fused = process_clip(record, config, want_faces, want_audio, device, want_lld)
         except Exception as err:  # a bug in one clip's task: status `error`, the run exits 1
-            out.append(task_error(err, want_faces, want_audio, want_lld))
-    return out
+            *results, fused = task_error(err, want_faces, want_audio, want_lld)
+        clip = {kind: result for kind, result in zip(STAGES, results) if result is not None}
+        if want_faces and want_audio and "error" not in (clip["faces"].status, clip["audio"].status):
+            for kind in fusions:
+                arrays = fused.get(kind.removeprefix("fusion-"))
+                clip[kind] = TaskResult("ok", "", arrays) if arrays is not None else TaskResult("skipped", SKIPPED_FUSION)
+        for kind, result in clip.items():
+            for name, array in span.arrays.get(kind, {}).items():
+                value = (result.arrays or {}).get(name)
+                chunks.setdefault((kind, name), {})[int(row)] = None if value is None else array.encode(value)
+        stages.append({kind: small_values(result, span.arrays.get(kind, {})) for kind, result in clip.items()})
+        del results, fused, clip  # this clip's arrays: before the next clip's
+    files: dict[str, FileSum] = {}
+    for (kind, name), rows in chunks.items():
+        files.update(write_rows(where, span.arrays[kind][name], rows))
+    return SpanResult(span.rows, stages, files)
 
 
-def clips_per_task(n_clips: int, n_workers: int) -> int:
-    """CLIPS_PER_TASK, fewer for a run so small that each worker would get under 4 tasks (the last one finishing
-    alone would leave the others idle)."""
-    return max(1, min(CLIPS_PER_TASK, n_clips // (4 * max(1, n_workers))))
+def failed_span(span: Span, exception: BaseException) -> SpanResult:
+    """A task that failed as a whole (its worker died on every retry): each clip `error` for what it was asked."""
+    stages = [{kind: r for kind, r in zip(STAGES, task_error(exception, wf, wa, wl)[:3]) if r is not None} for _, _, wf, wa, wl in span.clips]
+    return SpanResult(span.rows, stages)
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -209,9 +223,10 @@ def run_extract(
     split_seed: int | None = None, workers: int = 2, scheduler: str | None = None, device: str = "cpu", progress: bool = True,
     commit_every: int = SHARD_ROWS, retry_failed: bool = False, started: float | None = None, classes_declared: bool = True,
 ) -> ExtractSummary:
-    """Compute what the store lacks for `records` and commit it, `commit_every` clips at a time.
+    """Compute what the store lacks for `records` and commit it, one task of whole shards at a time.
 
-    A smaller `commit_every` loses less work to a crash but rewrites each shard more often. A committed row
+    A task holds `commit_every` clips rounded to whole shards (pipeline/spans.py): it writes its shards and its
+    clips are committed when it finishes, so a smaller one loses less work to a crash. A committed row
     is redone when its source file changed since (size, mtime, hash of its ends), and a non-ok one also when
     `retry_failed`; an ok row whose source is unchanged never is. Speakers the store has recorded keep their
     partition; new ones get theirs by the stable rule (stores/splits.py) with the store's seed, or the records'
@@ -265,16 +280,23 @@ def run_extract(
             retried=int((redo_faces | redo_audio | redo_lld).sum()), changes=told,
         )
         summary.feature_sets = [faces.name, audio.name] + ([lld.name] if lld is not None else [])
+        known: dict[str, dict] = {}  # the files the tasks wrote -> their checksum entries (stores/shard_files.py)
         fused_sets = {name: store.ensure_feature_set(
             "fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, config.fusion_seed),
             fusion_arrays(name, config.faces.frames, config.faces.size), who) for name in config.fusions}
         if len(todo):
-            tasks = [(rows[i], records[i], bool(todo_faces[i]), bool(todo_audio[i]), bool(todo_lld[i])) for i in todo]
+            sets = {"faces": faces, "audio": audio, **({"lld": lld} if lld is not None else {}),
+                    **{"fusion-" + name: s for name, s in fused_sets.items()}}
+            opened = {kind: dict(s.group.arrays()) for kind, s in sets.items()}  # each zarr.json read once
+            large = {kind: sharded_arrays(s, opened[kind]) for kind, s in sets.items()}
+            targets = {kind: CommitTargets.of(s, opened[kind], where) for kind, s in sets.items()}
+            clips = [(int(rows[i]), records[i], bool(todo_faces[i]), bool(todo_audio[i]), bool(todo_lld[i])) for i in todo]
+            target = str(where.local_path.resolve()) if where.is_local else location  # as a worker in another folder sees it
+            spans = [Span(target, group, large) for group in plan_spans(clips, rows_per_span(large, commit_every))]
             environments: list[dict] = []
-            results = timed_first(compute(tasks, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
+            results = timed_first(compute(spans, config, workers=workers, scheduler=scheduler, device=device, progress=progress,
                                           environments=environments), started, summary.timings)
-            errors, summary.fusions_computed = write_results(store, faces, audio, results, commit_every=commit_every, fused=fused_sets,
-                                                             timings=summary.timings, lld=lld)
+            errors, summary.fusions_computed = commit_results(store, where, targets, results, known, summary.timings)
             clip_of_row = {int(row): record.clip_id for row, record in zip(rows, records)}
             summary.errors = {clip_of_row[row]: why for row, why in errors.items()}
             fused_on_workers = [(s, summary.fusions_computed) for s in fused_sets.values()]
@@ -298,8 +320,11 @@ def run_extract(
         for clip_id, why in summary.errors.items():
             summary.failures[clip_id] = f"error (will be retried by the next run): {why}"
         wrote = wrote or summary.computed or summary.fusions_computed or len(store.feature_sets()) > sets_before
+        if summary.computed:
+            remove_partial_files(where)  # a worker lost mid-write (its task was redone elsewhere) left its temporary file
         if wrote or not checksums_match_listing(where):
-            summary.files_hashed = len(refresh_checksums(where, store.touched) if incremental else write_checksums(where))
+            summary.hashed = refresh_checksums(where, store.touched, known, trust_list=incremental)
+            summary.files_hashed = len(summary.hashed)
         mark_finished(where)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -314,18 +339,18 @@ def timed_first(results, started: float, timings: dict[str, float]):
         yield item
 
 
-def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None, device: str, progress: bool,
+def compute(spans: list[Span], config: ExtractConfig, *, workers: int, scheduler: str | None, device: str, progress: bool,
             environments: list[dict] | None = None):
-    """Yield (row, faces_result, audio_result) as clips finish, from a Dask cluster (or in-process for workers=0).
+    """Yield each span's SpanResult as its task finishes, from a Dask cluster (or in-process for workers=0).
 
     `environments` receives the numeric environment of every process that computed clips, once they finished.
     """
     environments = [] if environments is None else environments
-    bar = tqdm(total=len(tasks), desc="extract", unit="clip", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=sum(len(span.clips) for span in spans), desc="extract", unit="clip", disable=not progress, file=sys.stderr)
     if workers == 0 and scheduler is None:
-        for row, record, want_faces, want_audio, want_lld in tasks:
-            yield (row, *clip_task(record, config, want_faces, want_audio, device, want_lld))  # row, faces, audio, lld, fused
-            bar.update()
+        for span in spans:
+            yield shards_task(span, config, device)
+            bar.update(len(span.clips))
         bar.close()
         environments.append(numeric_environment())
         return
@@ -340,38 +365,26 @@ def compute(tasks, config: ExtractConfig, *, workers: int, scheduler: str | None
     interrupted = False
     try:
         n_workers = max(workers, len(client.scheduler_info()["workers"]))
-        per_task = clips_per_task(len(tasks), n_workers)
-        waiting = iter(tasks)  # a bounded number in flight: finished results never pile up on the workers
-
-        submitted = 0
+        waiting = iter(spans)  # a bounded number in flight: the scheduler holds a few tasks per worker, whatever the corpus
+        futures: dict = {}
 
         def submit(n: int) -> list:
-            nonlocal submitted
             batch = []
-            for _ in range(n):
-                first = submitted < n_workers  # each worker's first task holds one clip: the first result comes back soon
-                group = list(itertools.islice(waiting, 1 if first else per_task))
-                if not group:
-                    break
-                submitted += 1
-                future = client.submit(clips_task, [(record, wf, wa, wl) for _, record, wf, wa, wl in group], config, device,
-                                       pure=False, retries=2)
-                futures[future] = [(row, wf, wa, wl) for row, _, wf, wa, wl in group]
+            for span in itertools.islice(waiting, n):
+                future = client.submit(shards_task, span, config, device, pure=False, retries=2)
+                futures[future] = span
                 batch.append(future)
             return batch
 
-        futures: dict = {}
-        running = as_completed(submit(max(16, 4 * n_workers)))
+        running = as_completed(submit(2 * n_workers + 2))
         for future in running:
-            clips = futures.pop(future)
-            if future.status == "error":  # the task itself failed (e.g. its worker died on every retry): each clip `error`
-                results = [task_error(future.exception(), wf, wa, wl) for _, wf, wa, wl in clips]
-            else:
-                results = future.result()
-            for (row, *_), result in zip(clips, results):
-                yield (row, *result)
+            span = futures.pop(future)
+            if future.status == "error" and isinstance(future.exception(), ShardWriteError):
+                raise future.exception()  # the workers cannot reach the store: every task would fail alike
+            result = failed_span(span, future.exception()) if future.status == "error" else future.result()
             future.release()
-            bar.update(len(clips))
+            yield result
+            bar.update(len(span.clips))
             for new in submit(1):
                 running.add(new)
         environments.extend(client.run(numeric_environment).values())
@@ -396,111 +409,26 @@ def silence_logs() -> None:
     logging.disable(logging.CRITICAL)
 
 
-WRITE_QUEUE = 2
-"""Batches (of `commit_every` clips) waiting for the writer thread: with the one being written and the one
-filling, the writer holds at most four batches, a few shards, whatever the corpus."""
-
-
-def write_results(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, results, *, commit_every: int,
-                  fused: dict[str, FeatureSet] | None = None, timings: dict[str, float] | None = None,
-                  lld: FeatureSet | None = None) -> tuple[dict[int, str], int]:
-    """Buffer finished clips and commit them `commit_every` at a time (by default a shard's worth, so a shard
-    is rewritten once rather than once per clip), in a writer thread fed through a bounded queue: clips keep
-    arriving from the workers while a batch is written, and a slow store makes the workers wait rather than
-    memory grow. Fused tensors computed on the workers are written beside their clip's faces and audio.
-    Returns row -> reason of the rows that ended in `error` (left uncommitted, so the next run redoes them)
-    and how many fused rows were written."""
-    import queue
-    import threading
-
-    fused = fused or {}
-    sets = {"faces": faces, "audio": audio, "lld": lld, **{"fusion-" + name: s for name, s in fused.items()}}
-    batches: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
-    failure: list[BaseException] = []
-
+def commit_results(store: FeatureStore, where: Location, targets: dict[str, CommitTargets], results, known: dict[str, dict],
+                   timings: dict[str, float] | None = None) -> tuple[dict[int, str], int]:
+    """Commit each task's clips as its result arrives (pipeline/commit.py), and collect in `known` the checksum
+    entries of the files the tasks wrote. Returns row -> reason of the rows that ended in `error` (left
+    uncommitted, so the next run redoes them) and how many fused rows were committed."""
     timings = {} if timings is None else timings
-    timings.setdefault("writing", 0.0)
-
-    def writer() -> None:
-        while (batch := batches.get()) is not None:
-            started = time.perf_counter()
-            try:
-                if not failure:
-                    for kind, items in batch.items():  # faces and audio before the fusions made from them
-                        if items:
-                            flush(store, sets[kind], items)
-            except BaseException as err:  # reported in the caller's thread
-                failure.append(err)
-            timings["writing"] += time.perf_counter() - started
-
-    thread = threading.Thread(target=writer, name="avstore-writer", daemon=True)
-    thread.start()
-    pending: dict[str, list] = {kind: [] for kind in sets}
+    timings.setdefault("committing", 0.0)
     errors: dict[int, str] = {}
     n_fused = 0
     try:
-        for row, face_result, audio_result, lld_result, fused_arrays in results:
-            if failure:
-                break
-            for kind, result in (("faces", face_result), ("audio", audio_result), ("lld", lld_result)):
-                if result is not None and result.status != "error":
-                    pending[kind].append((row, result))
-                elif result is not None:
-                    log.error("clip row %d, %s: %s", row, kind, result.reason)
-                    errors[int(row)] = result.reason
-            for name, arrays in fused_arrays.items():
-                if name in fused:
-                    pending["fusion-" + name].append((row, TaskResult("ok", "", arrays)))
-                    n_fused += 1
-            if any(len(pending[kind]) >= commit_every for kind in ("faces", "audio", "lld")):
-                batch, pending = split_at_newest_shard(pending)
-                batches.put(batch)
-        if not failure:
-            batches.put(pending)
+        for result in results:
+            started = time.perf_counter()
+            failed, fused = commit_span(store, where, targets, result)
+            errors.update(failed)
+            n_fused += fused
+            known.update((rel, s.entry()) for rel, s in result.files.items())
+            timings["committing"] += time.perf_counter() - started
     finally:
-        batches.put(None)
-        thread.join()
-        getattr(results, "close", lambda: None)()  # stops the cluster now if the writer failed
-    if failure:
-        raise failure[0]
+        getattr(results, "close", lambda: None)()  # a commit that failed stops the cluster now
     return errors, n_fused
-
-
-def split_at_newest_shard(pending: dict[str, list]) -> tuple[dict[str, list], dict[str, list]]:
-    """(the rows to commit now, the rows to keep): the rows of the newest shard that has any wait for the next commit,
-    unless no other shard has rows. Why: clips finish about in row order, so the newest shard is still filling, and
-    committing it would write that shard (read back, joined, written whole) once more for each commit it spans."""
-    newest = max((row // SHARD_ROWS for items in pending.values() for row, _ in items), default=0)
-    if all(row // SHARD_ROWS == newest for items in pending.values() for row, _ in items):
-        return pending, {kind: [] for kind in pending}
-    return ({kind: [(row, r) for row, r in items if row // SHARD_ROWS < newest] for kind, items in pending.items()},
-            {kind: [(row, r) for row, r in items if row // SHARD_ROWS == newest] for kind, items in pending.items()})
-
-
-def flush(store: FeatureStore, feature_set: FeatureSet, items: list) -> None:
-    """Commit finished clips' results. An array the workers encoded (stores/shards.py) is handed on as each row's
-    bytes; any other is gathered into one block, zeros where a result has none (a failed clip)."""
-    if not items:
-        return
-    arrays: dict[str, np.ndarray | list] = {}
-    for name in feature_set.group.array_keys():
-        if name in ("status", "reason", "done", "source"):
-            continue
-        values = [(result.arrays or {}).get(name) for _, result in items]
-        if any(isinstance(v, EncodedRow) for v in values):
-            arrays[name] = [encode_row(v, chain_for(feature_set.kind)) if isinstance(v, np.ndarray) else v for v in values]
-            continue
-        array = feature_set[name]
-        arrays[name] = np.zeros((len(items), *array.shape[1:]), array.dtype)
-        for k, value in enumerate(values):
-            if value is not None:
-                arrays[name][k] = value
-    if "source" in feature_set.group.array_keys():
-        arrays["source"] = np.asarray([result.source for _, result in items], dtype=object)
-    store.write_rows(
-        feature_set, np.asarray([row for row, _ in items]), arrays,
-        [result.status for _, result in items], [result.reason for _, result in items],
-    )
 
 
 def stale_rows(feature_set: FeatureSet, rows: np.ndarray, paths: list[str], retry_failed: bool) -> np.ndarray:
@@ -536,10 +464,12 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
     """Derive fusion `name` for every row whose faces and audio are ok, from the stored arrays; cached."""
     frames, size = faces.params["frames"], faces.params["size"]
     fused = store.ensure_feature_set("fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, seed), fusion_arrays(name, frames, size), who)
+    faces_done, audio_done = faces.done(), audio.done()
+    todo = np.flatnonzero(~fused.done() & faces_done & audio_done)
+    if not len(todo):  # the usual case: the workers fused every clip
+        return fused, 0
     clip_ids = store.root["clips/clip_id"][:]
-    both_ok = faces.ok() & audio.ok()
-    done = fused.done()
-    todo = np.flatnonzero(~done & (faces.done() & audio.done()))
+    both_ok = (faces_done & (faces.status() == "ok")) & (audio_done & (audio.status() == "ok"))
     bar = tqdm(total=len(todo), desc=f"fusion {name}", unit="clip", disable=not progress or not len(todo), file=sys.stderr)
     for start in range(0, len(todo), SHARD_ROWS):  # a shard's worth at a time: memory bounded whatever the corpus
         rows = todo[start : start + SHARD_ROWS]
@@ -552,7 +482,7 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
         for k, row in enumerate(rows):
             if not both_ok[row]:
                 status.append("skipped")
-                reason.append("faces or audio not ok for this clip")
+                reason.append(SKIPPED_FUSION)
                 continue
             n = at[int(row)]
             one = fuse_clip(name, {key: v[n] for key, v in face_data.items()}, {key: v[n] for key, v in audio_data.items()}, str(clip_ids[row]), seed)
@@ -585,13 +515,14 @@ def read_selected(array, rows: np.ndarray) -> np.ndarray:
 def derive_fusion(location: str, name: str, faces_fingerprint: str, audio_fingerprint: str, *, seed: int = 0, progress: bool = True) -> int:
     """Add fusion `name` to an existing store from its stored crops and chunks (no decoding, no detection)."""
     where = locate(location)
-    with WriterLock(where):
+    with WriterLock(where) as lock:
+        trust_list = not lock.took_over and checksums_match_listing(where)
         store = FeatureStore.open(location, mode="r+")
         faces = next(s for s in store.feature_sets("faces") if s.fingerprint == faces_fingerprint)
         audio = next(s for s in store.feature_sets("audio") if s.fingerprint == audio_fingerprint)
         mark_unfinished(where)
         _, n = materialise_fusion(store, name, faces, audio, seed=seed, progress=progress, who=provenance())
-        write_checksums(where)
+        refresh_checksums(where, store.touched, trust_list=trust_list)
         mark_finished(where)
     return n
 
@@ -610,8 +541,9 @@ def committed_clips(location: str | Path, config: ExtractConfig) -> tuple[int, i
 
 
 def remove_partial_files(location: Location | Path) -> None:
-    """A writer killed mid-write leaves Zarr's temporary `*.partial` files; they were never visible. Object
-    stores have none: a PUT is atomic, so an interrupted one leaves nothing behind."""
+    """A writer killed mid-write (this process, or a worker writing its shards) leaves its temporary `*.partial`
+    files (Zarr's and stores/location.py's); they were never visible. Object stores have none: a PUT is atomic,
+    so an interrupted one leaves nothing behind."""
     where = locate(location)
     if not where.is_local:
         return

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import sys
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,20 @@ WRITER_FILES = {".avstore-writer.lock", ".avstore-unfinished"}
 
 READ_BATCH_BYTES = 256 << 20
 """Remote files are fetched concurrently in batches of about this many bytes (hashing, diff, publish)."""
+
+
+def local_stamp(info: os.stat_result) -> str:
+    """A local file's stamp: its inode and modification time in ns. Every write of a file through
+    `write_bytes` or zarr (a temporary file renamed over it) gives it a new inode, and any write in place a
+    new modification time."""
+    return f"{info.st_ino}:{info.st_mtime_ns}"
+
+
+def remote_stamp(info: dict) -> str:
+    """An object's stamp: its ETag (the MD5 of its bytes for a single PUT; any rewrite with other bytes
+    changes it), else its modification time."""
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or ""
+    return etag.strip('"') or str(info.get("LastModified") or info.get("mtime") or info.get("updated") or "")
 
 
 class LocationError(ValueError):
@@ -100,18 +117,30 @@ class Location:
     # ---- files ------------------------------------------------------------------------------------------
     def files(self) -> dict[str, int]:
         """Every file under the root (relative '/'-path -> size), fresh from the backend (no listing cache)."""
+        return {rel: size for rel, (size, _) in self.listing().items()}
+
+    def listing(self) -> dict[str, tuple[int, str]]:
+        """Every file under the root: relative '/'-path -> (size, stamp), fresh from the backend.
+
+        The stamp changes whenever the file is written (`stamp_of`), so a checksum taken with a stamp still
+        describes the file while the stamp is the same: nothing needs hashing again to know that."""
         if self.is_local:
             base = self.local_path
             if not base.is_dir():
                 return {}
-            return {p.relative_to(base).as_posix(): p.stat().st_size for p in sorted(base.rglob("*")) if p.is_file()}
+            out = {}
+            for p in sorted(base.rglob("*")):
+                info = p.stat()
+                if stat.S_ISREG(info.st_mode):
+                    out[p.relative_to(base).as_posix()] = (info.st_size, local_stamp(info))
+            return out
         self.fs.invalidate_cache(self.root)
         try:
             found = self.fs.find(self.root, detail=True)
         except FileNotFoundError:
             return {}
         prefix = self.root + "/"
-        return {p[len(prefix):]: int(i.get("size") or 0) for p, i in sorted(found.items())
+        return {p[len(prefix):]: (int(i.get("size") or 0), remote_stamp(i)) for p, i in sorted(found.items())
                 if p.startswith(prefix) and i.get("type") == "file"}
 
     def exists(self, rel: str = "") -> bool:
@@ -126,17 +155,26 @@ class Location:
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write one file so that readers see the old content or the new, never a part: a local rename, or a
-        single object PUT (atomic on object stores)."""
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        """Write one file so that readers see the old content or the new, never a part: a local rename of a
+        temporary file of its own (two writers of one file never share one), or a single object PUT (atomic
+        on object stores). Returns the file's stamp (`listing`)."""
         if self.is_local:
             target = self.local_path / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f"{target.name}.partial")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        else:
-            self.fs.pipe_file(self.path(rel), data)
+            tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return local_stamp(target.stat())
+        response = self.fs.pipe_file(self.path(rel), data)
+        if isinstance(response, dict) and response.get("ETag"):
+            return response["ETag"].strip('"')
+        self.fs.invalidate_cache(self.path(rel))
+        return remote_stamp(self.fs.info(self.path(rel)))
 
     def remove(self, rel: str) -> None:
         """Delete file `rel` if it is there."""
@@ -145,6 +183,18 @@ class Location:
         elif self.exists(rel):
             self.fs.rm_file(self.path(rel))
             self.fs.invalidate_cache(self.path(rel))
+
+    def remove_folder(self, rel: str) -> None:
+        """Delete folder `rel` and everything in it, if it is there."""
+        if self.is_local:
+            shutil.rmtree(self.local_path / rel, ignore_errors=True)
+            return
+        self.fs.invalidate_cache(self.path(rel))
+        try:
+            self.fs.rm(self.path(rel), recursive=True)
+        except FileNotFoundError:
+            pass
+        self.fs.invalidate_cache(self.path(rel))
 
     def read_many(self, rels: list[str]) -> Iterator[tuple[str, bytes]]:
         """(rel, content) for each file; remote files are fetched concurrently, a batch at a time."""

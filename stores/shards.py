@@ -1,11 +1,12 @@
-"""Rows encoded where they are computed, and placed into shards by the writer.
+"""Rows encoded where they are computed, and shards assembled from their bytes.
 
-Why: the writer is one process for the whole cluster. Handed a clip's arrays (~9 MB at the defaults), it
-received, copied and compressed every byte (the deltas and zstd of stores/codecs.py, through zarr's per-chunk
-machinery): ~160 CPU-ms per clip, which capped a many-core node (bench/results/cores-16.md) and took a third of
-the CPU on 2 cores. Now a worker encodes each large array of its clip into the bytes of that row's chunk
-(`encode_row`), and the writer only assembles shards as the Zarr v3 sharding codec lays them out: the chunks'
-bytes end to end, then the index of (offset, length) pairs, then the index's crc32c.
+Why: handed a clip's arrays (~9 MB at the defaults), one writer process for the whole cluster received, copied
+and compressed every byte (the deltas and zstd of stores/codecs.py, through zarr's per-chunk machinery): ~160
+CPU-ms per clip, which capped a many-core node (bench/results/cores-16.md). A worker encodes each large array of
+its clip into the bytes of that row's chunk (`encode_row`), and shards are assembled as the Zarr v3 sharding codec
+lays them out: the chunks' bytes end to end, then the index of (offset, length) pairs, then the index's crc32c.
+Extraction's workers now write those shards themselves (stores/shard_files.py); `write_encoded_rows` places
+encoded rows into a store's shards from one process.
 
 The bytes are the ones zarr writes for the same values and chain (tests/test_shards.py compares them chunk by
 chunk), so any Zarr reader reads the result. An array whose chain differs from encode_row's (a store made by
@@ -152,10 +153,10 @@ def shard_bytes(chunks: list[bytes | None]) -> bytes:
 
 
 def read_shard(stored, shard_rows: int, key: str) -> list[bytes | None]:
-    """The chunks of a stored shard (a zarr Buffer, or None when there is none yet), by row within it."""
+    """The chunks of a stored shard (its bytes or a zarr Buffer, or None when there is none yet), by row within it."""
     if stored is None:
         return [None] * shard_rows
-    data = stored.to_bytes()
+    data = stored if isinstance(stored, bytes) else stored.to_bytes()
     raw = data[-(shard_rows * 16 + 4) : -4]
     if len(raw) != shard_rows * 16 or np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes() != data[-4:]:
         raise ValueError(f"shard '{key}' has a damaged index (crc32c mismatch); run `python cli.py verify` on the store")

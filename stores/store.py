@@ -14,12 +14,15 @@ Layout::
 Why so: rows are written data first and `done` last, so a reader that selects `done == 1` never sees a half
 written clip, and a killed run resumes by redoing rows whose `done` is 0. Large arrays hold one clip per
 inner chunk inside shards of SHARD_ROWS clips (few files on NFS or object storage, one chunk read per
-sample), each chunk encoded by the lossless chain stores/codecs.py picks for its shape and dtype. Exactly one process writes (the extract's client; see WriterLock).
+sample), each chunk encoded by the lossless chain stores/codecs.py picks for its shape and dtype. One extract writes at a
+time (WriterLock): its workers write whole shards of the large arrays (stores/shard_files.py), its client everything
+else, and the client alone marks rows done.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,9 @@ from stores.shards import EncodedRow, decode_row, takes_encoded_rows, write_enco
 from stores.splits import SPLIT_RULE
 
 FORMAT_VERSION = 1
-SHARD_ROWS = 32
+SHARD_ROWS = int(os.environ.get("AVSTORE_SHARD_ROWS", "32"))
+"""Rows of one shard of a new array. AVSTORE_SHARD_ROWS is for tests, which need several shards (hence several
+extraction tasks, pipeline/spans.py) from a few clips; an existing array keeps the shards it was made with."""
 META_CHUNK_ROWS = 4096
 CLIP_COLUMNS = ("clip_id", "label", "emotion", "speaker", "sentence", "intensity", "split", "video_path", "broken", "extra_json")
 
@@ -284,38 +289,39 @@ class FeatureStore:
         for name, values in arrays.items():
             array = feature_set[name]
             if not isinstance(values, list):
-                _write_rows(array, rows, np.asarray(values)[order])
+                write_runs(array, rows, np.asarray(values)[order])
             elif takes_encoded_rows(array, next((r.chain for r in values if r is not None), "compact")):  # rows encoded where they were computed (stores/shards.py)
                 write_encoded_rows(array, rows, [values[k] for k in order])
             else:  # a store made with another chain: decoded here, then written through zarr
                 decoded = [np.zeros(array.shape[1:], array.dtype) if row is None else decode_row(row) for row in values]
-                _write_rows(array, rows, np.stack(decoded)[order])
-        _write_rows(feature_set["status"], rows, np.asarray(status, dtype=object)[order])
-        _write_rows(feature_set["reason"], rows, np.asarray(reason, dtype=object)[order])
-        _write_rows(feature_set["done"], rows, np.ones(len(rows), np.uint8))
+                write_runs(array, rows, np.stack(decoded)[order])
+        write_runs(feature_set["status"], rows, np.asarray(status, dtype=object)[order])
+        write_runs(feature_set["reason"], rows, np.asarray(reason, dtype=object)[order])
+        write_runs(feature_set["done"], rows, np.ones(len(rows), np.uint8))
 
 
     def uncommit_rows(self, feature_set: FeatureSet, rows: np.ndarray) -> None:
         """Mark rows not done (their data stays until rewritten): a reader skips them, the next run redoes them."""
         rows = np.sort(np.asarray(rows))
         self.touched.setdefault(feature_set.name, set()).update(int(r) for r in rows)  # their checksums change too
-        _write_rows(feature_set["done"], rows, np.zeros(len(rows), np.uint8))
+        write_runs(feature_set["done"], rows, np.zeros(len(rows), np.uint8))
 
 
-def _write_rows(array: zarr.Array, rows: np.ndarray, values: np.ndarray) -> None:
+def write_runs(array: zarr.Array, rows: np.ndarray, values: np.ndarray) -> None:
     """Runs of consecutive rows go in one slice assignment each, so a shard is rewritten once per run.
 
-    A sharded array (one row per chunk) writes every row's chunk, even one equal to the fill value: zarr would
-    otherwise compare each chunk with the fill value before encoding it, to leave empty ones out, which took a
-    fifth of the writer's CPU (125 -> 98 CPU-ms per clip writing faces, audio and concat) for what is only a failed
-    clip's rows. Readers see the same values either way."""
-    if array.shards is not None:
+    Every chunk is written, even one equal to the fill value: zarr would otherwise compare each chunk with the
+    fill value before encoding it, to leave empty ones out, which took a fifth of the writer's CPU (125 -> 98
+    CPU-ms per clip writing faces, audio and concat) for what is only a failed clip's rows, or a column of
+    zeros. Readers see the same values either way."""
+    if not array.config.write_empty_chunks:
         array = array.with_config({"write_empty_chunks": True})
     start = 0
     for end in range(1, len(rows) + 1):
         if end == len(rows) or rows[end] != rows[end - 1] + 1:
             array[int(rows[start]) : int(rows[end - 1]) + 1] = values[start:end]
             start = end
+
 
 
 def _column_value(record: Any, column: str) -> Any:

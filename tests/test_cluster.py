@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -23,13 +25,11 @@ from tests.remote_helpers import arrays_of, assert_same_arrays, cli, extract_arg
 DASK = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "dask"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, request) -> str:
-    """tcp://127.0.0.1:PORT of a scheduler with two single-threaded workers."""
-    if not DASK.is_file():
-        pytest.skip(f"{DASK} not found")
-    folder = tmp_path_factory.mktemp("dask")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+@contextmanager
+def dask_cluster(folder: Path, env: dict[str, str]) -> Iterator[str]:
+    """tcp://127.0.0.1:PORT of a scheduler with two single-threaded workers, each process with `env`; every one of
+    them (nanny and worker children included) is killed on exit, whatever happened."""
+    env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     processes: list[subprocess.Popen] = []
 
     def start(*args: str, log: str) -> None:
@@ -37,7 +37,16 @@ def cluster(tmp_path_factory, request) -> str:
             processes.append(subprocess.Popen([str(DASK), *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                               start_new_session=True))
 
-    def stop() -> None:
+    try:
+        scheduler_file = folder / "scheduler.json"
+        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file), log="scheduler.log")
+        address = _wait_for(lambda: scheduler_file.is_file() and json.loads(scheduler_file.read_text())["address"], "scheduler", folder)
+        for i in range(2):
+            start("worker", address, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard",
+                  "--memory-limit", "0", "--name", f"w{i}", log=f"worker{i}.log")
+        _wait_for(lambda: _worker_count(address) >= 2, "two workers", folder)
+        yield address
+    finally:
         for proc in processes:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -53,15 +62,14 @@ def cluster(tmp_path_factory, request) -> str:
             except ProcessLookupError:
                 pass
 
-    request.addfinalizer(stop)
-    scheduler_file = folder / "scheduler.json"
-    start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file), log="scheduler.log")
-    address = _wait_for(lambda: scheduler_file.is_file() and json.loads(scheduler_file.read_text())["address"], "scheduler", folder)
-    for i in range(2):
-        start("worker", address, "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard",
-              "--memory-limit", "0", "--name", f"w{i}", log=f"worker{i}.log")
-    _wait_for(lambda: _worker_count(address) >= 2, "two workers", folder)
-    return address
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[str]:
+    """A scheduler and two workers with this process's environment."""
+    if not DASK.is_file():
+        pytest.skip(f"{DASK} not found")
+    with dask_cluster(tmp_path_factory.mktemp("dask"), dict(os.environ)) as address:
+        yield address
 
 
 def _worker_count(address: str) -> int:
@@ -110,7 +118,8 @@ def test_a_worker_lost_mid_run_has_its_clips_redone_and_nothing_written_twice_or
         _wait_for(lambda: _worker_count(cluster) >= 3, "a third worker", tmp_path)
         store = tmp_path / "lost-worker.zarr"
         extract = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *extract_args(corpus, str(store), "--scheduler", cluster, "--commit-every", "1", workers=None)],
-                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   cwd=REPO, env={**os.environ, "AVSTORE_SHARD_ROWS": "2"},  # tasks of 2 clips: 9 of them
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for(lambda: _faces_done(store) >= 2, "the first committed clips", tmp_path, timeout=180)
         assert extract.poll() is None and _faces_done(store) < 18, "the extract finished before the worker could be lost"
         os.killpg(doomed.pid, signal.SIGKILL)  # the worker is lost with whatever it was computing

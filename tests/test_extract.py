@@ -270,13 +270,29 @@ def test_changed_audio_parameter_reuses_faces_and_new_clips_only_are_processed(c
     assert len(s.feature_sets("fusion-concat")) == 2
 
 
+def large_shard_files(store: Path) -> dict[str, bytes]:
+    """The bytes of every shard file of a sharded (large) array, by store-relative path."""
+    root = zarr.open_group(str(store), mode="r")
+    return {path.relative_to(store).as_posix(): path.read_bytes()
+            for name, group in root["features"].groups() for array_name, array in group.arrays() if array.shards is not None
+            for path in sorted((store / "features" / name / array_name / "c").rglob("*")) if path.is_file()}
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_identical_arrays(corpus, tmp_path):
+    """Shards of 4 rows (AVSTORE_SHARD_ROWS), so each task holds 4 clips and the kill lands between commits. What
+    the killed run left is whole (every shard file it wrote, every committed row), the resumed run hashes none of
+    the shards the killed one committed (their sums were recorded when they were committed), and its shard files
+    are byte for byte those of a run never killed."""
+    from stores.shards import read_shard
+
+    env = {**os.environ, "AVSTORE_SHARD_ROWS": "4"}
     reference = tmp_path / "reference.zarr"
     args = ["--dataset", "sample", "--root", str(corpus), "--workers", "0", *SMALL]
-    assert run_cli("extract", "--store", str(reference), *args).returncode == 0
+    extract = [sys.executable, str(REPO / "cli.py"), "extract"]
+    assert subprocess.run([*extract, "--store", str(reference), *args], cwd=REPO, env=env, capture_output=True).returncode == 0
     store = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "extract", "--store", str(store), *args, "--commit-every", "3"], cwd=REPO,
+    proc = subprocess.Popen([*extract, "--store", str(store), *args, "--commit-every", "3"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     done = 0
@@ -294,12 +310,21 @@ def test_kill_9_then_resume_gives_identical_arrays(corpus, tmp_path):
     assert 1 <= done < 22, f"the kill did not land mid-run (done={done})"
     killed_state = FeatureStore.open(store).feature_sets("faces")[0].done()
     assert not killed_state.all()
-    resumed = run_cli("extract", "--store", str(store), *args)
+    for rel, data in large_shard_files(store).items():
+        if not rel.endswith(".partial"):
+            assert read_shard(data, 4, rel), rel  # whole: its index and crc32c are right
+    arrays_of(store)  # every row, committed or not, reads
+    assert list((store / ".avstore-sums").iterdir()), "the killed run recorded no sums for what it committed"
+    resumed = subprocess.run([*extract, "--store", str(store), *args], cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+    hashed = int(re.search(r"checksums: (\d+) files hashed", resumed.stdout).group(1))
+    files = [p for p in store.rglob("*") if p.is_file()]
+    assert hashed <= len(files) - len(large_shard_files(store)), "the resumed run hashed shards the killed one had committed"
     a, b = arrays_of(reference), arrays_of(store)
     assert a.keys() == b.keys()
     for key in a:
         assert np.array_equal(a[key], b[key]), key
+    assert large_shard_files(store) == large_shard_files(reference)
     assert run_cli("verify", "--store", str(store)).returncode == 0
 
 
@@ -383,6 +408,7 @@ def test_ctrl_c_during_extract_is_one_line_exit_130_and_train_refuses_the_store_
     store = tmp_path / "s.zarr"
     args = ["extract", "--dataset", "sample", "--root", str(corpus), "--store", str(store), "--workers", "2", *SMALL]
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args, "--commit-every", "2"], cwd=REPO, text=True,
+                            env={**os.environ, "AVSTORE_SHARD_ROWS": "4"},  # tasks of 4 clips: the interrupt lands between commits
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline, done = time.time() + 180, 0
     while time.time() < deadline and proc.poll() is None and done < 1:

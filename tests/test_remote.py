@@ -45,10 +45,12 @@ def reference(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bucket_store(s3, corpus, reference) -> str:
-    """s3://lab/sample.zarr, extracted with --commit-every 3, killed with SIGKILL mid-run, then resumed."""
+    """s3://lab/sample.zarr, extracted with --commit-every 3 into shards of 4 rows (tasks of 4 clips, each writing
+    its shards into the bucket: one PUT each), killed with SIGKILL mid-run, then resumed."""
     url = "s3://lab/sample.zarr"
+    env = {**s3.env(), "AVSTORE_SHARD_ROWS": "4"}
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *extract_args(corpus, url, "--commit-every", "3")],
-                            cwd=REPO, env=s3.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, done = time.time() + 180, 0
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -61,7 +63,7 @@ def bucket_store(s3, corpus, reference) -> str:
         proc.wait()
     assert 1 <= done < N_CLIPS, f"the kill did not land mid-run (done={done})"
     assert s3.fs().exists(f"lab/sample.zarr/{LOCK_NAME}")  # the dead writer's lock is still there...
-    resumed = cli(*extract_args(corpus, url), env=s3.env())  # ...and is taken over: same host, pid gone
+    resumed = cli(*extract_args(corpus, url), env=env)  # ...and is taken over: same host, pid gone
     assert resumed.returncode == 0, resumed.stderr
     faces_redone = int(re.search(r"processed \(faces (\d+)", resumed.stdout).group(1))
     assert faces_redone <= N_CLIPS - done  # rows committed before the kill were kept, not recomputed
@@ -107,7 +109,7 @@ def test_a_flipped_object_fails_verify(bucket_store, s3):
     result = cli("verify", "--store", "s3://lab/flipped.zarr", env=s3.env("reader"))
     assert result.returncode == 1
     name = faces.rsplit("/", 1)[-1]
-    assert f"changed: features/{name}/crops/c/0/0/0/0/0 (array features/{name}/crops, clip rows 0-31)" in result.stdout
+    assert f"changed: features/{name}/crops/c/0/0/0/0/0 (array features/{name}/crops, clip rows 0-3)" in result.stdout  # shards of 4 rows
 
 
 @pytest.mark.slow

@@ -94,3 +94,39 @@ def test_the_task_hands_the_writer_encoded_large_arrays_and_small_ones_as_they_a
     encoded = encode_large_arrays(arrays)
     assert isinstance(encoded["crops"], EncodedRow) and len(encoded["crops"].data) < arrays["crops"].nbytes
     assert encoded["boxes"] is arrays["boxes"] and encoded["fps"] is arrays["fps"]
+
+
+def test_a_worker_writes_whole_shards_of_an_older_chain_with_zarr_s_own_encoding(tmp_path):
+    """stores/shard_files.py: a store made by an older avstore (zstd alone) keeps its codecs; a worker's shard of it
+    reads back through plain zarr, and the rows of the shard it did not compute keep their values."""
+    from stores.location import locate
+    from stores.shard_files import ShardedArray, write_rows
+
+    clip = (4, 32, 32, 3)
+    old = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3).create_array(
+        "old", shape=(SHARD_ROWS + 8, *clip), dtype="uint8", chunks=(1, *clip), shards=(SHARD_ROWS, *clip), fill_value=0,
+        compressors=[ZstdCodec(level=0)])
+    before = smooth(clip, "uint8", 9)
+    old[3] = before
+    layout = ShardedArray.of(old, "compact")
+    assert layout.chain is None  # not encode_row's bytes: zarr encodes each row
+    rows = {row: smooth(clip, "uint8", row) for row in (1, SHARD_ROWS + 2)}
+    sums = write_rows(locate(str(tmp_path / "s.zarr")), layout, {row: layout.encode(v) for row, v in rows.items()})
+    assert set(sums) == {layout.key(0), layout.key(1)}
+    reread = zarr.open_array(tmp_path / "s.zarr" / "old", mode="r")
+    for row, values in rows.items():
+        assert np.array_equal(reread[row], values)
+    assert np.array_equal(reread[3], before) and not reread[2].any()
+
+
+def test_a_worker_that_cannot_write_the_store_says_what_the_workers_need(tmp_path):
+    """A shard whose folder cannot be made (here a file stands where it goes; on a cluster: no credentials, another
+    machine's disk): one error naming the file, the store and the fix, not one error per clip."""
+    from stores.location import locate
+    from stores.shard_files import ShardedArray, ShardWriteError, write_rows
+
+    (tmp_path / "s.zarr").mkdir()
+    (tmp_path / "s.zarr" / "crops").write_text("in the way")
+    layout = ShardedArray("crops", shard_rows=SHARD_ROWS, length=4, ndim=5, chain="compact")
+    with pytest.raises(ShardWriteError, match=r"crops/c/0/0/0/0/0.*every worker needs write access.*AWS_\*"):
+        write_rows(locate(str(tmp_path / "s.zarr")), layout, {0: encode_row(smooth((4, 32, 32, 3), "uint8", 0)).data})

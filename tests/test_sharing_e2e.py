@@ -9,15 +9,21 @@ import json
 import pytest
 
 from tests.remote_helpers import cli, extract_args, moto_s3, reference_store, sample_corpus
-from tests.test_cluster import cluster  # noqa: F401 - the fixture: a real scheduler and two workers
+from tests.test_cluster import cluster, dask_cluster  # noqa: F401 - cluster: a real scheduler and two workers
 
 
 @pytest.mark.heavy
 def test_cluster_to_bucket_publish_verify_train_as_reader_and_diff(cluster, tmp_path_factory, tmp_path):  # noqa: F811
+    """The workers write the bucket themselves: a cluster started without the store's credentials is refused in
+    one line that says so; one started with them extracts."""
     corpus, reference = sample_corpus(tmp_path_factory), reference_store(tmp_path_factory)
     with moto_s3(buckets=("lab",)) as s3:
         scratch, shared = "s3://lab/scratch/sample.zarr", "s3://lab/sample.zarr"
-        made = cli(*extract_args(corpus, scratch, "--scheduler", cluster, workers=None), env=s3.env("writer"))
+        blind = cli(*extract_args(corpus, "s3://lab/blind.zarr", "--scheduler", cluster, workers=None), env=s3.env("writer"))
+        assert blind.returncode == 2 and blind.stderr.strip().count("\n") == 0, blind.stderr[-2000:]
+        assert "AWS_*" in blind.stderr and "workers" in blind.stderr
+        with dask_cluster(tmp_path, s3.env("writer")) as writers:  # their logs go beside the run
+            made = cli(*extract_args(corpus, scratch, "--scheduler", writers, workers=None), env=s3.env("writer"))
         assert made.returncode == 0, made.stderr[-2000:]
         published = cli("publish", "--store", scratch, "--to", shared, env=s3.env("writer"))
         assert published.returncode == 0, published.stderr[-2000:]
