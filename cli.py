@@ -623,6 +623,7 @@ def train(
     modality: Optional[str] = typer.Option(None, help="audio, vision or av (default av)."),
     store: Optional[str] = typer.Option(None, help="Store path or URL, opened read-only (default data/stores/crema-d.zarr)."),
     epochs: int = typer.Option(20, min=1),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many optimiser steps (a benchmark or a smoke test); the run is still evaluated and written."),
     batch_size: int = typer.Option(16, min=1),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (default: the encoder's)."),
     seed: int = typer.Option(0, help="Seed of initialisation and batch order (recorded)."),
@@ -658,7 +659,7 @@ def train(
     Example: python cli.py train --encoder vgg16 --fusion concat --store data/stores/crema-d.zarr
     """
     store = store_or_default(store)
-    config = train_config(encoder, modality, fusion, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
+    config = train_config(encoder, modality, fusion, epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed, split_seed=split_seed, fold=fold, folds=folds,
                           device=default_device(device), pretrained=pretrained, faces=faces, audio=audio,
                           max_memory_gb=max_memory_gb, loader_workers=loader_workers, amp=amp, compile=compile, fuse_on_device=fuse_on_device,
                           include_broken=include_broken, target=target, labels=labels,

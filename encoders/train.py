@@ -65,6 +65,7 @@ class TrainConfig:
     modality: str = "av"  # audio | vision | av
     fusion: str = "concat"  # none for unimodal and pair models
     epochs: int = 20
+    max_steps: int | None = None  # stop after this many optimiser steps (all epochs together); still evaluated and written
     batch_size: int = 16
     lr: float | None = None  # None: the encoder's default (its EncoderSpec.lr; Adam throughout)
     weight_decay: float | None = None  # None: the encoder's default, else 0
@@ -104,6 +105,8 @@ class TrainConfig:
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"--compile takes {' | '.join(COMPILE_CHOICES)}, not '{self.compile}'")
         check_target(self.target, self.labels, get_spec(self.encoder).input_kind if self.encoder in list_models() else "")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps {self.max_steps} is below 1; give the number of optimiser steps to take, or leave it out for whole epochs")
         if self.max_memory_gb is not None and self.max_memory_gb < 0:
             raise ValueError(f"--max-memory-gb {self.max_memory_gb} is negative; give 0 to stream everything")
         if not 0.0 < self.labelled_fraction <= 1.0:
@@ -368,14 +371,18 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
     for warning in data.warnings:
         log.info("warning: %s", warning)
 
+    if config.max_steps is not None:
+        log.info("at most %d optimiser steps (--max-steps), then the run is evaluated as after a whole epoch", config.max_steps)
+
     history, best, best_state, epoch_seconds, wait_seconds = [], None, None, [], []
+    steps, samples = 0, 0  # optimiser steps and training samples (all ranks) so far
     for epoch in range(1, config.epochs + 1):
         model.train()
         started, waited, seen, loss_sum = time.perf_counter(), 0.0, 0, torch.zeros((), device=device)
-        labelled_seen, term_sums = torch.zeros((), device=device), {}
+        labelled_seen, term_sums, epoch_steps = torch.zeros((), device=device), {}, 0
         bar = tqdm(total=len(data.splits["train"]) // world, desc=f"epoch {epoch}/{config.epochs}", unit="clip", disable=not (progress and master), file=sys.stderr, leave=False)
         batches = loader.batches("train", config.batch_size, generator=generator, rank=rank, world=world)
-        while True:
+        while not steps_done(config, steps):  # every rank takes the same number of steps
             asked = time.perf_counter()
             try:
                 raw, labels, positions = next(batches)
@@ -390,6 +397,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps, epoch_steps = steps + 1, epoch_steps + 1
             loss_sum += loss.detach() * len(labels)
             labelled_seen += (labels >= 0).sum()
             for name, value in terms.items():
@@ -397,6 +405,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
             seen += len(labels)
             bar.update(len(labels))
             trace.step(epoch, positions, data.splits["train"].rows, loss)
+        batches.close()  # a pass cut short by --max-steps: the loader drains it before the next one
         bar.close()
         sync_buffers(raw_model, world)  # BatchNorm statistics: rank 0's, as DDP broadcasts before each forward
         epoch_seconds.append(time.perf_counter() - started)
@@ -407,8 +416,10 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         if world > 1:
             torch.distributed.all_reduce(totals)
         train_loss = float(totals[0] / totals[1])
+        samples += int(totals[1])
         val, val_loss = evaluate(raw_model, data, "val", plan, config.batch_size, loader=loader, rank=rank, world=world)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1],
+               "steps": epoch_steps, "samples": int(totals[1]),
                "labelled_seen": int(totals[2]), "unlabelled_seen": int(totals[1] - totals[2]),
                **{f"{n}_loss": float(totals[3 + k] / totals[1]) for k, n in enumerate(names)}}
         history.append(row)
@@ -417,6 +428,10 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
                  epoch_seconds[-1], 100 * waited / epoch_seconds[-1])
         if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):  # the same on every rank
             best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in raw_model.state_dict().items()})
+        if steps_done(config, steps):
+            log.info("stopped after %d optimiser steps (--max-steps): %d training samples in %.1f s, %.1f samples/s; evaluating the best epoch",
+                     steps, samples, sum(epoch_seconds), samples / sum(epoch_seconds))
+            break
     trace.checksum("last_epoch", raw_model.state_dict())
 
     raw_model.load_state_dict(best_state)
@@ -446,7 +461,8 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         "test": {**test_metrics, "loss": test_loss},
         "history": history,
         "seconds_per_epoch": float(np.mean(epoch_seconds)),
-        "samples_per_second": float(len(data.splits["train"]) // world * world / np.mean(epoch_seconds)),
+        "samples_per_second": float(samples / np.sum(epoch_seconds)),
+        "steps": steps,
         "data_wait_fraction": float(np.sum(wait_seconds) / np.sum(epoch_seconds)),
         "world_size": world,
         "parameters": n_params,
@@ -476,6 +492,11 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
     close_logger(log)
     stop_distributed(world)
     return metrics
+
+
+def steps_done(config: TrainConfig, steps: int) -> bool:
+    """Whether `--max-steps` has been reached (never without it)."""
+    return config.max_steps is not None and steps >= config.max_steps
 
 
 def sync_buffers(model: torch.nn.Module, world: int) -> None:
