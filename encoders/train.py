@@ -148,7 +148,8 @@ class Data:
     partition: dict = dataclasses.field(default_factory=dict)  # the exact speakers and clips of each split
     notes: list[str] = dataclasses.field(default_factory=list)  # what changed in the store since a recorded partition
     split_bytes: int = 0  # the three splits' rows, decoded
-    memory_limit: float = 0.0  # bytes the run would hold in memory (memory_limit_bytes)
+    memory_limit: float = 0.0  # bytes the run would hold in memory (memory_budget)
+    memory_budget: str = ""  # where that limit comes from
     soft: dict = dataclasses.field(default_factory=dict)  # --labels soft: split -> (clips, K) vote distributions
     in_channels: int = 3  # of the (vision) input: image channels, or a sequence encoder's embedding width
     labelled: np.ndarray | None = None  # per training position, whether its label is used (None: all are)
@@ -158,7 +159,7 @@ class Data:
 
     def holding(self) -> str:
         """Where the rows come from, and why: one line of the log."""
-        size, limit = f"splits {self.split_bytes / 1e9:.2f} GB", f"in-memory limit {self.memory_limit / 1e9:.2f} GB"
+        size, limit = f"splits {self.split_bytes / 1e9:.2f} GB", f"in-memory limit {self.memory_limit / 1e9:.2f} GB: {self.memory_budget}"
         if self.splits["train"].memory is not None:
             return f"in memory ({size} <= {limit}; --max-memory-gb lowers it)"
         return f"streamed ({size} > {limit}; --max-memory-gb raises it)"
@@ -196,6 +197,7 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None, 
         notes=list(selection.notes),
         split_bytes=holding.split_bytes,
         memory_limit=holding.memory_limit,
+        memory_budget=holding.budget,
         soft=soft_targets(store, table, rows, config.target, selection.targets) if config.labels == "soft" else {},
         in_channels=first[2].shape[-1] if sequences else recipe.channels,
         labelled=labelled,
@@ -476,7 +478,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         "config": dataclasses.asdict(config),
         "inputs": {"image_size": list(data.image_size), "frames": data.frames, "in_channels": data.recipe.channels,
                    "in_memory": data.splits["train"].memory is not None, "split_bytes": data.split_bytes,
-                   "in_memory_limit_bytes": data.memory_limit, "fused_on_device": data.recipe.fuse_on_device},
+                   "in_memory_limit_bytes": data.memory_limit, "in_memory_budget": data.memory_budget, "fused_on_device": data.recipe.fuse_on_device},
         "device_plan": {"memory_format": str(plan.memory_format).removeprefix("torch."), "amp": str(plan.amp_dtype).removeprefix("torch."), "compiled": plan.compile},
         "code_commit": code_commit(),
         "versions": library_versions(),

@@ -127,6 +127,20 @@ def test_a_cpu_run_holds_at_most_half_a_gigabyte_by_default_so_it_does_not_grow_
     capped = load_data(store, dataclasses.replace(config, max_memory_gb=data.split_bytes / 2e9))
     assert capped.splits["train"].memory is None
     assert capped.holding().startswith(f"streamed (splits {data.split_bytes / 1e9:.2f} GB > in-memory limit")
+    assert f"limit {data.split_bytes / 2e9:.2f} GB: --max-memory-gb {data.split_bytes / 2e9:g}; --max-memory-gb raises it)" in capped.holding()  # why
+
+
+def test_train_log_says_where_the_in_memory_limit_comes_from(monkeypatch):
+    """The path train takes is explained by the limit's source: the option, half the available RAM, or the CPU cap."""
+    from encoders.loader import memory_budget
+
+    assert memory_budget(2.0, "cpu") == (2e9, "--max-memory-gb 2")
+    limit, why = memory_budget(None, "cuda")
+    assert why.startswith("half the ") and why.endswith(" GB of RAM available") and limit < 1e12
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert memory_budget(None, "cuda")[1].endswith(", shared by 2 ranks")
+    limit, why = memory_budget(None, "cpu")
+    assert why.startswith("the CPU cap; half the ") if limit == 0.5e9 else why.startswith("half the ")  # under 2 GB free: half of it
 
 
 def test_streamed_batches_equal_in_memory_ones_and_workers_persist_across_passes(store):
