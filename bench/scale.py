@@ -286,7 +286,7 @@ def train_run(py: list[str], store: Path, runs: Path, encoder: str, steps: int, 
     command += ["--fusion", fusion] if fusion else []
     command += ["--max-memory-gb", "0"] if streamed else []
     command += ["--fuse-on-device"] if fuse_on_device else []
-    run = measured(command, f"train {name}", stop_after="optimiser steps (--max-steps)" if grace is not None else None, grace=grace or 0.0,
+    run = measured(command, f"train {name}", stop_after=f"stopped after {steps} optimiser steps" if grace is not None else None, grace=grace or 0.0,
                    limit_s=limit_s, ceiling_gb=ceiling_gb, expect_ok=False)  # one encoder failing is a result, not the end of the rehearsal
     text = run["output"]
     path = re.search(r"data: (in memory|streamed) \((.*)\)", text)
