@@ -18,13 +18,18 @@ Every step is the real CLI in a subprocess. This process is a subreaper and poll
 3. the held-back actor's clips added to the reference: clips processed, time, files re-hashed; `verify`;
 4. training with `train --max-steps`: resnet18 (2D concat) and simple3d (3D concat), `--encoder-steps` optimiser
    steps each, at the path `train` picks by its memory budget and streamed (`--max-memory-gb 0`): samples/s and
-   the peak RSS of the trainer and each loader worker, with the full evaluation;
+   the peak RSS of the trainer and each loader worker;
 5. every registered encoder (`cli.py encoders`) at its default CPU batch (16) for `--max-steps` steps: peak RSS of
-   every process. A run is stopped `--survey-grace` s into its final evaluation (the validation pass and the
-   best-epoch copy are behind it; the rest repeats that pass over the train and test splits). An encoder over
-   3 GB is measured again at batch 8 and 4. The square-input encoders read `stack` fused on the device; the
+   every process. An encoder over 3 GB is measured again at batch 8 and 4; a run is also stopped at
+   `--survey-limit` s, or when one of its processes passes `--ceiling-gb` (the machine is shared). The square-input encoders read `stack` fused on the device; the
    ladder reads LLD (`extract --lld`) and face embeddings (`embed --backbone vgg16 --size 32`: random weights,
    the study's 4,096-d width, a small input to keep the pass short), prepared first unless `--no-ladder`.
+
+A training run is stopped `--grace` s after its steps, in the evaluation that follows (`--full-evaluation` lets
+the resnet18 and simple3d runs finish): at full size a CPU evaluates every split for 15-30 min per run with these
+two, for an hour or more with the 3D and large models, reading as the steps read, without gradients. What that
+leaves unmeasured is the copy of the best epoch's parameters made after the validation pass; the parameter
+count is beside each run.
 
     nice .venv/bin/python bench/scale.py                              # 7,442 clips -> results/scale-7442.{json,md}
     nice .venv/bin/python bench/scale.py --clips 282 --encoder-steps 5  # a small rehearsal -> results/scale-282.{json,md}
@@ -118,7 +123,9 @@ def role_of(process: psutil.Process, root: int) -> str:
         return "resource tracker"
     if "forkserver" in cmd and process.ppid() == root:
         return "import server"
-    return "worker"  # a Dask worker (a fork of the import server) or a DataLoader worker (spawned)
+    if "forkserver" in cmd or "spawn_main" in cmd:
+        return "worker"  # a Dask worker (a fork of the import server) or a DataLoader worker (spawned)
+    return "other"  # a short-lived command (git, ldconfig)
 
 
 def measured(command: list[str], label: str, *, kill_at: float | None = None, stop_after: str | None = None, grace: float = 0.0,
@@ -126,8 +133,8 @@ def measured(command: list[str], label: str, *, kill_at: float | None = None, st
     """Run `command` (the CLI), polling every process of its tree: wall, CPU-seconds, each process's peak RSS.
 
     `kill_at`: SIGKILL the step's own process after that many seconds (kill -9). `stop_after`: once a line of the
-    output contains it, let the step run `grace` s more, then stop it (SIGTERM); `limit_s` and `ceiling_gb` (the
-    tree's summed RSS) stop it too, so that a model too big for the machine cannot take the memory of everything else
+    output contains it, let the step run `grace` s more, then stop it (SIGTERM); `limit_s` and `ceiling_gb` (the RSS of
+    any one process) stop it too, so that a model too big for the machine cannot take the memory of everything else
     on it. Processes left behind are waited for up to 60 s, then killed by pid and counted (`lingering`). This
     process is a subreaper, so the orphans (the import server, its workers) are reaped here and their CPU counts."""
     ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
@@ -136,12 +143,12 @@ def measured(command: list[str], label: str, *, kill_at: float | None = None, st
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     processes: dict[int, dict] = {}
     lines: list[tuple[float, str]] = []
-    done, stop_at, total = threading.Event(), [None], [0]
+    done, stop_at, largest = threading.Event(), [None], [0]
 
     def poll() -> None:
         me = psutil.Process()
         while not done.is_set():
-            now = 0
+            now = 0  # the largest process's RSS (loader workers share their batch buffers: a sum counts them twice)
             for p in me.children(recursive=True):  # orphans too: they are re-parented to this subreaper
                 try:
                     rss = p.memory_info().rss
@@ -150,8 +157,8 @@ def measured(command: list[str], label: str, *, kill_at: float | None = None, st
                 except psutil.Error:
                     continue
                 entry["peak_rss"] = max(entry["peak_rss"], rss)
-                now += rss
-            total[0] = now
+                now = max(now, rss)
+            largest[0] = now
             time.sleep(0.1)
 
     def read() -> None:
@@ -169,11 +176,11 @@ def measured(command: list[str], label: str, *, kill_at: float | None = None, st
         if kill_at is not None and elapsed >= kill_at:
             ended = "killed"
         elif stop_at[0] is not None and time.perf_counter() >= stop_at[0]:
-            ended = "stopped in the final evaluation"
+            ended = "stopped in the evaluation"
         elif limit_s is not None and elapsed >= limit_s:
             ended = f"stopped at the {limit_s:.0f} s limit"
-        elif ceiling_gb is not None and total[0] > ceiling_gb * GB:
-            ended = f"stopped over {ceiling_gb:g} GB (all its processes)"
+        elif ceiling_gb is not None and largest[0] > ceiling_gb * GB:
+            ended = f"stopped over {ceiling_gb:g} GB"
         else:
             time.sleep(0.05)
     if ended is not None:
@@ -277,7 +284,10 @@ def kill_and_resume(py: list[str], extract: list[str], reference: Path, killed: 
 def train_run(py: list[str], store: Path, runs: Path, encoder: str, steps: int, *, fusion: str | None = None, streamed: bool = False,
               batch: int = 16, fuse_on_device: bool = False, grace: float | None = None, limit_s: float | None = None,
               ceiling_gb: float | None = None) -> dict:
-    """`train --max-steps` for one encoder; with `grace`, stopped that long after the steps (into the final evaluation)."""
+    """`train --max-steps` for one encoder; with `grace`, stopped that long after its steps, in the evaluation that follows
+    (at full size on a CPU the validation pass alone takes minutes to an hour, and reads as the steps read, without
+    gradients). The copy of the best epoch's parameters, made after the validation pass, is then not measured: the
+    parameter count is recorded so that its size can be read beside the peak."""
     name = f"{encoder}-{fusion or 'default'}-b{batch}{'-streamed' if streamed else ''}"
     out = runs / name
     shutil.rmtree(out, ignore_errors=True)
@@ -291,11 +301,13 @@ def train_run(py: list[str], store: Path, runs: Path, encoder: str, steps: int, 
     text = run["output"]
     path = re.search(r"data: (in memory|streamed) \((.*)\)", text)
     rate = re.search(r"stopped after (\d+) optimiser steps \(--max-steps\): (\d+) training samples in ([\d.]+) s, ([\d.]+) samples/s", text)
+    params = re.search(r"encoder \S+ \(([\d,]+) params\)", text)
     run.update(encoder=encoder, fusion=fusion, batch=batch, streamed_asked=streamed, fuse_on_device=fuse_on_device,
                path=path.group(1) if path else None, why=path.group(2) if path else None,
                steps=int(rate.group(1)) if rate else None, samples=int(rate.group(2)) if rate else None,
                train_seconds=float(rate.group(3)) if rate else None, samples_per_second=float(rate.group(4)) if rate else None,
-               complete=(out / "metrics.json").is_file(), peak_rss_gb=max([run["main_peak_rss_gb"], *run["worker_peak_rss_gb"]]))
+               complete=(out / "metrics.json").is_file(), peak_rss_gb=max([run["main_peak_rss_gb"], *run["worker_peak_rss_gb"]]),
+               parameters=int(params.group(1).replace(",", "")) if params else None)
     run["met"] = run["peak_rss_gb"] <= TARGETS["training_rss_gb"] and run["steps"] == steps
     shutil.rmtree(out, ignore_errors=True)
     return run
@@ -329,7 +341,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (corpus, store)")
     parser.add_argument("--encoder-steps", type=int, default=50, help="optimiser steps of the resnet18 and simple3d runs")
     parser.add_argument("--max-steps", type=int, default=2, help="optimiser steps of each encoder's run in the memory survey")
-    parser.add_argument("--survey-grace", type=float, default=30.0, help="seconds a survey run may spend in its final evaluation before it is stopped")
+    parser.add_argument("--grace", type=float, default=30.0, help="seconds a training run may spend evaluating after its steps before it is stopped")
+    parser.add_argument("--full-evaluation", action="store_true", help="let the resnet18 and simple3d runs evaluate every split (~1.5 h more at full size)")
     parser.add_argument("--survey-limit", type=float, default=900.0, help="seconds a survey run may take in all before it is stopped")
     parser.add_argument("--ceiling-gb", type=float, default=8.0, help="a survey run whose processes together pass this is stopped (the machine is shared)")
     parser.add_argument("--encoders", nargs="+", default=None, help="the survey's encoders (default: every registered one)")
@@ -372,7 +385,8 @@ def main() -> None:
         result["store_bytes"] = du(store)
 
         runs = work / "runs"
-        result["training"] = [train_run(py, store, runs, encoder, args.encoder_steps, streamed=streamed)
+        grace = None if args.full_evaluation else args.grace
+        result["training"] = [train_run(py, store, runs, encoder, args.encoder_steps, streamed=streamed, grace=grace)
                               for encoder in ("resnet18", "simple3d") for streamed in (False, True)]
         survey = [s for s in survey_plan() if args.encoders is None or s[0] in args.encoders]
         if args.no_ladder:
@@ -381,7 +395,7 @@ def main() -> None:
             result["ladder_inputs"] = prepare_ladder(py, extract, store)
         result["survey"] = []
         for encoder, fusion, on_device in survey:
-            limits = dict(fusion=fusion, fuse_on_device=on_device, grace=args.survey_grace, limit_s=args.survey_limit, ceiling_gb=args.ceiling_gb)
+            limits = dict(fusion=fusion, fuse_on_device=on_device, grace=args.grace, limit_s=args.survey_limit, ceiling_gb=args.ceiling_gb)
             run = train_run(py, store, runs, encoder, args.max_steps, **limits)
             result["survey"].append(run)
             if run["peak_rss_gb"] > TARGETS["training_rss_gb"]:  # over 3 GB at the default batch: how much of it is the model step?
@@ -442,16 +456,18 @@ def extraction_rows(r: dict) -> list[str]:
 
 
 def training_rows(runs: list[dict], target: float) -> list[str]:
-    rows = ["| encoder | input | batch | path (why) | steps | samples/s | peak RSS: trainer | loader workers | run | every process <= "
-            f"{target:g} GB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| encoder (parameters) | input | batch | path (why) | steps | samples/s | peak RSS: trainer | loader workers | run | "
+            f"every process <= {target:g} GB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         how = "streaming asked" if run["streamed_asked"] else "default"
-        where = f"{run['path']} ({run['why']})" if run["path"] else "not reached"
+        where = f"{run['path']} ({run['why'].split('; --max-memory-gb')[0]})" if run["path"] else "not reached"
         done = "complete" if run["complete"] else run["ended"] or f"FAILED ({run['returncode']})"
         rate = f"{run['samples_per_second']:.1f}" if run["samples_per_second"] else "-"
-        rows.append(f"| {run['encoder']} | {run['fusion'] or 'default'}{' fused on the device' if run['fuse_on_device'] else ''} | {run['batch']} | "
-                    f"{how}: {where} | {run['steps'] or '-'} | {rate} | {run['main_peak_rss_gb']:.2f} GB | {gb(run['worker_peak_rss_gb'])} | "
-                    f"{done}, {run['wall_s']:.0f} s | {met(run['met'])} |")
+        cut = run["steps"] is None and run["ended"] not in (None, "stopped in the evaluation")  # stopped during its steps: a lower bound
+        size = f"{run['parameters'] / 1e6:.1f} M" if run["parameters"] else "?"
+        rows.append(f"| {run['encoder']} ({size}) | {run['fusion'] or 'default'}{' fused on the device' if run['fuse_on_device'] else ''} | "
+                    f"{run['batch']} | {how}: {where} | {run['steps'] or '-'} | {rate} | {'>= ' if cut else ''}{run['main_peak_rss_gb']:.2f} GB | "
+                    f"{gb(run['worker_peak_rss_gb'])} | {done}, {run['wall_s']:.0f} s | {met(run['met'])} |")
     return rows
 
 
@@ -473,16 +489,17 @@ def markdown(r: dict) -> str:
         "## Training from the store (CPU, `train --max-steps`)",
         "",
         f"resnet18 (2D concat, 224 x 448) and simple3d (3D concat) for {args['encoder_steps']} optimiser steps at batch 16, at the path "
-        "`train` picks by its memory budget and streamed, each run evaluated in full. Samples/s: the training samples over the "
-        "seconds of the steps (first batch included), from train.log. Peak RSS of every process of the run (trainer, loader "
-        f"workers; shared batch buffers count in each) against {t['training_rss_gb']:g} GB.",
+        f"`train` picks by its memory budget and streamed ({'each run evaluated in full' if args['full_evaluation'] == 'True' else 'each stopped ' + format(float(args['grace']), 'g') + ' s into the evaluation after its steps'}). "
+        "Samples/s: the training samples over the seconds of the steps (first batch included), from train.log. Peak RSS of every "
+        f"process of the run (trainer, loader workers; shared batch buffers count in each) against {t['training_rss_gb']:g} GB.",
         "",
         *training_rows(r["training"], t["training_rss_gb"]),
         "",
         f"Every registered encoder at its default CPU batch (16) for {args['max_steps']} steps, and at batch 8 and 4 when over "
-        f"{t['training_rss_gb']:g} GB; a run is stopped {float(args['survey_grace']):g} s into its final evaluation (the "
-        "validation pass and the best epoch's copy are behind it), at its time limit, or when its processes together pass the "
-        "memory ceiling. Square-input encoders read `stack` fused on the device.",
+        f"{t['training_rss_gb']:g} GB. A run is stopped {float(args['grace']):g} s into the evaluation after its steps, at {float(args['survey_limit']):g} s, "
+        f"or when one of its processes passes {float(args['ceiling_gb']):g} GB (then its peak is a lower bound, `>=`). The copy of the best "
+        "epoch's parameters (4 bytes per parameter) that a whole run adds after the validation pass is not in these peaks. "
+        "Square-input encoders read `stack` fused on the device; pair models and the ladder fuse themselves.",
         "",
         *training_rows(r["survey"], t["training_rss_gb"]),
     ]

@@ -419,6 +419,9 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
             torch.distributed.all_reduce(totals)
         train_loss = float(totals[0] / totals[1])
         samples += int(totals[1])
+        if steps_done(config, steps):  # said before the evaluation, which at full size on a CPU takes minutes
+            log.info("stopped after %d optimiser steps (--max-steps): %d training samples in %.1f s, %.1f samples/s; evaluating",
+                     steps, samples, sum(epoch_seconds), samples / sum(epoch_seconds))
         val, val_loss = evaluate(raw_model, data, "val", plan, config.batch_size, loader=loader, rank=rank, world=world)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1],
                "steps": epoch_steps, "samples": int(totals[1]),
@@ -431,8 +434,6 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):  # the same on every rank
             best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in raw_model.state_dict().items()})
         if steps_done(config, steps):
-            log.info("stopped after %d optimiser steps (--max-steps): %d training samples in %.1f s, %.1f samples/s; evaluating the best epoch",
-                     steps, samples, sum(epoch_seconds), samples / sum(epoch_seconds))
             break
     trace.checksum("last_epoch", raw_model.state_dict())
 
