@@ -222,8 +222,8 @@ def test_the_log_says_whether_the_splits_are_held_or_streamed_and_why_and_both_t
                                            loader_workers=1), out, progress=False)
         assert metrics["inputs"]["in_memory"] is (budget > 0) and metrics["test"]["n"] == 6 and np.isfinite(metrics["train"]["loss"])
         said[budget] = [line.split(" ", 1)[1] for line in (out / "train.log").read_text().splitlines() if " data: " in line]
-    assert len(said[0.0]) == 1 and said[0.0][0].startswith("data: streamed (splits ") and "> in-memory limit 0.00 GB; --max-memory-gb raises it)" in said[0.0][0]
-    assert len(said[100.0]) == 1 and said[100.0][0].startswith("data: in memory (splits ") and "<= in-memory limit 100.00 GB" in said[100.0][0]
+    assert len(said[0.0]) == 1 and said[0.0][0].startswith("data: streamed (splits ") and "> in-memory limit 0.00 GB: --max-memory-gb 0; --max-memory-gb raises it)" in said[0.0][0]
+    assert len(said[100.0]) == 1 and said[100.0][0].startswith("data: in memory (splits ") and "<= in-memory limit 100.00 GB: --max-memory-gb 100;" in said[100.0][0]
 
 
 # ---- 2. DDP: the numbers ----------------------------------------------------------------------------------
