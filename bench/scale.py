@@ -464,7 +464,7 @@ def training_rows(runs: list[dict], target: float) -> list[str]:
         done = "complete" if run["complete"] else run["ended"] or f"FAILED ({run['returncode']})"
         rate = f"{run['samples_per_second']:.1f}" if run["samples_per_second"] else "-"
         cut = run["steps"] is None and run["ended"] not in (None, "stopped in the evaluation")  # stopped during its steps: a lower bound
-        size = f"{run['parameters'] / 1e6:.1f} M" if run["parameters"] else "?"
+        size = "?" if not run["parameters"] else f"{run['parameters'] / 1e6:.1f} M" if run["parameters"] >= 1e5 else f"{run['parameters']:,}"
         rows.append(f"| {run['encoder']} ({size}) | {run['fusion'] or 'default'}{' fused on the device' if run['fuse_on_device'] else ''} | "
                     f"{run['batch']} | {how}: {where} | {run['steps'] or '-'} | {rate} | {'>= ' if cut else ''}{run['main_peak_rss_gb']:.2f} GB | "
                     f"{gb(run['worker_peak_rss_gb'])} | {done}, {run['wall_s']:.0f} s | {met(run['met'])} |")
