@@ -135,6 +135,7 @@ class Train:
     modality = typer.Option(None, help="audio, vision or av (default av).")
     store = typer.Option(None, help="Store path or URL, opened read-only (default data/stores/crema-d.zarr).")
     epochs = typer.Option(20, min=1)
+    max_steps = typer.Option(None, min=1, help="Stop after this many optimiser steps (a benchmark or a smoke test); the run is still evaluated and written.")
     batch_size = typer.Option(16, min=1)
     lr = typer.Option(None, help="Adam learning rate (default: the encoder's).")
     seed = typer.Option(0, help="Seed of initialisation and batch order (recorded).")

@@ -67,19 +67,29 @@ the splits buys no speed there; uncapped, the process grew with the corpus (4.5 
 On a GPU the activations live on the device and the loader can be the bottleneck: half the available RAM."""
 
 
-def memory_limit_bytes(max_memory_gb: float | None, device: str) -> float:
-    """Bytes of splits to hold in memory: as asked, else half the RAM available now, shared by the node's ranks,
-    and on CPU at most CPU_IN_MEMORY_CAP_GB."""
+def memory_budget(max_memory_gb: float | None, device: str) -> tuple[float, str]:
+    """Bytes of splits to hold in memory, and where that figure comes from (train.log says it beside the path
+    taken): as asked, else half the RAM available now, shared by the node's ranks, and on CPU at most
+    CPU_IN_MEMORY_CAP_GB."""
     if max_memory_gb is not None:
-        return max_memory_gb * 1e9
+        return max_memory_gb * 1e9, f"--max-memory-gb {max_memory_gb:g}"
     available = None
     try:
         with open("/proc/meminfo") as f:
             available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    limit = available / 2 / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return limit if device.startswith("cuda") else min(limit, CPU_IN_MEMORY_CAP_GB * 1e9)
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    limit = available / 2 / ranks
+    share = f"half the {available / 1e9:.1f} GB of RAM available" + (f", shared by {ranks} ranks" if ranks > 1 else "")
+    if device.startswith("cuda") or limit <= CPU_IN_MEMORY_CAP_GB * 1e9:
+        return limit, share
+    return CPU_IN_MEMORY_CAP_GB * 1e9, f"the CPU cap; {share} would be {limit / 1e9:.1f} GB"
+
+
+def memory_limit_bytes(max_memory_gb: float | None, device: str) -> float:
+    """Bytes of splits to hold in memory (memory_budget without its reason)."""
+    return memory_budget(max_memory_gb, device)[0]
 
 
 def epoch_order(n: int, generator: torch.Generator | None, *, block_rows: int = 16, mix_blocks: int = 4) -> np.ndarray:

@@ -7,7 +7,7 @@ target's votes left out), the same actor-disjoint split or k-fold round, or a ru
 Two copies of these rules would drift, and a model trained in a notebook would then be compared with
 `train`'s on other clips without anyone noticing.
 
-`hold_splits` then applies the memory budget of `train` (`memory_limit_bytes`): splits that fit are read
+`hold_splits` then applies the memory budget of `train` (`memory_budget`): splits that fit are read
 into memory once, larger ones are streamed from Zarr.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from encoders import partition as run_partition
-from encoders.loader import memory_limit_bytes
+from encoders.loader import memory_budget
 from encoders.targets import ClipTargets, clip_targets, training_targets
 from stores.selection import usable_rows
 from stores.sequences import sequence_sets
@@ -130,7 +130,8 @@ class Holding:
     """Where a run's splits live: in memory when their decoded bytes fit the budget, else streamed."""
 
     split_bytes: int  # the held splits' rows, decoded
-    memory_limit: float  # bytes a run may hold in memory (memory_limit_bytes)
+    memory_limit: float  # bytes a run may hold in memory (memory_budget)
+    budget: str = ""  # where memory_limit comes from: --max-memory-gb, half the available RAM, or the CPU cap
 
     @property
     def in_memory(self) -> bool:
@@ -139,8 +140,8 @@ class Holding:
 
 def hold_splits(selection: Selection, names: tuple[str, ...], max_memory_gb: float | None, device: str
                 ) -> tuple[dict[str, StoreSplit], Holding]:
-    """StoreSplits of `names`, all in memory or all streamed by `train`'s rule (budget: memory_limit_bytes)."""
-    holding = Holding(selection.row_nbytes() * sum(len(selection.rows[n]) for n in names), memory_limit_bytes(max_memory_gb, device))
+    """StoreSplits of `names`, all in memory or all streamed by `train`'s rule (budget: memory_budget)."""
+    holding = Holding(selection.row_nbytes() * sum(len(selection.rows[n]) for n in names), *memory_budget(max_memory_gb, device))
     splits = {n: StoreSplit(selection.store.location, selection.sets, selection.recipe, selection.rows[n],
                             selection.labels[selection.rows[n]], in_memory=holding.in_memory) for n in names}
     return splits, holding

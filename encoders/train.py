@@ -66,6 +66,7 @@ class TrainConfig:
     modality: str = "av"  # audio | vision | av
     fusion: str = "concat"  # none for unimodal and pair models
     epochs: int = 20
+    max_steps: int | None = None  # stop after this many optimiser steps (all epochs together); still evaluated and written
     batch_size: int = 16
     lr: float | None = None  # None: the encoder's default (its EncoderSpec.lr; Adam throughout)
     weight_decay: float | None = None  # None: the encoder's default, else 0
@@ -105,6 +106,8 @@ class TrainConfig:
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"--compile takes {' | '.join(COMPILE_CHOICES)}, not '{self.compile}'")
         check_target(self.target, self.labels, get_spec(self.encoder).input_kind if self.encoder in list_models() else "")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps {self.max_steps} is below 1; give the number of optimiser steps to take, or leave it out for whole epochs")
         if self.max_memory_gb is not None and self.max_memory_gb < 0:
             raise ValueError(f"--max-memory-gb {self.max_memory_gb} is negative; give 0 to stream everything")
         if not 0.0 < self.labelled_fraction <= 1.0:
@@ -140,7 +143,8 @@ class Data:
     partition: dict = dataclasses.field(default_factory=dict)  # the exact speakers and clips of each split
     notes: list[str] = dataclasses.field(default_factory=list)  # what changed in the store since a recorded partition
     split_bytes: int = 0  # the three splits' rows, decoded
-    memory_limit: float = 0.0  # bytes the run would hold in memory (memory_limit_bytes)
+    memory_limit: float = 0.0  # bytes the run would hold in memory (memory_budget)
+    memory_budget: str = ""  # where that limit comes from
     soft: dict = dataclasses.field(default_factory=dict)  # --labels soft: split -> (clips, K) vote distributions
     in_channels: int = 3  # of the (vision) input: image channels, or a sequence encoder's embedding width
     labelled: np.ndarray | None = None  # per training position, whether its label is used (None: all are)
@@ -150,7 +154,7 @@ class Data:
 
     def holding(self) -> str:
         """Where the rows come from, and why: one line of the log."""
-        size, limit = f"splits {self.split_bytes / 1e9:.2f} GB", f"in-memory limit {self.memory_limit / 1e9:.2f} GB"
+        size, limit = f"splits {self.split_bytes / 1e9:.2f} GB", f"in-memory limit {self.memory_limit / 1e9:.2f} GB: {self.memory_budget}"
         if self.splits["train"].memory is not None:
             return f"in memory ({size} <= {limit}; --max-memory-gb lowers it)"
         return f"streamed ({size} > {limit}; --max-memory-gb raises it)"
@@ -188,6 +192,7 @@ def load_data(location: str, config: TrainConfig, recorded: dict | None = None, 
         notes=list(selection.notes),
         split_bytes=holding.split_bytes,
         memory_limit=holding.memory_limit,
+        memory_budget=holding.budget,
         soft=soft_targets(store, table, rows, config.target, selection.targets) if config.labels == "soft" else {},
         in_channels=first[2].shape[-1] if sequences else recipe.channels,
         labelled=labelled,
@@ -355,14 +360,18 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
     for warning in data.warnings:
         log.info("warning: %s", warning)
 
+    if config.max_steps is not None:
+        log.info("at most %d optimiser steps (--max-steps), then the run is evaluated as after a whole epoch", config.max_steps)
+
     history, best, best_state, epoch_seconds, wait_seconds = [], None, None, [], []
+    steps, samples = 0, 0  # optimiser steps and training samples (all ranks) so far
     for epoch in range(1, config.epochs + 1):
         model.train()
         started, waited, seen, loss_sum = time.perf_counter(), 0.0, 0, torch.zeros((), device=device)
-        labelled_seen, term_sums = torch.zeros((), device=device), {}
+        labelled_seen, term_sums, epoch_steps = torch.zeros((), device=device), {}, 0
         bar = tqdm(total=len(data.splits["train"]) // world, desc=f"epoch {epoch}/{config.epochs}", unit="clip", disable=not (progress and master), file=sys.stderr, leave=False)
         batches = loader.batches("train", config.batch_size, generator=generator, rank=rank, world=world)
-        while True:
+        while not steps_done(config, steps):  # every rank takes the same number of steps
             asked = time.perf_counter()
             try:
                 raw, labels, positions = next(batches)
@@ -377,6 +386,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            steps, epoch_steps = steps + 1, epoch_steps + 1
             loss_sum += loss.detach() * len(labels)
             labelled_seen += (labels >= 0).sum()
             for name, value in terms.items():
@@ -384,6 +394,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
             seen += len(labels)
             bar.update(len(labels))
             trace.step(epoch, positions, data.splits["train"].rows, loss)
+        batches.close()  # a pass cut short by --max-steps: the loader drains it before the next one
         bar.close()
         sync_buffers(raw_model, world)  # BatchNorm statistics: rank 0's, as DDP broadcasts before each forward
         epoch_seconds.append(time.perf_counter() - started)
@@ -394,8 +405,13 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         if world > 1:
             torch.distributed.all_reduce(totals)
         train_loss = float(totals[0] / totals[1])
+        samples += int(totals[1])
+        if steps_done(config, steps):  # said before the evaluation, which at full size on a CPU takes minutes
+            log.info("stopped after %d optimiser steps (--max-steps): %d training samples in %.1f s, %.1f samples/s; evaluating",
+                     steps, samples, sum(epoch_seconds), samples / sum(epoch_seconds))
         val, val_loss = evaluate(raw_model, data, "val", plan, config.batch_size, loader=loader, rank=rank, world=world)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1],
+               "steps": epoch_steps, "samples": int(totals[1]),
                "labelled_seen": int(totals[2]), "unlabelled_seen": int(totals[1] - totals[2]),
                **{f"{n}_loss": float(totals[3 + k] / totals[1]) for k, n in enumerate(names)}}
         history.append(row)
@@ -404,6 +420,8 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
                  epoch_seconds[-1], 100 * waited / epoch_seconds[-1])
         if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):  # the same on every rank
             best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in raw_model.state_dict().items()})
+        if steps_done(config, steps):
+            break
     trace.checksum("last_epoch", raw_model.state_dict())
 
     raw_model.load_state_dict(best_state)
@@ -433,7 +451,8 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         "test": {**test_metrics, "loss": test_loss},
         "history": history,
         "seconds_per_epoch": float(np.mean(epoch_seconds)),
-        "samples_per_second": float(len(data.splits["train"]) // world * world / np.mean(epoch_seconds)),
+        "samples_per_second": float(samples / np.sum(epoch_seconds)),
+        "steps": steps,
         "data_wait_fraction": float(np.sum(wait_seconds) / np.sum(epoch_seconds)),
         "world_size": world,
         "parameters": n_params,
@@ -447,7 +466,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         "config": dataclasses.asdict(config),
         "inputs": {"image_size": list(data.image_size), "frames": data.frames, "in_channels": data.recipe.channels,
                    "in_memory": data.splits["train"].memory is not None, "split_bytes": data.split_bytes,
-                   "in_memory_limit_bytes": data.memory_limit, "fused_on_device": data.recipe.fuse_on_device},
+                   "in_memory_limit_bytes": data.memory_limit, "in_memory_budget": data.memory_budget, "fused_on_device": data.recipe.fuse_on_device},
         "device_plan": {"memory_format": str(plan.memory_format).removeprefix("torch."), "amp": str(plan.amp_dtype).removeprefix("torch."), "compiled": plan.compile},
         "code_commit": code_commit(),
         "versions": library_versions(),
@@ -463,6 +482,11 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
     close_logger(log)
     stop_distributed(world)
     return metrics
+
+
+def steps_done(config: TrainConfig, steps: int) -> bool:
+    """Whether `--max-steps` has been reached (never without it)."""
+    return config.max_steps is not None and steps >= config.max_steps
 
 
 def sync_buffers(model: torch.nn.Module, world: int) -> None:

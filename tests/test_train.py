@@ -71,6 +71,33 @@ def test_streaming_from_the_store_trains_too(store, tmp_path):
     assert metrics["inputs"]["in_memory"] is False and metrics["test"]["n"] == 12
 
 
+@pytest.mark.slow
+def test_max_steps_stops_after_exactly_that_many_optimiser_steps_and_still_evaluates_and_writes_the_run(store, tmp_path):
+    """A fixed number of steps (bench/scale.py times training with it): 8 steps of batch 8 over 48 training clips
+    are one whole epoch of 6 and 2 steps of the second, cut short mid-pass on the streamed path; every split is
+    still evaluated in full and the run written."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out, trace = tmp_path / "run", tmp_path / "trace"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "train", "--encoder", "simple3d", "--modality", "audio", "--store", store, "--epochs", "5",
+         "--max-steps", "8", "--batch-size", "8", "--max-memory-gb", "0", "--loader-workers", "1", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "AVSTORE_TRAIN_TRACE": str(trace)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["clips"]["train"] == 48 and metrics["inputs"]["in_memory"] is False
+    assert [s["epoch"] for s in json.loads((trace / "rank0.json").read_text())["steps"]] == [1] * 6 + [2] * 2  # what the loop did
+    assert metrics["steps"] == 8 and metrics["config"]["max_steps"] == 8
+    assert [(r["epoch"], r["steps"], r["samples"]) for r in metrics["history"]] == [(1, 6, 48), (2, 2, 16)]
+    assert metrics["samples_per_second"] == pytest.approx(64 / sum(r["seconds"] for r in metrics["history"]))
+    assert (metrics["train"]["n"], metrics["val"]["n"], metrics["test"]["n"]) == (48, 12, 12)  # evaluated on whole splits
+    assert "stopped after 8 optimiser steps (--max-steps)" in (out / "train.log").read_text()
+
+
 def kinds_with_inputs():
     for name in list_models():
         kind = get_spec(name).input_kind

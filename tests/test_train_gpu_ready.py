@@ -127,6 +127,20 @@ def test_a_cpu_run_holds_at_most_half_a_gigabyte_by_default_so_it_does_not_grow_
     capped = load_data(store, dataclasses.replace(config, max_memory_gb=data.split_bytes / 2e9))
     assert capped.splits["train"].memory is None
     assert capped.holding().startswith(f"streamed (splits {data.split_bytes / 1e9:.2f} GB > in-memory limit")
+    assert f"limit {data.split_bytes / 2e9:.2f} GB: --max-memory-gb {data.split_bytes / 2e9:g}; --max-memory-gb raises it)" in capped.holding()  # why
+
+
+def test_train_log_says_where_the_in_memory_limit_comes_from(monkeypatch):
+    """The path train takes is explained by the limit's source: the option, half the available RAM, or the CPU cap."""
+    from encoders.loader import memory_budget
+
+    assert memory_budget(2.0, "cpu") == (2e9, "--max-memory-gb 2")
+    limit, why = memory_budget(None, "cuda")
+    assert why.startswith("half the ") and why.endswith(" GB of RAM available") and limit < 1e12
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert memory_budget(None, "cuda")[1].endswith(", shared by 2 ranks")
+    limit, why = memory_budget(None, "cpu")
+    assert why.startswith("the CPU cap; half the ") if limit == 0.5e9 else why.startswith("half the ")  # under 2 GB free: half of it
 
 
 def test_streamed_batches_equal_in_memory_ones_and_workers_persist_across_passes(store):
@@ -208,8 +222,8 @@ def test_the_log_says_whether_the_splits_are_held_or_streamed_and_why_and_both_t
                                            loader_workers=1), out, progress=False)
         assert metrics["inputs"]["in_memory"] is (budget > 0) and metrics["test"]["n"] == 6 and np.isfinite(metrics["train"]["loss"])
         said[budget] = [line.split(" ", 1)[1] for line in (out / "train.log").read_text().splitlines() if " data: " in line]
-    assert len(said[0.0]) == 1 and said[0.0][0].startswith("data: streamed (splits ") and "> in-memory limit 0.00 GB; --max-memory-gb raises it)" in said[0.0][0]
-    assert len(said[100.0]) == 1 and said[100.0][0].startswith("data: in memory (splits ") and "<= in-memory limit 100.00 GB" in said[100.0][0]
+    assert len(said[0.0]) == 1 and said[0.0][0].startswith("data: streamed (splits ") and "> in-memory limit 0.00 GB: --max-memory-gb 0; --max-memory-gb raises it)" in said[0.0][0]
+    assert len(said[100.0]) == 1 and said[100.0][0].startswith("data: in memory (splits ") and "<= in-memory limit 100.00 GB: --max-memory-gb 100;" in said[100.0][0]
 
 
 # ---- 2. DDP: the numbers ----------------------------------------------------------------------------------
