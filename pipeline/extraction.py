@@ -83,7 +83,8 @@ def print_outcome(result: ExtractSummary, store: str, lld: bool) -> None:
     if no_split:  # one or two videos: extracted, but `train` needs a split first
         print(f"splits: {no_split}")
     if result.files_hashed:
-        print(f"checksums: {result.files_hashed} files hashed (only what this run wrote, when the last list was current)")
+        print(f"checksums: {result.files_hashed} files hashed here (metadata, small arrays, files no recorded sum describes); "
+              "the workers hashed the shards they wrote")
 
 
 def interrupted(store: str, config: ExtractConfig, n_records: int) -> int:
