@@ -406,9 +406,11 @@ def test_ctrl_c_during_extract_is_one_line_exit_130_and_train_refuses_the_store_
     the clips committed so far as if they were the corpus. The signal goes to the whole process group, as a
     terminal's Ctrl-C does, so the Dask workers get it too."""
     store = tmp_path / "s.zarr"
-    args = ["extract", "--dataset", "sample", "--root", str(corpus), "--store", str(store), "--workers", "2", *SMALL]
+    args = ["extract", "--dataset", "sample", "--root", str(corpus), "--store", str(store), "--workers", "1", *SMALL]
+    # Tasks of 4 clips, one at a time: after the first commit five tasks are left, so the interrupt lands mid-run
+    # even on a loaded machine (with 2 workers the run could finish before a slow poll saw the first commit).
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args, "--commit-every", "2"], cwd=REPO, text=True,
-                            env={**os.environ, "AVSTORE_SHARD_ROWS": "4"},  # tasks of 4 clips: the interrupt lands between commits
+                            env={**os.environ, "AVSTORE_SHARD_ROWS": "4"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline, done = time.time() + 180, 0
     while time.time() < deadline and proc.poll() is None and done < 1:
@@ -418,6 +420,7 @@ def test_ctrl_c_during_extract_is_one_line_exit_130_and_train_refuses_the_store_
         except Exception:  # noqa: BLE001 - the store may not exist yet
             done = 0
         time.sleep(0.05)
+    assert 1 <= done < 22, f"the run ended before its first commit was seen ({done} clips done)"
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err[-3000:]
