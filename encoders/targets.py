@@ -219,7 +219,7 @@ def target_lines(targets: dict[str, Any], model_accuracy: float | None = None) -
         levels = s.get("by_agreement", {})
         shown = [f"{k} {v['accuracy']:.2f} (n={v['n']})" for k, v in levels.items() if v["n"]]
         if shown:
-            lines.append(f"      by raters' agreement: " + ", ".join(shown))
+            lines.append("      by raters' agreement: " + ", ".join(shown))
     raters = targets.get("raters", {})
     if raters:
         intended = test.get("intended", {})

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
+from zarr.codecs import TransposeCodec, ZstdCodec
 from zarr.codecs.numcodecs import Delta
 from zarr.registry import register_codec
 
