@@ -411,6 +411,7 @@ def test_ctrl_c_during_extract_is_one_line_exit_130_and_train_refuses_the_store_
     # even on a loaded machine (with 2 workers the run could finish before a slow poll saw the first commit).
     proc = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args, "--commit-every", "2"], cwd=REPO, text=True,
                             env={**os.environ, "AVSTORE_SHARD_ROWS": "4"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's default, whatever this process inherited
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline, done = time.time() + 180, 0
     while time.time() < deadline and proc.poll() is None and done < 1:
