@@ -87,11 +87,6 @@ def memory_budget(max_memory_gb: float | None, device: str) -> tuple[float, str]
     return CPU_IN_MEMORY_CAP_GB * 1e9, f"the CPU cap; {share} would be {limit / 1e9:.1f} GB"
 
 
-def memory_limit_bytes(max_memory_gb: float | None, device: str) -> float:
-    """Bytes of splits to hold in memory (memory_budget without its reason)."""
-    return memory_budget(max_memory_gb, device)[0]
-
-
 def epoch_order(n: int, generator: torch.Generator | None, *, block_rows: int = 16, mix_blocks: int = 4) -> np.ndarray:
     """Positions 0..n-1 in block-shuffled order; in order when `generator` is None (evaluation)."""
     if generator is None:

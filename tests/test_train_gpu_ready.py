@@ -22,7 +22,7 @@ import zarr
 from encoders.device import plan_for, prepare_model
 from encoders.loader import Loader, LoaderConfig, epoch_order, rank_share
 from encoders.registry import get_spec, list_models
-from encoders.train import CPU_IN_MEMORY_CAP_GB, TrainConfig, build_model, evaluate, load_data, memory_limit_bytes, prepare
+from encoders.train import CPU_IN_MEMORY_CAP_GB, TrainConfig, build_model, evaluate, load_data, memory_budget, prepare
 from pipeline.fuse import device_fusions
 from stores.torchdata import read_rows, to_model_inputs
 from tests.conftest import REPO, extract_sample_store, run_cli
@@ -112,15 +112,15 @@ def test_read_rows_reads_the_selected_rows_only(tmp_path):
 def test_memory_limit_follows_the_available_ram(monkeypatch):
     with open("/proc/meminfo") as f:
         available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    assert abs(memory_limit_bytes(None, "cuda") - available / 2) < 0.1 * available
+    assert abs(memory_budget(None, "cuda")[0] - available / 2) < 0.1 * available
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # every rank on the node holds its own copy
-    assert abs(memory_limit_bytes(None, "cuda:0") - available / 8) < 0.1 * available
-    assert memory_limit_bytes(1.5, "cpu") == 1.5e9 == memory_limit_bytes(1.5, "cuda")
+    assert abs(memory_budget(None, "cuda:0")[0] - available / 8) < 0.1 * available
+    assert memory_budget(1.5, "cpu")[0] == 1.5e9 == memory_budget(1.5, "cuda")[0]
 
 
 def test_a_cpu_run_holds_at_most_half_a_gigabyte_by_default_so_it_does_not_grow_with_the_corpus(store):
     """issue 11: a CPU run at CREMA-D size held all 2.2 GB of 2D concat rows and peaked at 4.5 GB."""
-    assert memory_limit_bytes(None, "cpu") <= CPU_IN_MEMORY_CAP_GB * 1e9 == 0.5e9
+    assert memory_budget(None, "cpu")[0] <= CPU_IN_MEMORY_CAP_GB * 1e9 == 0.5e9
     config = TrainConfig(encoder="simple3d", modality="av", fusion="concat", device="cpu")
     data = load_data(store, config)
     assert data.splits["train"].memory is not None and data.split_bytes < 0.5e9  # a small store stays in memory
