@@ -43,7 +43,7 @@ from tqdm import tqdm
 from encoders import partition as run_partition
 from encoders import predictions as run_predictions
 from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, plan_for, prepare, prepare_model
-from encoders.loader import CPU_IN_MEMORY_CAP_GB, Loader, LoaderConfig, check_workers, default_workers, memory_budget  # noqa: F401 (re-exported)
+from encoders.loader import CPU_IN_MEMORY_CAP_GB, Loader, LoaderConfig, check_workers, default_workers  # noqa: F401 (re-exported)
 from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
 from encoders.registry import encoder_config, get_model, get_spec, list_models

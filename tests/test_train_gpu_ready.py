@@ -22,7 +22,8 @@ import zarr
 from encoders.device import plan_for, prepare_model
 from encoders.loader import Loader, LoaderConfig, epoch_order, rank_share
 from encoders.registry import get_spec, list_models
-from encoders.train import CPU_IN_MEMORY_CAP_GB, TrainConfig, build_model, evaluate, load_data, memory_budget, prepare
+from encoders.loader import memory_budget
+from encoders.train import CPU_IN_MEMORY_CAP_GB, TrainConfig, build_model, evaluate, load_data, prepare
 from pipeline.fuse import device_fusions
 from stores.torchdata import read_rows, to_model_inputs
 from tests.conftest import REPO, extract_sample_store, run_cli
