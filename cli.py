@@ -174,7 +174,8 @@ def encoders() -> None:
 @command
 def train(
     encoder: str = Train.encoder, fusion: Optional[str] = Train.fusion, modality: Optional[str] = Train.modality, store: Optional[str] = Train.store,
-    epochs: int = Train.epochs, max_steps: Optional[int] = Train.max_steps, batch_size: int = Train.batch_size, lr: Optional[float] = Train.lr,
+    epochs: int = Train.epochs, max_steps: Optional[int] = Train.max_steps, batch_size: int = Train.batch_size,
+    micro_batch: Optional[int] = Train.micro_batch, lr: Optional[float] = Train.lr,
     seed: int = Train.seed, split_seed: Optional[int] = Train.split_seed, fold: Optional[int] = Train.fold, folds: int = Train.folds,
     device: str = Train.device, pretrained: bool = Train.pretrained, out: Optional[Path] = Train.out,
     faces: Optional[str] = Train.faces, audio: Optional[str] = Train.audio,

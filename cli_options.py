@@ -137,6 +137,7 @@ class Train:
     epochs = typer.Option(20, min=1)
     max_steps = typer.Option(None, min=1, help="Stop after this many optimiser steps (a benchmark or a smoke test); the run is still evaluated and written.")
     batch_size = typer.Option(16, min=1)
+    micro_batch = typer.Option(None, min=1, help="Samples per forward/backward pass; a step sums its passes' gradients (default: on a CPU the encoder's micro-batch, which keeps a process within 3 GB; on a GPU the batch).")
     lr = typer.Option(None, help="Adam learning rate (default: the encoder's).")
     seed = typer.Option(0, help="Seed of initialisation and batch order (recorded).")
     split_seed = typer.Option(None, help="Re-derive the actor-disjoint split with this seed (default: the store's split).")

@@ -66,6 +66,7 @@ class EncoderSpec:
     options: type | None = None  # the encoder's own settings: a frozen dataclass its builder takes as `config`
     lr: float = 1e-3  # Adam's step when a run gives none: large or attention models take a smaller one
     weight_decay: float = 0.0  # Adam's weight decay when a run gives none
+    cpu_micro_batch: int | None = None  # samples per forward/backward pass on a CPU at 224 px, 16 frames (None: a whole batch)
 
 
 class UnknownEncoderError(KeyError):
@@ -79,13 +80,16 @@ _REGISTRY: dict[str, EncoderSpec] = {}
 
 
 def register_encoder(name: str, *, input_kind: InputKind, description: str, square_input: bool = False,
-                     options: type | None = None, lr: float = 1e-3, weight_decay: float = 0.0) -> Callable[[Builder], Builder]:
+                     options: type | None = None, lr: float = 1e-3, weight_decay: float = 0.0,
+                     cpu_micro_batch: int | None = None) -> Callable[[Builder], Builder]:
     """Decorator that registers a model builder under ``name``.
 
     ``options`` is the encoder's own settings dataclass (the ladder's LadderConfig): :func:`get_model` builds it
     from a run's ``encoder_options`` and passes it to the builder as ``config``, so the trainer's configuration
     holds no encoder-specific fields. ``lr`` and ``weight_decay`` are the encoder's training defaults (Adam), which a
-    run's own ``--lr`` / ``--weight-decay`` override.
+    run's own ``--lr`` / ``--weight-decay`` override. ``cpu_micro_batch``: how many samples of the store defaults
+    (224 px, 16 frames) one forward/backward pass takes on a CPU so that a training process stays within 3 GB, measured
+    with ``bench/scale.py``; a step sums the gradients of its passes (encoders/train.py, ``samples_per_pass``).
 
     Raises:
         ValueError: ``name`` is already registered, or ``input_kind`` is not one of the known kinds.
@@ -97,7 +101,8 @@ def register_encoder(name: str, *, input_kind: InputKind, description: str, squa
         if name in _REGISTRY:
             raise ValueError(f"an encoder named {name!r} is already registered")
         _REGISTRY[name] = EncoderSpec(name=name, input_kind=input_kind, description=description, builder=builder,
-                                      square_input=square_input, options=options, lr=lr, weight_decay=weight_decay)
+                                      square_input=square_input, options=options, lr=lr, weight_decay=weight_decay,
+                                      cpu_micro_batch=cpu_micro_batch)
         return builder
 
     return wrapper

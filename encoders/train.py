@@ -22,7 +22,8 @@ built by the registry (encoders/registry.py), never TrainConfig fields.
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -32,6 +33,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,7 @@ class TrainConfig:
     epochs: int = 20
     max_steps: int | None = None  # stop after this many optimiser steps (all epochs together); still evaluated and written
     batch_size: int = 16
+    micro_batch: int | None = None  # samples per forward/backward pass; None: the encoder's CPU micro-batch on a CPU, else the batch
     lr: float | None = None  # None: the encoder's default (its EncoderSpec.lr; Adam throughout)
     weight_decay: float | None = None  # None: the encoder's default, else 0
     seed: int = 0
@@ -108,6 +111,8 @@ class TrainConfig:
         check_target(self.target, self.labels, get_spec(self.encoder).input_kind if self.encoder in list_models() else "")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max-steps {self.max_steps} is below 1; give the number of optimiser steps to take, or leave it out for whole epochs")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise ValueError(f"--micro-batch {self.micro_batch} is below 1; give the samples of one forward/backward pass, or leave it out")
         if self.max_memory_gb is not None and self.max_memory_gb < 0:
             raise ValueError(f"--max-memory-gb {self.max_memory_gb} is negative; give 0 to stream everything")
         if not 0.0 < self.labelled_fraction <= 1.0:
@@ -221,24 +226,95 @@ def build_model(config: TrainConfig, data: Data) -> torch.nn.Module:
 
 
 def step_loss(model, own_objective: bool, inputs: list[torch.Tensor], labels: torch.Tensor, loss_fn,
-              soft: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+              soft: torch.Tensor | None = None, labelled_in_batch: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """One step's loss and its named terms. A model with its own objective (`own_objective`: the ladder's
     supervised plus reconstruction losses) computes both when called with the labels; any other model's loss is
     the cross-entropy of its logits over the labelled clips (label >= 0; unlabelled ones are -1), against the
-    hard labels or, with `soft` (--labels soft), against the clips' vote distributions."""
+    hard labels or, with `soft` (--labels soft), against the clips' vote distributions, summed and divided by the
+    labelled clips of the whole batch (`labelled_in_batch`, when `inputs` are one pass of several)."""
     if own_objective:
         out = model(*inputs, labels=labels)
         return out["loss"], out["terms"]
     logits, labelled = model(*inputs).float(), labels >= 0
+    count = (labelled.sum() if labelled_in_batch is None else labelled_in_batch).clamp_min(1)
     if soft is not None:
-        return loss_fn(logits[labelled], soft[labelled]) / labelled.sum().clamp_min(1), {}
-    return loss_fn(logits, labels) / labelled.sum().clamp_min(1), {}
+        return loss_fn(logits[labelled], soft[labelled]) / count, {}
+    return loss_fn(logits, labels) / count, {}
+
+
+def backward_passes(model, sync_model, own_objective: bool, recipe: InputRecipe, plan: DevicePlan, raw: list[torch.Tensor],
+                    labels: torch.Tensor, positions: np.ndarray, loss_fn, soft_table: dict, per_pass: int) -> tuple[torch.Tensor, dict]:
+    """The batch's gradients, from forward/backward passes of `per_pass` samples summed: the batch's loss and terms.
+
+    Each pass divides its summed loss by the labelled clips of the whole batch, so the summed gradients are the
+    batch's own (a model with its own objective, the ladder, gets one pass: samples_per_pass). Under DDP the
+    gradients are all-reduced once, after the last pass (`sync_model.no_sync`)."""
+    labelled, total, terms = (labels >= 0).sum(), torch.zeros((), device=labels.device), {}
+    starts = range(0, len(labels), per_pass)
+    for n, start in enumerate(starts):
+        part = slice(start, start + per_pass)
+        quiet = n < len(starts) - 1 and hasattr(sync_model, "no_sync")
+        with sync_model.no_sync() if quiet else contextlib.nullcontext():
+            with plan.autocast():
+                soft = batch_target(soft_table, labels[part], positions[part]) if soft_table else None
+                loss, pass_terms = step_loss(model, own_objective, prepare(recipe, [r[part] for r in raw], plan), labels[part], loss_fn, soft, labelled)
+            loss.backward()
+        total += loss.detach()
+        for name, value in pass_terms.items():
+            terms[name] = terms.get(name, 0.0) + value.detach()
+    return total, terms
+
+
+def samples_per_pass(config: TrainConfig, image_size: tuple[int, int], frames: int, device: str, model: torch.nn.Module) -> tuple[int, str]:
+    """How many samples one forward/backward pass takes, and why (a line of the log).
+
+    On a CPU a whole batch's activations are what breaks a 3 GB process: vit's batch of 16 side-by-side images
+    alone holds ~4 GB. Each encoder's `cpu_micro_batch` (its EncoderSpec, measured by bench/scale.py at the store
+    defaults, 224 px and 16 frames) says how many samples a pass takes there; a store of smaller images or fewer
+    frames takes proportionally more. A GPU takes the whole batch; `--micro-batch` sets it anywhere."""
+    batch, spec = config.batch_size, get_spec(config.encoder)
+    if getattr(model, "own_objective", False):
+        return batch, f"the batch of {batch} in one pass ({config.encoder} computes its own objective over the batch)"
+    if config.micro_batch is not None:
+        per_pass, why = min(config.micro_batch, batch), "--micro-batch"
+    elif device == "cpu" and spec.cpu_micro_batch is not None:
+        height = image_size[0]
+        scale = (224 / height) ** 2 * (16 / frames if spec.input_kind in ("video", "pair-video") else 1)
+        per_pass = max(1, min(batch, int(spec.cpu_micro_batch * max(1.0, scale))))
+        why = f"{config.encoder}'s CPU micro-batch {spec.cpu_micro_batch} at 224 px and 16 frames" + (", scaled to these inputs" if scale > 1 else "")
+    else:
+        return batch, f"the batch of {batch} in one pass"
+    if per_pass >= batch:
+        return batch, f"the batch of {batch} in one pass ({why})"
+    batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return per_pass, (f"passes of {per_pass} samples ({why}), {math.ceil(batch / per_pass)} per optimiser step of {batch}: the gradients are "
+                      "summed, so a step is the whole batch's" + (" (its BatchNorm layers normalise with each pass's statistics)" if batchnorm else ""))
+
+
+def return_freed_memory() -> None:
+    """Make glibc give every freed block of 1 MB or more back to the system at once.
+
+    By default glibc raises that threshold (up to 32 MB) each time a large block is freed, so after the first
+    steps a batch's activations come from the heap, whose freed memory the process keeps: vit at batch 16 peaked
+    at 6.2 GB that way, 4.8 GB with this (bench/results/scale-*.md). The cost is a page fault per fresh page."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        except (OSError, AttributeError):  # another C library (musl): keep its own policy
+            pass
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 
 @torch.no_grad()
 def evaluate(model, data: Data, split: str, plan: DevicePlan | str, batch_size: int, ablation: str | None = None, *,
-             loader: Loader | None = None, rank: int = 0, world: int = 1, predictions: dict | None = None) -> tuple[dict, float]:
+             loader: Loader | None = None, rank: int = 0, world: int = 1, predictions: dict | None = None,
+             per_pass: int | None = None) -> tuple[dict, float]:
     """Metrics and mean loss of `model` on `split`; under DDP each rank runs its share and all get the whole.
+
+    `per_pass`: samples per forward pass (a CPU run's micro-batch, samples_per_pass), so that evaluating holds no
+    more activations than training; the batches read stay `batch_size`.
 
     Per-clip losses are summed in the split's order in float64, so a sharded evaluation gives the numbers of
     a single-process one.
@@ -249,8 +325,10 @@ def evaluate(model, data: Data, split: str, plan: DevicePlan | str, batch_size: 
     model.eval()
     positions, y_pred, losses = [], [], []
     for raw, labels, where in loader.batches(split, batch_size, rank=rank, world=world):
+        step = per_pass or len(labels)
         with plan.autocast():
-            logits = model(*prepare(data.recipe, raw, plan, ablation)).float()
+            logits = torch.cat([model(*prepare(data.recipe, [r[a:a + step] for r in raw], plan, ablation)).float()
+                                for a in range(0, len(labels), step)])
         losses.append(torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().cpu())
         y_pred.append(logits.argmax(1).cpu())
         positions.append(torch.as_tensor(where))
@@ -310,6 +388,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
     """train()'s one loop, for every encoder (the ladder's own objective included): writes `out` (which must not exist)."""
     config = config.resolved()
     seed_everything(config.seed)
+    return_freed_memory()
     data = load_data(location, config, checked=True)  # train() checked the store (once); bad input fails here, on every rank
     rank, world, device = start_distributed(config.device)
     master = rank == 0  # only rank 0 logs and writes
@@ -328,7 +407,8 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         {"params": [p for p in model.parameters() if id(p) not in pretrained_ids], "lr": config.lr},
         {"params": [p for p in model.parameters() if id(p) in pretrained_ids], "lr": config.lr * 0.01},  # seed 003
     ]
-    optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config.weight_decay)
+    # fused: one kernel per step, without the float temporaries of the per-parameter loop (vgg16 on a CPU: 0.55 GB less at its peak)
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]], weight_decay=config.weight_decay, fused=True)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=getattr(raw_model, "label_smoothing", 0.0), ignore_index=-1, reduction="sum")
     own_objective = getattr(raw_model, "own_objective", False)
     generator = torch.Generator().manual_seed(config.seed)
@@ -337,7 +417,9 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         raw_model.fit_input_stats(prepare(data.recipe, raw, plan) for raw, _, _ in loader.batches("train", config.batch_size))
     unlabelled = torch.as_tensor(~data.labelled, device=device) if data.labelled is not None else None
     n_params = sum(p.numel() for p in raw_model.parameters())
+    per_pass, passes_why = samples_per_pass(config, data.image_size, data.frames, device, raw_model)
     log.info("data: %s", data.holding())
+    log.info("each optimiser step: %s", passes_why)
     log.info("encoder %s (%s params), modality %s, fusion %s%s, device %s x %d (%s, amp %s, compiled %s), inputs %s, "
              "train/val/test clips %s, speakers %s, %d loader workers",
              config.encoder, f"{n_params:,}", config.modality, config.fusion, " (fused on the device)" if data.recipe.fuse_on_device else "",
@@ -363,7 +445,8 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
     if config.max_steps is not None:
         log.info("at most %d optimiser steps (--max-steps), then the run is evaluated as after a whole epoch", config.max_steps)
 
-    history, best, best_state, epoch_seconds, wait_seconds = [], None, None, [], []
+    history, best, epoch_seconds, wait_seconds = [], None, [], []
+    best_state = tempfile.TemporaryFile()  # the best epoch's parameters, on disk: a second copy in memory is 0.5 GB for vgg16
     steps, samples = 0, 0  # optimiser steps and training samples (all ranks) so far
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -380,12 +463,9 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
             waited += time.perf_counter() - asked
             if unlabelled is not None:  # --labelled-fraction: these clips train without their label
                 labels = labels.masked_fill(unlabelled[torch.as_tensor(positions, device=device)], -1)
-            with plan.autocast():
-                soft = batch_target(data.soft, labels, positions) if data.soft else None  # --labels soft: the vote distributions
-                loss, terms = step_loss(step_model, own_objective, prepare(data.recipe, raw, plan), labels, loss_fn, soft)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, terms = backward_passes(step_model, model, own_objective, data.recipe, plan, raw, labels, positions, loss_fn, data.soft, per_pass)
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # now, not before the next step: no gradients held through the evaluation
             steps, epoch_steps = steps + 1, epoch_steps + 1
             loss_sum += loss.detach() * len(labels)
             labelled_seen += (labels >= 0).sum()
@@ -409,7 +489,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         if steps_done(config, steps):  # said before the evaluation, which at full size on a CPU takes minutes
             log.info("stopped after %d optimiser steps (--max-steps): %d training samples in %.1f s, %.1f samples/s; evaluating",
                      steps, samples, sum(epoch_seconds), samples / sum(epoch_seconds))
-        val, val_loss = evaluate(raw_model, data, "val", plan, config.batch_size, loader=loader, rank=rank, world=world)
+        val, val_loss = evaluate(raw_model, data, "val", plan, config.batch_size, loader=loader, rank=rank, world=world, per_pass=per_pass)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val["accuracy"], "val_uar": val["uar"], "seconds": epoch_seconds[-1],
                "steps": epoch_steps, "samples": int(totals[1]),
                "labelled_seen": int(totals[2]), "unlabelled_seen": int(totals[1] - totals[2]),
@@ -419,21 +499,28 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
                  epoch, row["train_loss"], "".join(f" ({n} {row[f'{n}_loss']:.4f})" for n in names), val_loss, val["accuracy"], val["uar"],
                  epoch_seconds[-1], 100 * waited / epoch_seconds[-1])
         if best is None or (val["uar"], val["accuracy"]) > (best["val_uar"], best["val_accuracy"]):  # the same on every rank
-            best, best_state = row, copy.deepcopy({k: v.detach().cpu() for k, v in raw_model.state_dict().items()})
+            best = row
+            best_state.seek(0)
+            best_state.truncate()
+            torch.save({k: v.detach().cpu() for k, v in raw_model.state_dict().items()}, best_state)
         if steps_done(config, steps):
             break
     trace.checksum("last_epoch", raw_model.state_dict())
 
-    raw_model.load_state_dict(best_state)
+    del optimizer  # its moments (twice the parameters) are not needed to evaluate
+    best_state.seek(0)
+    raw_model.load_state_dict(torch.load(best_state, weights_only=True))
+    best_state.close()
     trace.checksum("best_epoch", raw_model.state_dict())
     predicted: dict = {}
-    scores = {name: evaluate(raw_model, data, name, plan, config.batch_size, loader=loader, rank=rank, world=world, predictions=predicted) for name in ("train", "val", "test")}
+    scores = {name: evaluate(raw_model, data, name, plan, config.batch_size, loader=loader, rank=rank, world=world, predictions=predicted, per_pass=per_pass)
+              for name in ("train", "val", "test")}
     loader.close()
     trace.write(history=history, evaluation={k: {**m, "loss": l} for k, (m, l) in scores.items()})  # the test split once, with the chosen epoch
     if not master:
         stop_distributed(world)
         return {}
-    save_checkpoint(out / "model.pt", best_state, config, data)
+    save_checkpoint(out / "model.pt", {k: v.detach().cpu() for k, v in raw_model.state_dict().items()}, config, data)
     (train_metrics, train_loss), (val_metrics, val_loss), (test_metrics, test_loss) = scores["train"], scores["val"], scores["test"]
     metrics = {
         "encoder": config.encoder,
@@ -453,6 +540,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         "seconds_per_epoch": float(np.mean(epoch_seconds)),
         "samples_per_second": float(samples / np.sum(epoch_seconds)),
         "steps": steps,
+        "samples_per_pass": per_pass,  # of each optimiser step's batch (samples_per_pass): gradients summed over its passes
         "data_wait_fraction": float(np.sum(wait_seconds) / np.sum(epoch_seconds)),
         "world_size": world,
         "parameters": n_params,

@@ -65,6 +65,7 @@ class Simple3DCNN(nn.Module):
     "simple3d",
     input_kind="video",
     description="Tiny 3D CNN with one shared conv (study baseline), 3,262 parameters",
+    cpu_micro_batch=8,  # a CPU training process within 3 GB at 224 px: bench/results/scale-282.md
 )
 def simple3d(
     *,
@@ -215,6 +216,7 @@ def _inflate_googlenet_weights(model: I3D) -> None:
     "i3d",
     input_kind="video",
     description="I3D, Inception-v1 inflated to 3D (Carreira & Zisserman 2017), ~12.3 M",
+    cpu_micro_batch=2,  # a CPU training process within 3 GB at 224 px: bench/results/scale-282.md
 )
 def i3d(
     *,
@@ -304,6 +306,7 @@ def build_videomae(
     description="VideoMAE ViT-B/16, tubelet 2 (Tong et al. 2022), HF, ~86 M",
     square_input=True,
     lr=1e-4,
+    cpu_micro_batch=1,  # a CPU training process within 3 GB at 224 px: bench/results/scale-282.md
 )
 def videomae(
     *,

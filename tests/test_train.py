@@ -48,6 +48,7 @@ def test_run_directory_holds_everything_and_the_checkpoint_loads_safely(store, t
     assert len(written["history"]) == 3 and 1 <= written["best_epoch"] <= 3
     best = max(written["history"], key=lambda r: (r["val_uar"], r["val_accuracy"]))
     assert best["epoch"] == written["best_epoch"]  # chosen on validation, never on test
+    assert written["val"]["loss"] == pytest.approx(best["val_loss"], rel=1e-9)  # the final scores are the best epoch's, kept on disk
     assert written["store"]["fingerprints"]["faces"] and written["seconds_per_epoch"] > 0 and written["samples_per_second"] > 0
     assert written["config"]["seed"] == 0 and written["versions"]["torch"]
     checkpoint = torch.load(out / "model.pt", weights_only=True)
