@@ -192,14 +192,16 @@ def score_targets(log_q: np.ndarray, targets: ClipTargets, rows: np.ndarray, cla
     return {"test": scores, "raters": raters}
 
 
-def score_run(model: torch.nn.Module, data, plan, config, location: str, ablation: str | None = None) -> dict[str, Any]:
+def score_run(model: torch.nn.Module, data, plan, config, location: str, ablation: str | None = None, *,
+              batch_size: int | None = None) -> dict[str, Any]:
     """metrics.json's "targets": what was trained, and the test split scored against all four targets (the
-    store's targets as the run read them, `data.targets`, else read now)."""
+    store's targets as the run read them, `data.targets`, else read now). `batch_size`: samples per forward pass
+    (train's per-pass size on a CPU, so scoring holds no more activations than training); default the run's batch."""
     targets = getattr(data, "targets", None)
     if targets is None:
         store = FeatureStore.open(location)
         targets = clip_targets(store, store.clip_table())
-    log_q = predict_log_probabilities(model, data, "test", plan, config.batch_size, ablation)
+    log_q = predict_log_probabilities(model, data, "test", plan, batch_size or config.batch_size, ablation)
     scored = score_targets(log_q, targets, data.splits["test"].rows, data.class_names)
     return {"trained": {"target": config.target, "labels": config.labels, "tie_seed": TIE_SEED}, **scored}
 

@@ -560,7 +560,7 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         "versions": library_versions(),
         "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
     }
-    metrics["targets"] = score_run(raw_model, data, plan, config, location)  # every target side by side: encoders/targets.py
+    metrics["targets"] = score_run(raw_model, data, plan, config, location, batch_size=per_pass)  # every target side by side: encoders/targets.py
     metrics["partition"] = {"file": run_partition.PARTITION_FILE, "sha256": run_partition.save(out, data.partition)}
     run_predictions.save(out, location, data.splits["test"].rows, predicted["test"])  # before metrics.json: a resumed sweep skips runs that have it
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -657,11 +657,12 @@ def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = 
     model.load_state_dict(checkpoint["state_dict"])
     plan = plan_for(model, config.device, amp=config.amp, compile="off")
     prepare_model(model, plan)
-    result, loss = evaluate(model, data, "test", plan, config.batch_size, ablation)
+    per_pass, _ = samples_per_pass(config, data.image_size, data.frames, plan.device, model)  # a CPU holds what training held
+    result, loss = evaluate(model, data, "test", plan, config.batch_size, ablation, per_pass=per_pass)
     name = f"evaluate{'-ablate-' + ablation if ablation else ''}"
     report = {**{k: metrics[k] for k in ("encoder", "encoder_type", "modality", "fusion", "seed", "best_epoch")}, "ablate": ablation, "test": {**result, "loss": loss},
               "partition": metrics.get("partition"), "warnings": data.notes,
-              "targets": score_run(model, data, plan, config, store or metrics["store"]["location"], ablation)}
+              "targets": score_run(model, data, plan, config, store or metrics["store"]["location"], ablation, batch_size=per_pass)}
     (run / f"{name}.json").write_text(json.dumps(report, indent=2))
     plot_confusion(result["confusion"], data.class_names, run / f"confusion_{name}.png", title=f"test{' (' + ablation + ' zeroed)' if ablation else ''}: {config.encoder}")
     return report
