@@ -45,6 +45,7 @@ from tqdm import tqdm
 from encoders import partition as run_partition
 from encoders import predictions as run_predictions
 from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, plan_for, prepare, prepare_model
+from encoders.grad_in_place import add_linear_grads_in_place
 from encoders.loader import CPU_IN_MEMORY_CAP_GB, Loader, LoaderConfig, check_workers, default_workers  # noqa: F401 (re-exported)
 from encoders.metrics import classification_metrics
 from encoders.plots import plot_confusion, plot_learning_curve
@@ -291,6 +292,23 @@ def samples_per_pass(config: TrainConfig, image_size: tuple[int, int], frames: i
                       "summed, so a step is the whole batch's" + (" (its BatchNorm layers normalise with each pass's statistics)" if batchnorm else ""))
 
 
+def lighten_cpu_passes(model: torch.nn.Module) -> str:
+    """What a CPU step in micro-batches does to hold less per pass; a clause for the log line.
+
+    Two measured costs that micro-batches alone leave (bench/results/micro-batches.md): autograd's new weight
+    gradient per pass in large linear layers (vgg16: 0.41 GB, grad_in_place.py), and a long sequence's
+    activations (videomae, 1,568 tokens: 0.95 GB per sample; a model with `checkpoint_activations` recomputes
+    them in the backward, ~30 % more time). The gradients are the same. Single-process only: DDP's reducer
+    waits on autograd's own accumulation."""
+    notes = []
+    if swapped := add_linear_grads_in_place(model):
+        notes.append(f"{swapped} large linear layer(s) add each pass's gradient in place")
+    if hasattr(model, "checkpoint_activations"):
+        model.checkpoint_activations()
+        notes.append("activations recomputed in the backward (activation checkpointing)")
+    return "".join(f"; {note}" for note in notes)
+
+
 def return_freed_memory() -> None:
     """Make glibc give every freed block of 1 MB or more back to the system at once.
 
@@ -400,6 +418,9 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
     raw_model = build_model(config, data)
     plan = plan_for(raw_model, device, amp=config.amp, compile=config.compile)
     prepare_model(raw_model, plan)
+    per_pass, passes_why = samples_per_pass(config, data.image_size, data.frames, device, raw_model)
+    if per_pass < config.batch_size and device == "cpu" and world == 1 and not plan.compile:
+        passes_why += lighten_cpu_passes(raw_model)
     model = torch.nn.parallel.DistributedDataParallel(raw_model) if world > 1 else raw_model
     step_model = compiled(model, plan)
     pretrained_ids = {id(p) for p in getattr(raw_model, "pretrained_parameters", lambda: [])()}
@@ -417,7 +438,6 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
         raw_model.fit_input_stats(prepare(data.recipe, raw, plan) for raw, _, _ in loader.batches("train", config.batch_size))
     unlabelled = torch.as_tensor(~data.labelled, device=device) if data.labelled is not None else None
     n_params = sum(p.numel() for p in raw_model.parameters())
-    per_pass, passes_why = samples_per_pass(config, data.image_size, data.frames, device, raw_model)
     log.info("data: %s", data.holding())
     log.info("each optimiser step: %s", passes_why)
     log.info("encoder %s (%s params), modality %s, fusion %s%s, device %s x %d (%s, amp %s, compiled %s), inputs %s, "

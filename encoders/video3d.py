@@ -65,7 +65,7 @@ class Simple3DCNN(nn.Module):
     "simple3d",
     input_kind="video",
     description="Tiny 3D CNN with one shared conv (study baseline), 3,262 parameters",
-    cpu_micro_batch=8,  # a CPU training process within 3 GB at 224 px: bench/results/scale-282.md
+    cpu_micro_batch=8,  # a CPU training process within 3 GB at 224 px: bench/results/micro-batches.md
 )
 def simple3d(
     *,
@@ -216,7 +216,7 @@ def _inflate_googlenet_weights(model: I3D) -> None:
     "i3d",
     input_kind="video",
     description="I3D, Inception-v1 inflated to 3D (Carreira & Zisserman 2017), ~12.3 M",
-    cpu_micro_batch=2,  # a CPU training process within 3 GB at 224 px: bench/results/scale-282.md
+    cpu_micro_batch=2,  # a CPU training process within 3 GB at 224 px: bench/results/micro-batches.md
 )
 def i3d(
     *,
@@ -255,6 +255,11 @@ class VideoMAEClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x.transpose(1, 2)).logits  # HF wants (B, T, C, H, W)
+
+    def checkpoint_activations(self) -> None:
+        """Keep only each layer's input and recompute the rest in the backward: one 16-frame sample's 1,568
+        tokens hold ~0.95 GB of activations otherwise, which put a CPU process at 3.5 GB (train.lighten_cpu_passes)."""
+        self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_videomae(
@@ -306,7 +311,7 @@ def build_videomae(
     description="VideoMAE ViT-B/16, tubelet 2 (Tong et al. 2022), HF, ~86 M",
     square_input=True,
     lr=1e-4,
-    cpu_micro_batch=1,  # a CPU training process within 3 GB at 224 px: bench/results/scale-282.md
+    cpu_micro_batch=1,  # a CPU training process within 3 GB at 224 px: bench/results/micro-batches.md
 )
 def videomae(
     *,
