@@ -22,17 +22,20 @@ MIN_PARAMETERS = 1_000_000
 
 
 class _LinearAddingGradInPlace(torch.autograd.Function):
-    """y = x W^T + b whose backward adds dL/dW and dL/db into W.grad and b.grad itself (and returns None for them)."""
+    """y = x W^T + b whose backward adds dL/dW and dL/db into W.grad and b.grad itself (and returns None for them).
+
+    The parameters are held as they are, not through save_for_backward: under activation checkpointing a saved
+    tensor comes back as a recomputed alias, and a gradient set on it would never reach the parameter."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.bias = bias
+        ctx.save_for_backward(x)
+        ctx.weight, ctx.bias = weight, bias
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, weight = ctx.saved_tensors
+        (x,), weight = ctx.saved_tensors, ctx.weight
         rows_out = grad_out.reshape(-1, grad_out.shape[-1])
         if weight.requires_grad:
             rows_in = x.reshape(-1, x.shape[-1])
