@@ -48,7 +48,6 @@ from encoders.device import AMP_CHOICES, COMPILE_CHOICES, DevicePlan, compiled, 
 from encoders.grad_in_place import add_linear_grads_in_place
 from encoders.loader import CPU_IN_MEMORY_CAP_GB, Loader, LoaderConfig, check_workers, default_workers  # noqa: F401 (re-exported)
 from encoders.metrics import classification_metrics
-from encoders.plots import plot_confusion, plot_learning_curve
 from encoders.registry import encoder_config, get_model, get_spec, list_models
 from encoders.rows import MissingFusionError, RowOptions, hold_splits, select_rows  # noqa: F401 (MissingFusionError re-exported)
 from encoders.targets import ClipTargets, batch_target, check_target, score_run, soft_targets
@@ -584,6 +583,8 @@ def train_model(location: str, config: TrainConfig, out: Path, *, progress: bool
     metrics["partition"] = {"file": run_partition.PARTITION_FILE, "sha256": run_partition.save(out, data.partition)}
     run_predictions.save(out, location, data.splits["test"].rows, predicted["test"])  # before metrics.json: a resumed sweep skips runs that have it
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    from encoders.plots import plot_confusion, plot_learning_curve  # matplotlib (26 MB) after training, not through it
+
     plot_learning_curve(history, out / "learning_curve.png", title=f"{config.encoder} {config.modality} {config.fusion} seed {config.seed}", best_epoch=best["epoch"])
     plot_confusion(test_metrics["confusion"], data.class_names, out / "confusion_test.png", title=f"test: {config.encoder} {config.modality} {config.fusion}")
     log.info("best epoch %d; test accuracy (WAR) %.3f, UAR %.3f, macro-F1 %.3f", best["epoch"], test_metrics["accuracy"], test_metrics["uar"], test_metrics["macro_f1"])
@@ -684,6 +685,8 @@ def evaluate_run(run: Path, *, ablation: str | None = None, store: str | None = 
               "partition": metrics.get("partition"), "warnings": data.notes,
               "targets": score_run(model, data, plan, config, store or metrics["store"]["location"], ablation, batch_size=per_pass)}
     (run / f"{name}.json").write_text(json.dumps(report, indent=2))
+    from encoders.plots import plot_confusion  # matplotlib only now, as in train_model
+
     plot_confusion(result["confusion"], data.class_names, run / f"confusion_{name}.png", title=f"test{' (' + ablation + ' zeroed)' if ablation else ''}: {config.encoder}")
     return report
 
