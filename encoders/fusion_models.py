@@ -139,7 +139,7 @@ class CrossModalAttentionFusion(nn.Module):
     description="Cross-modal attention, ResNet-18 faces (B,T,3,H,W) + CNN mel chunks (B,T,1,H,W), ~12.6 M",
     lr=1e-4,  # and weight decay: seed 003's
     weight_decay=1e-3,
-    cpu_micro_batch=1,  # a CPU training process within 3 GB at 224 px: bench/results/scale-282.md
+    cpu_micro_batch=1,  # a CPU training process within 3 GB at 224 px: bench/results/micro-batches.md
 )
 def xattn(
     *,

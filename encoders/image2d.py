@@ -213,7 +213,7 @@ def googlenet(
     input_kind="image",
     description="VGG-16 (Simonyan & Zisserman 2015), torchvision, ~134 M",
     lr=1e-4,
-    cpu_micro_batch=1,  # its lowest CPU peak, ~3.5 GB: parameters, gradients and Adam state alone take 2.15 GB (bench/results/scale-282.md)
+    cpu_micro_batch=1,  # its lowest CPU peak, 3.1 GB: parameters, gradients and Adam state alone take 2.15 GB (bench/results/micro-batches.md)
 )
 def vgg16(
     *,
@@ -233,7 +233,7 @@ def vgg16(
     description="ViT-B/16 (Dosovitskiy et al. 2021), torchvision, ~86 M",
     square_input=True,
     lr=1e-4,
-    cpu_micro_batch=2,  # a CPU training process within 3 GB at 224 px: bench/results/scale-282.md
+    cpu_micro_batch=2,  # a CPU training process within 3 GB at 224 px: bench/results/micro-batches.md
 )
 def vit_b16(
     *,

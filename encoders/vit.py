@@ -87,7 +87,7 @@ class VisionTransformer(nn.Module):
     input_kind="image",
     description="ViT, 16x16 patches, width 384, 9 blocks, from scratch, ~16.3 M",
     lr=3e-4,
-    cpu_micro_batch=4,  # a CPU training process within 3 GB at 224 px: bench/results/scale-282.md
+    cpu_micro_batch=4,  # a CPU training process within 3 GB at 224 px: bench/results/micro-batches.md
 )
 def vit(
     *,
