@@ -152,7 +152,7 @@ class Train:
     loader_workers = typer.Option(None, help="Processes reading a streamed split (0: in the training process; default: from the CPU count).")
     amp = typer.Option("auto", help="Mixed precision: auto (bf16 on CUDA), bf16 or off.")
     compile = typer.Option("auto", help="torch.compile: auto (CUDA, models of 5M+ parameters), on or off.")
-    fuse_on_device = typer.Option(False, "--fuse-on-device", help=f"Build {'/'.join(device_fusions())} from the stored faces and audio on the device (reads 4/6 of the bytes).")
+    fuse_on_device = typer.Option(False, "--fuse-on-device", help=f"Build the {'/'.join(device_fusions())} image from the stored faces and audio on the device (reads 4/6 of the bytes; their videos always are).")
     include_broken = typer.Option(False, "--include-broken", help="Also train on ok clips the corpus documents as broken (left out by default; the log says how many).")
     target = typer.Option("intended", help="What to learn: intended (the actor's emotion) or what raters perceived: perceived-voice, perceived-face, perceived-av.")
     labels = typer.Option("hard", help="hard: the raters' majority (ties: a seeded hash); soft: cross-entropy to the vote distribution (perceived targets).")

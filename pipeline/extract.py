@@ -19,7 +19,7 @@ from pipeline.compare import N_FEATURES, LldConfig, compare_llds, max_lld_frames
 from pipeline.compare import config_hash as compare_config_hash
 from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
 from pipeline.faces import CASCADE, KEY_SCHEDULE, TRACKING, FaceConfig, letterbox, track_faces
-from pipeline.fuse import fuse, fusion_arrays, get_fusion
+from pipeline.fuse import fuse, fusion_arrays, get_fusion, stored_arrays
 from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, Media, MediaInfo, decode_audio, open_media
 from pipeline.records import ClipRecord
 
@@ -345,10 +345,12 @@ def fusion_params(name: str, faces_fingerprint: str, audio_fingerprint: str, see
 
 
 def fuse_clip(name: str, faces: dict[str, np.ndarray], audio: dict[str, np.ndarray], clip_id: str, seed: int) -> dict[str, np.ndarray]:
+    """Every array of fusion `name` for one clip: the writer keeps those its feature set holds (a set made before
+    issue 24 also holds the concat video, which new sets build on read: pipeline/fuse.py stored_arrays)."""
     return fuse(name, faces=faces["crops"], middle=faces["middle"], spec=audio["spec"], chunks=audio["chunks"], clip_id=clip_id, seed=seed)
 
 
 __all__ = [
     "TaskResult", "clip_timeline", "extract_faces", "extract_audio", "decode_clip_audio", "extract_lld", "lld_arrays", "lld_params", "face_arrays", "audio_arrays",
-    "face_params", "audio_params", "fusion_params", "fuse_clip", "fusion_arrays", "STATUSES", "MEDIA_STATUSES",
+    "face_params", "audio_params", "fusion_params", "fuse_clip", "fusion_arrays", "stored_arrays", "STATUSES", "MEDIA_STATUSES",
 ]

@@ -9,7 +9,8 @@ Inputs for one clip (S = image size, T = time steps):
 
 A spectrogram image becomes 3 channels by repetition wherever it meets an RGB face. Each fusion
 declares its output arrays up front (`fusion_arrays`) so the store can create fixed-shape arrays before
-any clip is computed; `fuse` returns exactly those arrays.
+any clip is computed; `fuse` returns exactly those arrays. The store holds `stored_arrays`: all of them but
+those a reader builds from the faces and audio instead (`FusionSpec.built_on_read`: the concat and stack videos).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class FusionSpec:
     on_device: Callable[[Any, Any], Any] | None = None
     """on_device(faces (N, [T,] S, S, 3), spectrogram (N, [T,] S, S)) uint8 tensors -> the stored input, bit for bit,
     built where the tensors are (reads 4 bytes a pixel instead of the fusion's own). None: read the stored arrays."""
+    built_on_read: tuple[str, ...] = ()
+    """Arrays the store does not hold: every reader builds them from the faces and audio with `on_device` (needs
+    one). The concat and stack videos (issue 24): a 4.8 MB row stored under a delta chain took 32 CPU-ms through
+    plain zarr, and under zstd alone the store grew past 2.5 MB per clip; reading the zstd faces and chunks and
+    joining them takes ~6 (bench/results/codecs.md), and the store is smaller."""
     normalise: Callable[[Any], Any] = to_unit_range
     """Stored tensor -> the model's float input."""
 
@@ -328,6 +334,8 @@ def register_fusion(spec: FusionSpec) -> FusionSpec:
         raise ValueError("'none' means no fusion (unimodal and pair encoders); give the fusion another name")
     if spec.name in FUSIONS:
         raise ValueError(f"a fusion named {spec.name!r} is already registered")
+    if spec.built_on_read and spec.on_device is None:
+        raise ValueError(f"fusion {spec.name!r} builds {', '.join(spec.built_on_read)} on read, which needs an on_device builder")
     FUSIONS[spec.name] = spec
     return spec
 
@@ -356,11 +364,11 @@ _SEQUENCE = dict(arrays=_sequence_arrays, version=SEQUENCE_VERSION, kinds=("vide
 
 for _spec in (
     FusionSpec("concat", "CFAS: face | spectrogram side by side, each S x S", _concat_arrays, _concat,
-               square=False, ablate=_ablate_concat, on_device=_concat_on_device),
+               square=False, ablate=_ablate_concat, on_device=_concat_on_device, built_on_read=("video",)),
     FusionSpec("concat224", "face squeezed to S-round(16S/224) wide | chunk round(16S/224) wide; 208+16 at S=224",
                _concat224_arrays, _concat224, ablate=_ablate_concat224),
     FusionSpec("stack", "face in channels 0-2, spectrogram in 3-5 (the seed code)", _stack_arrays, _stack,
-               channels=6, ablate=_ablate_stack, on_device=_stack_on_device),
+               channels=6, ablate=_ablate_stack, on_device=_stack_on_device, built_on_read=("video",)),
     FusionSpec("sum", "SFAS in float: ImageNet-normalised face + normalised spectrogram", _sum_arrays, _sum,
                normalise=as_stored),
     FusionSpec("ffls", "sequence: faces V_1..V_K first, spectrogram chunks A_1..A_K last",
@@ -383,8 +391,14 @@ def get_fusion(name: str) -> FusionSpec:
 
 
 def fusion_arrays(name: str, frames: int, size: int) -> ArraySpecs:
-    """Per output array: (shape of ONE clip, numpy dtype str), to create store arrays up front."""
+    """Per output array of `fuse`: (shape of ONE clip, numpy dtype str)."""
     return get_fusion(name).arrays(frames, size)
+
+
+def stored_arrays(name: str, frames: int, size: int) -> ArraySpecs:
+    """The arrays a store holds for fusion `name`, created up front: `fusion_arrays` less `built_on_read`."""
+    spec = get_fusion(name)
+    return {k: v for k, v in spec.arrays(frames, size).items() if k not in spec.built_on_read}
 
 
 @pinned  # normalisation and resizing: same bytes whatever the caller's thread settings

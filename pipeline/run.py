@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pipeline.audio import MelConfig
 from pipeline.extract import (
     TaskResult, audio_arrays, audio_params, decode_clip_audio, extract_audio, extract_faces, extract_lld,
-    face_arrays, face_params, fuse_clip, fusion_arrays, fusion_params, lld_arrays, lld_params, probe_timeline,
+    face_arrays, face_params, fuse_clip, fusion_arrays, fusion_params, lld_arrays, lld_params, probe_timeline, stored_arrays,
 )
 from pipeline.compare import LldConfig
 from pipeline.faces import FaceConfig
@@ -283,7 +283,7 @@ def run_extract(
         known: dict[str, dict] = {}  # the files the tasks wrote -> their checksum entries (stores/shard_files.py)
         fused_sets = {name: store.ensure_feature_set(
             "fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, config.fusion_seed),
-            fusion_arrays(name, config.faces.frames, config.faces.size), who) for name in config.fusions}
+            stored_arrays(name, config.faces.frames, config.faces.size), who) for name in config.fusions}
         if len(todo):
             sets = {"faces": faces, "audio": audio, **({"lld": lld} if lld is not None else {}),
                     **{"fusion-" + name: s for name, s in fused_sets.items()}}
@@ -463,7 +463,7 @@ def invalidate(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, stale:
 def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio: FeatureSet, *, seed: int, progress: bool, who: dict) -> tuple[FeatureSet, int]:
     """Derive fusion `name` for every row whose faces and audio are ok, from the stored arrays; cached."""
     frames, size = faces.params["frames"], faces.params["size"]
-    fused = store.ensure_feature_set("fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, seed), fusion_arrays(name, frames, size), who)
+    fused = store.ensure_feature_set("fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, seed), stored_arrays(name, frames, size), who)
     faces_done, audio_done = faces.done(), audio.done()
     todo = np.flatnonzero(~fused.done() & faces_done & audio_done)
     if not len(todo):  # the usual case: the workers fused every clip
@@ -477,7 +477,7 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
         face_data = {k: read_selected(faces[k], needed) for k in ("crops", "middle")}
         audio_data = {k: read_selected(audio[k], needed) for k in ("spec", "chunks")}
         at = {int(row): n for n, row in enumerate(needed)}
-        outputs = {k: np.zeros((len(rows), *fused[k].shape[1:]), fused[k].dtype) for k in fusion_arrays(name, frames, size)}
+        outputs = {k: np.zeros((len(rows), *fused[k].shape[1:]), fused[k].dtype) for k in fusion_arrays(name, frames, size) if k in fused.group}
         status, reason = [], []
         for k, row in enumerate(rows):
             if not both_ok[row]:
@@ -486,8 +486,8 @@ def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio:
                 continue
             n = at[int(row)]
             one = fuse_clip(name, {key: v[n] for key, v in face_data.items()}, {key: v[n] for key, v in audio_data.items()}, str(clip_ids[row]), seed)
-            for key, value in one.items():
-                outputs[key][k] = value
+            for key in outputs:  # the set's arrays (stored_arrays; a set made before issue 24 also holds the video)
+                outputs[key][k] = one[key]
             status.append("ok")
             reason.append("")
         store.write_rows(fused, rows, outputs, status, reason)

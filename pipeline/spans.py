@@ -47,8 +47,7 @@ class SpanResult:
 
 def sharded_arrays(feature_set: FeatureSet, arrays: dict[str, zarr.Array]) -> dict[str, ShardedArray]:
     """The feature set's large arrays (those stored in shards; `arrays`: all of its arrays, opened), as a worker writes them."""
-    chain = chain_for(feature_set.kind)
-    return {name: ShardedArray.of(array, chain) for name, array in sorted(arrays.items()) if array.shards is not None}
+    return {name: ShardedArray.of(array, chain_for(feature_set.kind, name)) for name, array in sorted(arrays.items()) if array.shards is not None}
 
 
 def rows_per_span(arrays: dict[str, dict[str, ShardedArray]], commit_every: int) -> int:

@@ -1,40 +1,46 @@
 """Lossless codec chains of the store's large arrays, chosen per array by measurement (bench/codecs.py).
 
 Face crops and spectrogram images are smooth pictures, so zstd alone leaves most of their redundancy: a pixel
-is close to its left and upper neighbours and to its other colour channels. The chains difference the values
-first (numcodecs' `Delta`, uint8 arithmetic that wraps, so exactly invertible) and lay the bytes out plane by
-plane (zarr's `transpose`), then zstd. Measured on sample and GRID clips at the defaults: crops 1.81 -> 0.79-0.88
-MB per clip, the concat video 2.11 -> 1.01-1.08 (its spectrogram half is three equal channels: the colour
-difference turns two of them into zeros). Every codec here is one plain `zarr` (>= 3.1.3) reads with nothing
-else installed: `transpose` and `zstd` are in the Zarr v3 spec, `numcodecs.delta` ships with zarr-python
-(`zarr.codecs.numcodecs`) and with numcodecs >= 0.14 (`numcodecs.zarr3`) for zarr 3.0.
+is close to its left and upper neighbours and to its other colour channels. The delta chains difference the
+values first (numcodecs' `Delta`, uint8 arithmetic that wraps, so exactly invertible) and lay the bytes out
+plane by plane (zarr's `transpose`), then zstd: crops 1.81 -> 0.75-0.84 MB per clip at the defaults.
+
+But plain zarr decodes every `numcodecs.delta` with numpy's serial cumsum (~2 ns a byte): a 4.8 MB 3D concat
+row stored under deltas cost 32 CPU-ms through it, and lab members read the store with plain zarr. So each
+array gets the chain that suits how it is read (`chain_for`, issue 24):
+
+* `zstd` (level 6, nothing before it): face crops and spectrogram chunks, what 3D encoders read, and what the
+  concat and stack videos are built from on read (pipeline/fuse.py FusionSpec.built_on_read: the store does not
+  hold those videos; joined, the parts cost ~6-8 CPU-ms per row through plain zarr).
+* `raw` (uncompressed, with a crc32c): fused images, 0.3 MB per clip, read at zarr's own ~1 ms per call.
+* `compact` (colour, vertical and horizontal differences, zstd 1): the rest (middle faces, spectrogram images).
+* `quick` (colour and horizontal differences only, zstd 1): fused arrays that are still stored (concat224's and
+  sum's videos, the sequences), which the loader undoes in about half the CPU of `compact`.
+
+Large arrays per clip at the defaults: ~2.3 MB (bench/results/codecs.md). Every codec here is one plain `zarr`
+(>= 3.1.3) reads with nothing else installed: `transpose`, `zstd` and `crc32c` are in the Zarr v3 spec,
+`numcodecs.delta` ships with zarr-python (`zarr.codecs.numcodecs`) and with numcodecs >= 0.14 (`numcodecs.zarr3`)
+for zarr 3.0. Stores made before keep the chains their metadata names.
 
 One upstream defect is worked around, for writing only: zarr's numcodecs wrapper returns `Delta`'s encoded
 chunk flattened, so a codec after a `Delta` (here a `transpose`) fails to encode. `ShapedDelta` restores the
 chunk's shape; its bytes and metadata are those of `numcodecs.delta`, and it decodes with zarr's own code.
 It is registered under that name for this process, so stores reopened for writing (resume, new clips) use it.
 
-Two chains (CHAINS), chosen per feature set by `chain_for(kind)` (issue 24). `compact`: the colour, vertical
-and horizontal differences above, the smallest; faces and audio. `quick`: the colour and horizontal
-differences only, for the fused tensors a trainer reads most (a 3D concat row is 4.8 MB): ~15% larger, but
-the loader undoes it with one running sum over the planes, one over a third of the values and one interleave
-(undo_filters): about half the CPU of the compact chain per row (bench/results/codecs.md). Plain zarr decodes
-every `numcodecs.delta` with numpy's serial cumsum (~2 ns a byte, ~10 ms per 3D concat row on one core), so
-through plain zarr no delta chain is fast; only zstd alone is, and it would take the store to ~3.4 MB per
-clip. Stores made before keep the chain their metadata names.
-
-Every chunk carries zstd's frame checksum (xxhash64 of the decoded bytes), so plain zarr and the loader both
-refuse a damaged chunk instead of decoding it into wrong values (before issue 24 only the shard index had one).
+Every chunk carries zstd's frame checksum (xxhash64 of the decoded bytes) or a crc32c, so plain zarr and the
+loader both refuse a damaged chunk instead of decoding it into wrong values (before issue 24 only the shard
+index had one).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import zarr
-from zarr.codecs import TransposeCodec, ZstdCodec
+from zarr.codecs import Crc32cCodec, TransposeCodec, ZstdCodec
 from zarr.codecs.numcodecs import Delta
 from zarr.registry import register_codec
 
@@ -79,20 +85,22 @@ def is_large(clip_shape: tuple[int, ...]) -> bool:
 
 
 def chunk_filters(clip_shape: tuple[int, ...], dtype: str, chain: str = "compact") -> list:
-    """The array-to-array codecs of one row's chunk (shape (1, *clip_shape)), before bytes + zstd.
+    """The array-to-array codecs of one row's chunk (shape (1, *clip_shape)), before bytes and the chain's compressor.
 
-    uint8 with channels last (..., H, W, C<=8: crops, middle, fused images and videos): the colour difference
-    (the flattened delta runs along C), then (`compact` only) vertical (H innermost), then horizontal (W
-    innermost), stored channel-planar (C, ..., H, W). Other uint8 (grey spectrogram images): the horizontal
-    difference. Anything else (float16 mel, float32): zstd alone, since a float difference would not be exact.
+    Under a differencing chain (`compact`, `quick`), uint8 with channels last (..., H, W, C<=8: crops, middle,
+    fused images and videos): the colour difference (the flattened delta runs along C), then (`compact` only)
+    vertical (H innermost), then horizontal (W innermost), stored channel-planar (C, ..., H, W). Other uint8
+    (grey spectrogram images): the horizontal difference. Anything else (float16 mel, float32): none, since a
+    float difference would not be exact. `zstd` and `raw` difference nothing.
     """
     if chain not in CHAINS:
         raise ValueError(f"unknown codec chain '{chain}'; choose one of {', '.join(CHAINS)}")
-    if np.dtype(dtype) != np.uint8 or len(clip_shape) < 2:
+    differences = CHAINS[chain].differences
+    if differences is None or np.dtype(dtype) != np.uint8 or len(clip_shape) < 2:
         return []
     if len(clip_shape) < 3 or clip_shape[-1] > 8:
         return [ShapedDelta(dtype="u1")]
-    return CHAINS[chain]((1, *clip_shape))
+    return differences((1, *clip_shape))
 
 
 def _compact(chunk: tuple[int, ...]) -> list:
@@ -115,14 +123,46 @@ def _quick(chunk: tuple[int, ...]) -> list:
     return [ShapedDelta(dtype="u1")]
 
 
-CHAINS: dict[str, Callable[[tuple[int, ...]], list]] = {"compact": _compact, "quick": _quick}
-"""Filter chains of channels-last uint8 chunks, by name (the name is not stored: the metadata lists the codecs)."""
+@dataclass(frozen=True)
+class Chain:
+    """How one array's chunks are stored: the differences taken first (None: none), then zstd at `zstd_level`
+    with its frame checksum, or (`zstd_level` None) the bytes as they are with a crc32c after them. Either way
+    a damaged chunk is refused on read, by plain zarr and by the loader."""
+
+    differences: Callable[[tuple[int, ...]], list] | None
+    zstd_level: int | None
 
 
-def chain_for(kind: str) -> str:
-    """The chain of a feature set's new arrays: `quick` for fused tensors (what 2D/3D concat training reads),
-    `compact` for the rest (within 2.5 MB per clip at the defaults, both together: bench/results/codecs.md)."""
-    return "quick" if kind.startswith("fusion-") else "compact"
+CHAINS: dict[str, Chain] = {
+    "compact": Chain(_compact, ZSTD_LEVEL),
+    "quick": Chain(_quick, ZSTD_LEVEL),
+    "zstd": Chain(None, 6),
+    "raw": Chain(None, None),
+}
+"""The chains, by name (the name is not stored: the metadata lists the codecs). `zstd` at level 6: faces and
+chunks of a sample clip 1.81 MB at 52 CPU-ms to encode, against 1.76 MB and 75 ms at 9 and 1.94 MB and 21 ms
+at 3 (bench/results/codecs.md); decoding costs the same at any level."""
+
+BUILT_ON_READ_PARTS = {("faces", "crops"), ("audio", "chunks")}
+"""The arrays 3D encoders read, and what the concat and stack videos are built from on read (pipeline/fuse.py
+FusionSpec.built_on_read)."""
+
+
+def chain_for(kind: str, array: str) -> str:
+    """The chain of array `array` of a new feature set of `kind` (issue 24: bench/results/codecs.md).
+
+    Plain zarr undoes every `numcodecs.delta` with numpy's serial cumsum (~2 ns a byte), so an array read at
+    training speed carries no difference: face crops and spectrogram chunks under zstd alone (a 3D concat row
+    is these two, joined on read: ~6 CPU-ms through plain zarr, against 32 for the stored video under `quick`),
+    fused images uncompressed (zarr's ~1 ms per call is then all a 2D concat row costs). The rest (middle faces,
+    spectrogram images) stays `compact`, the smallest, and fused arrays that are still stored (concat224's and
+    sum's videos, the sequences) `quick`. At the defaults: 2.28 MB of large arrays per sample clip.
+    """
+    if (kind, array) in BUILT_ON_READ_PARTS:
+        return "zstd"
+    if kind.startswith("fusion-"):
+        return "raw" if array == "image" else "quick"
+    return "compact"
 
 
 def _flattens_in_c_order(chunk: tuple[int, ...], *orders: tuple[int, ...]) -> bool:
@@ -148,8 +188,10 @@ ZSTD_CHECKSUM = True
 """zstd's frame checksum on every chunk (4 bytes): a damaged chunk fails to decode, in zarr and in the loader."""
 
 
-def chunk_compressors() -> list:
-    return [ZstdCodec(level=ZSTD_LEVEL, checksum=ZSTD_CHECKSUM)]
+def chunk_compressors(chain: str = "compact") -> list:
+    """The bytes-to-bytes codecs after the chain's filters: zstd with its checksum, or a crc32c alone (`raw`)."""
+    level = CHAINS[chain].zstd_level
+    return [Crc32cCodec()] if level is None else [ZstdCodec(level=level, checksum=ZSTD_CHECKSUM)]
 
 
 def _numpy_cumsum(values: np.ndarray, out: np.ndarray) -> None:

@@ -21,11 +21,11 @@ import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Zstd
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec, ZstdCodec
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, TransposeCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from stores.codecs import ZSTD_CHECKSUM, ZSTD_LEVEL, chunk_compressors, chunk_filters, is_large, undo_filters
+from stores.codecs import CHAINS, ZSTD_CHECKSUM, chain_for, chunk_compressors, chunk_filters, is_large, undo_filters
 
 EMPTY = 2**64 - 1
 """Offset and length of a chunk a shard does not hold (it reads as the fill value)."""
@@ -45,7 +45,7 @@ class EncodedRow:
 def encode_row(values: np.ndarray, chain: str = "compact") -> EncodedRow:
     """The chunk bytes zarr writes for `values` as one row of an array made by stores/store.py: the filters of
     chunk_filters (wrapping uint8 differences of the C-order flattening, and transposes), the bytes in C order,
-    little-endian, then zstd at ZSTD_LEVEL with its frame checksum.
+    little-endian, then the chain's compressor (`compress`).
 
     Every difference is taken on a transposed view, in the memory the row already has (`delta_in_c_order`), and
     only the final layout is copied once: zarr copies each transpose's result, ~6 ms for a 4.8 MB fused video."""
@@ -59,7 +59,32 @@ def encode_row(values: np.ndarray, chain: str = "compact") -> EncodedRow:
         delta_in_c_order(x.transpose(order), out.transpose(order))
         x = out
     data = final_layout(x, order).astype(x.dtype.newbyteorder("<"), copy=False)
-    return EncodedRow(Zstd(level=ZSTD_LEVEL, checksum=ZSTD_CHECKSUM).encode(data), tuple(values.shape), str(values.dtype), chain)
+    return EncodedRow(compress(data, chain), tuple(values.shape), str(values.dtype), chain)
+
+
+def compress(data: np.ndarray, chain: str) -> bytes:
+    """Bytes after the filters -> the chunk: zstd with its frame checksum, or (`raw` chains) the bytes and their
+    crc32c, little-endian, as zarr's Crc32cCodec appends it."""
+    level = CHAINS[chain].zstd_level
+    if level is None:
+        raw = np.ascontiguousarray(data).tobytes()
+        return raw + google_crc32c.value(raw).to_bytes(4, "little")
+    return Zstd(level=level, checksum=ZSTD_CHECKSUM).encode(data)
+
+
+def decompress(chunk: bytes, zstd: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """The chunk's bytes before the filters (into `out`, uint8, when given): a zstd frame, or (`zstd` False) the bytes
+    and their crc32c. ValueError (zstd: RuntimeError) on a damaged chunk."""
+    if zstd:
+        return Zstd().decode(chunk, out=out) if out is not None else np.frombuffer(Zstd().decode(chunk), np.uint8)
+    body = bytes(chunk[:-4])
+    if len(chunk) < 4 or google_crc32c.value(body) != int.from_bytes(chunk[-4:], "little"):
+        raise ValueError("crc32c checksum of the chunk does not match")
+    raw = np.frombuffer(body, np.uint8)
+    if out is None:
+        return raw
+    out[...] = raw.reshape(out.shape)
+    return out
 
 
 def delta_in_c_order(src: np.ndarray, dst: np.ndarray) -> None:
@@ -90,7 +115,7 @@ def final_layout(x: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
 
 def decode_row(row: EncodedRow) -> np.ndarray:
     out = np.empty((1, *row.shape), row.dtype)
-    raw = np.frombuffer(Zstd().decode(row.data), np.dtype(row.dtype).newbyteorder("<"))
+    raw = decompress(row.data, CHAINS[row.chain].zstd_level is not None).view(np.dtype(row.dtype).newbyteorder("<"))
     filters = chunk_filters(row.shape, row.dtype, row.chain)
     if filters:
         undo_filters(raw.view(np.uint8), filters, out)
@@ -99,12 +124,13 @@ def decode_row(row: EncodedRow) -> np.ndarray:
     return out[0]
 
 
-def encode_large_arrays(arrays: dict[str, np.ndarray] | None, chain: str = "compact") -> dict | None:
-    """`arrays` with every array the store shards (stores/store.py) replaced by its EncodedRow under `chain`
-    (the feature set's: stores/codecs.chain_for)."""
+def encode_large_arrays(arrays: dict[str, np.ndarray] | None, kind: str) -> dict | None:
+    """`arrays` of a feature set of `kind` with every array the store shards (stores/store.py) replaced by its
+    EncodedRow under that array's chain (stores/codecs.chain_for)."""
     if arrays is None:
         return None
-    return {name: encode_row(v, chain) if isinstance(v, np.ndarray) and is_large(v.shape) else v for name, v in arrays.items()}
+    return {name: encode_row(v, chain_for(kind, name)) if isinstance(v, np.ndarray) and is_large(v.shape) else v
+            for name, v in arrays.items()}
 
 
 def takes_encoded_rows(array: zarr.Array, chain: str = "compact") -> bool:
@@ -114,11 +140,11 @@ def takes_encoded_rows(array: zarr.Array, chain: str = "compact") -> bool:
         return False
     shard, clip_shape = codecs[0], tuple(array.shape[1:])
     bytes_codec, compressor = shard.codecs[-2:] if len(shard.codecs) >= 2 else (None, None)
-    expected = chunk_compressors()[0]
+    expected = [c.to_dict() for c in chunk_compressors(chain)]
     return (tuple(shard.chunk_shape) == (1, *clip_shape) and shard.index_location.value == "end"
             and [c.to_dict() for c in shard.codecs[:-2]] == [c.to_dict() for c in chunk_filters(clip_shape, str(array.dtype), chain)]
             and isinstance(bytes_codec, BytesCodec) and getattr(bytes_codec.endian, "value", "little") == "little"
-            and isinstance(compressor, ZstdCodec) and compressor.level == expected.level and compressor.checksum == expected.checksum
+            and compressor is not None and [compressor.to_dict()] == expected
             and [type(c) for c in shard.index_codecs] == [BytesCodec, Crc32cCodec]
             and getattr(array.metadata.chunk_key_encoding, "separator", None) == "/")
 

@@ -123,7 +123,7 @@ def _create_array(group: zarr.Group, name: str, n_rows: int, clip_shape: tuple[i
     if is_large(clip_shape):
         return group.create_array(
             name, shape=shape, dtype=dtype, chunks=(1, *clip_shape), shards=(SHARD_ROWS, *clip_shape), fill_value=0,
-            filters=chunk_filters(clip_shape, dtype, chain), compressors=chunk_compressors(),
+            filters=chunk_filters(clip_shape, dtype, chain), compressors=chunk_compressors(chain),
         )
     return group.create_array(name, shape=shape, dtype=dtype, chunks=(META_CHUNK_ROWS, *clip_shape), fill_value=0)
 
@@ -274,7 +274,7 @@ class FeatureStore:
         group.attrs.update({"kind": kind, "fingerprint": fp, "params": json.loads(json.dumps(params)), **provenance})
         n = len(self)
         for name, (clip_shape, dtype) in {**arrays, "status": ((), "str"), "reason": ((), "str"), "done": ((), "uint8")}.items():
-            _create_array(group, name, n, tuple(clip_shape), dtype, chain_for(kind))
+            _create_array(group, name, n, tuple(clip_shape), dtype, chain_for(kind, name))
         return FeatureSet(f"{kind}-{fp}", group)
 
     # ---- writing rows ------------------------------------------------------------------------------------

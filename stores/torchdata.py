@@ -8,6 +8,7 @@ rebuilt on the device) comes from its FusionSpec (pipeline/fuse.py), so a new fu
 
 A fusion with an `on_device` builder (`concat`, `stack`) can also be built on the device from the stored faces and
 chunks (`fuse_on_device`): 4 bytes per pixel read instead of the stored fusion's 6, and the same tensor bit for bit.
+Their videos are always built so: the store does not hold them (FusionSpec.built_on_read, issue 24).
 
 Every uint8 image is mapped to [-1, 1] the same way, whatever its modality (pipeline.fuse.to_unit_range); a
 fusion stored already normalised (`sum`, float16) says so by its `normalise`.
@@ -26,7 +27,7 @@ import torch
 
 from pipeline.fuse import FUSIONS, FusionSpec, device_fusions, get_fusion, to_unit_range
 from stores.codecs import undo_filters
-from stores.shards import EMPTY
+from stores.shards import EMPTY, decompress
 from stores.store import DamagedChunkError, FeatureSet, FeatureStore, StoreError
 
 MODALITIES = ("audio", "vision", "av")
@@ -70,7 +71,8 @@ def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool
     """The arrays an encoder of `input_kind` reads for `modality` and `fusion`; ValueError lists valid choices.
 
     `fuse_on_device` reads the faces and audio of a fusion with an `on_device` builder instead of the stored fusion
-    (ignored for the others, which would not read fewer bytes or could not be rebuilt exactly).
+    (ignored for the others, which would not read fewer bytes or could not be rebuilt exactly). An array the store
+    does not hold (the fusion's `built_on_read`: the concat and stack videos) is always built so.
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality '{modality}'; choose one of {', '.join(MODALITIES)}")
@@ -87,7 +89,7 @@ def recipe_for(input_kind: str, modality: str, fusion: str, *, square_only: bool
         parts = (Part("audio", "spec" if input_kind == "image" else "chunks"),)
     elif modality == "vision":
         parts = (Part("faces", "middle" if input_kind == "image" else "crops"),)
-    elif fuse_on_device and get_fusion(fusion).on_device is not None:
+    elif (fuse_on_device and get_fusion(fusion).on_device is not None) or input_kind in get_fusion(fusion).built_on_read:
         parts = (Part("faces", "middle"), Part("audio", "spec")) if input_kind == "image" else (Part("faces", "crops"), Part("audio", "chunks"))
         return InputRecipe(input_kind, modality, fusion, parts, fuse_on_device=True)
     else:  # the model input (the fusion's "image" or "video" array), then what only ablation reads
@@ -176,25 +178,25 @@ class ShardReader:
     """This store's large arrays on a local disk read without zarr's per-chunk machinery: the codec limit.
 
     They are written as shards of rows, one compressed chunk per row, the shard's index at its end
-    (stores/store.py): bytes + zstd, after the deltas and transposes of stores/codecs.py in stores made since
-    issue 12 (before it, bytes + zstd alone). zarr 3 spends ~1.7 ms per chunk around the decode; here a row is
-    one `pread`, one zstd decode and the filters undone in numpy straight into the output. Anything else (a
-    remote store, another codec chain, a dtype wider than a byte) goes through zarr; tests check both give the
-    same arrays. Like zarr, it checks the shard index's crc32c and each chunk's zstd checksum (stores made since
-    issue 24), and raises DamagedChunkError naming the file and rows rather than return wrong values.
+    (stores/store.py): bytes + zstd, after the deltas and transposes of stores/codecs.py where the chain has
+    them, or bytes + crc32c (the `raw` chain of fused images). zarr 3 spends ~1.7 ms per chunk around the decode;
+    here a row is one `pread`, one zstd decode (or checksum) and the filters undone in numpy straight into the
+    output. Anything else (a remote store, another codec chain, a dtype wider than a byte) goes through zarr;
+    tests check both give the same arrays. Like zarr, it checks the shard index's crc32c and each chunk's zstd
+    checksum or crc32c (stores made since issue 24), and raises DamagedChunkError naming the file and rows rather
+    than return wrong values.
     """
 
     def __init__(self, folder: Path, shard_rows: int, suffix: str, fill: int, filters: list | None = None,
-                 array: str = "", store: str = "") -> None:
-        from numcodecs import Zstd
-
-        self.folder, self.shard_rows, self.suffix, self.fill, self.codec = folder, shard_rows, suffix, fill, Zstd()
+                 array: str = "", store: str = "", compressed: bool = True) -> None:
+        self.folder, self.shard_rows, self.suffix, self.fill = folder, shard_rows, suffix, fill
         self.filters = list(filters or [])
         self.array, self.store = array, store
+        self.compressed = compressed  # zstd; else the bytes and a crc32c (the `raw` chain)
 
     @classmethod
     def for_array(cls, array) -> "ShardReader | None":
-        from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
+        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
         from zarr.storage import LocalStore
 
         from stores.codecs import is_fast
@@ -204,13 +206,14 @@ class ShardReader:
             return None
         shard = codecs[0]
         kinds = [type(c) for c in shard.codecs]
-        if (tuple(shard.chunk_shape) != (1, *array.shape[1:]) or len(kinds) < 2 or kinds[-2:] != [BytesCodec, ZstdCodec]
+        if (tuple(shard.chunk_shape) != (1, *array.shape[1:]) or len(kinds) < 2
+                or kinds[-2:] not in ([BytesCodec, ZstdCodec], [BytesCodec, Crc32cCodec])
                 or not all(is_fast(c) for c in shard.codecs[:-2])
                 or shard.index_location.value != "end" or [type(c).__name__ for c in shard.index_codecs] != ["BytesCodec", "Crc32cCodec"]
                 or getattr(array.metadata.chunk_key_encoding, "separator", None) != "/"):
             return None
         return cls(Path(array.store.root) / array.path / "c", int(array.metadata.chunk_grid.chunk_shape[0]), "/".join(["0"] * (array.ndim - 1)),
-                   int(array.metadata.fill_value), shard.codecs[:-2], array.path, str(array.store.root))
+                   int(array.metadata.fill_value), shard.codecs[:-2], array.path, str(array.store.root), compressed=kinds[-1] is ZstdCodec)
 
     def read(self, rows: np.ndarray, out: np.ndarray) -> None:
         """out[k] = row rows[k], decoded in place."""
@@ -248,10 +251,10 @@ class ShardReader:
             out[...] = self.fill
         elif self.filters:
             scratch, work = _scratch(out.size)
-            self.codec.decode(os.pread(fd, nbytes, offset), out=scratch)
+            decompress(os.pread(fd, nbytes, offset), self.compressed, out=scratch)
             undo_filters(scratch, self.filters, out[None], _torch_cumsum, work)
         else:
-            self.codec.decode(os.pread(fd, nbytes, offset), out=out)
+            decompress(os.pread(fd, nbytes, offset), self.compressed, out=out)
 
 
 _SCRATCH = threading.local()

@@ -82,10 +82,11 @@ def test_stored_arrays_are_aligned_and_fusions_cached(extracted):
     assert (stamps >= spans[..., 0] - 1e-3).all() and (stamps < spans[..., 1]).all()  # frame i lies in span i
     concat = s.feature_sets("fusion-concat")[0]
     row = ok[0]
-    video = concat["video"][row]
-    assert video.shape == (10, 48, 96, 3)
-    assert np.array_equal(video[:, :, :48], faces["crops"][row])
-    assert np.array_equal(video[:, :, 48:, 0], audio["chunks"][row])
+    image = concat["image"][row]
+    assert image.shape == (48, 96, 3)
+    assert np.array_equal(image[:, :48], faces["middle"][row])
+    assert np.array_equal(image[:, 48:, 0], audio["spec"][row])
+    assert "video" not in concat.group  # built on read from the crops and chunks (pipeline/fuse.py built_on_read)
     rfas = s.feature_sets("fusion-rfas")[0]
     assert sorted(rfas["order"][row].tolist()) == list(range(10))
     assert rfas.ok().sum() == len(ok)

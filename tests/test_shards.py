@@ -71,7 +71,7 @@ def test_a_store_made_with_another_chain_gets_the_rows_decoded_and_written_throu
     feature_set = store.ensure_feature_set("faces", {"p": 1}, {"crops": ((4, 32, 32, 3), "uint8")}, {})
     old = feature_set.group.create_array("old", shape=(SHARD_ROWS, 4, 32, 32, 3), dtype="uint8", chunks=(1, 4, 32, 32, 3),
                                          shards=(SHARD_ROWS, 4, 32, 32, 3), fill_value=0, compressors=[ZstdCodec(level=0)])
-    assert takes_encoded_rows(feature_set["crops"]) and not takes_encoded_rows(old)
+    assert takes_encoded_rows(feature_set["crops"], "zstd") and not takes_encoded_rows(old, "zstd") and not takes_encoded_rows(old)
     values = [smooth((4, 32, 32, 3), "uint8", k) for k in range(2)]
     store.write_rows(feature_set, np.asarray([9, 2]), {"old": [encode_row(values[0]), encode_row(values[1])]}, ["ok", "ok"], ["", ""])
     assert np.array_equal(old[9], values[0]) and np.array_equal(old[2], values[1])
@@ -91,8 +91,9 @@ def test_a_damaged_shard_index_is_refused_with_what_to_do(tmp_path):
 
 def test_the_task_hands_the_writer_encoded_large_arrays_and_small_ones_as_they_are():
     arrays = {"crops": smooth((4, 32, 32, 3), "uint8", 0), "boxes": np.zeros((4, 4), np.float32), "fps": np.float32(25)}
-    encoded = encode_large_arrays(arrays)
+    encoded = encode_large_arrays(arrays, "faces")
     assert isinstance(encoded["crops"], EncodedRow) and len(encoded["crops"].data) < arrays["crops"].nbytes
+    assert encoded["crops"].chain == "zstd"  # what the faces set's crops are stored under (stores/codecs.chain_for)
     assert encoded["boxes"] is arrays["boxes"] and encoded["fps"] is arrays["fps"]
 
 

@@ -12,8 +12,8 @@ import pytest
 import zarr
 from zarr.codecs import BytesCodec, TransposeCodec, ZstdCodec
 
-from stores.codecs import CHAINS, chunk_filters, is_large
-from stores.store import SHARD_ROWS, FeatureStore, _create_array
+from stores.codecs import CHAINS, chain_for, chunk_compressors, chunk_filters, is_large
+from stores.store import SHARD_ROWS, DamagedChunkError, FeatureStore, _create_array
 from stores.torchdata import ShardReader, read_rows
 from tests.conftest import extract_sample_store, run_cli
 
@@ -41,12 +41,9 @@ def _old_chain(location, values: np.ndarray) -> zarr.Array:
 def test_new_chains_hold_exactly_the_values_of_the_old_chain_and_old_stores_still_read_fast(store, tmp_path):
     arrays = _large_arrays(FeatureStore.open(store).root)
     names = {path.rsplit("/", 1)[1] for path in arrays}
-    assert {"crops", "middle", "chunks", "mel", "image", "video"} <= names  # spec is small at 48 px
+    assert {"crops", "middle", "chunks", "mel", "image"} <= names and "video" not in names  # spec is small at 48 px; the video is built on read
     rows = np.array([17, 0, 5, 5, 11, 1, 2])
     for path, array in arrays.items():
-        inner = array.metadata.codecs[0].codecs
-        if array.dtype == np.uint8:  # the new chain is really in the store, filters first
-            assert any(type(c).__name__ == "ShapedDelta" or c.to_dict()["name"] == "numcodecs.delta" for c in inner), path
         values = array[:]
         old = _old_chain(tmp_path / path.replace("/", "_"), values)
         assert [type(c) for c in old.metadata.codecs[0].codecs] == [BytesCodec, ZstdCodec]
@@ -85,7 +82,7 @@ def test_every_chain_round_trips_through_zarr_and_the_direct_reader(tmp_path, cl
     group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
     _create_array(group, "a", 5, clip_shape, "uint8", chain)[:] = values
     array = zarr.open_group(tmp_path / "s.zarr", mode="r")["a"]
-    assert [c.to_dict()["name"] for c in array.metadata.codecs[0].codecs][-2:] == ["bytes", "zstd"]
+    assert [c.to_dict()["name"] for c in array.metadata.codecs[0].codecs][-2:] == ["bytes", "zstd" if CHAINS[chain].zstd_level else "crc32c"]
     assert np.array_equal(array[:], values)
     out = np.empty_like(values)
     ShardReader.for_array(array).read(np.array([4, 0, 2, 1, 3]), out)
@@ -110,14 +107,21 @@ def test_a_store_reopened_for_writing_encodes_with_the_new_chain(tmp_path):
     assert np.array_equal(zarr.open_group(tmp_path / "s.zarr", mode="r")["crops"][1:3], values)
 
 
-def test_fused_tensors_get_the_quick_chain_and_every_chunk_carries_a_checksum(store):
-    """issue 24: the fused arrays a trainer reads most decode with two deltas, the others keep three."""
-    for path, array in _large_arrays(FeatureStore.open(store).root).items():
-        inner = array.metadata.codecs[0].codecs
-        assert inner[-1].to_dict() == {"name": "zstd", "configuration": {"level": 1, "checksum": True}}, path
-        deltas = sum(c.to_dict()["name"] == "numcodecs.delta" for c in inner)
-        if array.dtype == np.uint8 and array.shape[-1] == 3:  # channels last
-            assert deltas == (2 if "/fusion-" in path else 3), path
+def test_each_array_gets_its_chain_and_every_chunk_carries_a_checksum(store):
+    """issue 24: what 3D encoders read (crops, chunks) under zstd alone, fused images uncompressed with a crc32c,
+    the rest under the compact deltas; plain zarr undoes a delta with numpy's serial cumsum."""
+    root = FeatureStore.open(store).root
+    seen = {}
+    for path, array in _large_arrays(root).items():
+        group, name = path.split("/")[1], path.split("/")[2]
+        chain = chain_for(root[f"features/{group}"].attrs["kind"], name)
+        inner = [c.to_dict() for c in array.metadata.codecs[0].codecs]
+        assert inner[:-2] == [c.to_dict() for c in chunk_filters(array.shape[1:], str(array.dtype), chain)], path
+        assert inner[-1] == chunk_compressors(chain)[0].to_dict(), path
+        seen[name] = (sum(c["name"] == "numcodecs.delta" for c in inner), inner[-1])
+    assert seen["crops"] == seen["chunks"] == (0, {"name": "zstd", "configuration": {"level": 6, "checksum": True}})
+    assert seen["image"] == (0, {"name": "crc32c"})
+    assert seen["middle"] == (3, {"name": "zstd", "configuration": {"level": 1, "checksum": True}})
 
 
 def _damage_one_chunk(store: str, array: str, row: int) -> str:
@@ -144,20 +148,25 @@ def test_a_damaged_chunk_is_refused_by_plain_zarr_and_by_train_in_one_line(store
     damaged = str(tmp_path / "damaged.zarr")
     shutil.copytree(store, damaged)
     root = zarr.open_group(damaged, mode="r")
-    video = next(f"features/{g}/video" for g in root["features"].group_keys() if g.startswith("fusion-concat"))
+    crops, image = (next(f"features/{g}/{name}" for g in root["features"].group_keys() if g.startswith(kind)) for kind, name in (("faces", "crops"), ("fusion-concat", "image")))
     row = int(np.flatnonzero(root["clips/split"][:] == "train")[-1])  # not the first: the streamed run reads it in a worker
-    file = _damage_one_chunk(damaged, video, row)
-    plain = subprocess.run([sys.executable, "-c", f"""
+    file = _damage_one_chunk(damaged, crops, row)  # what a 3D concat run reads: zstd's frame checksum
+    _damage_one_chunk(damaged, image, row)  # a 2D one: stored uncompressed, with a crc32c
+    for array in (crops, image):
+        plain = subprocess.run([sys.executable, "-c", f"""
 import warnings; warnings.simplefilter("ignore")
 import zarr
-a = zarr.open_array({damaged!r} + "/" + {video!r}, mode="r")
+a = zarr.open_array({damaged!r} + "/" + {array!r}, mode="r")
 a[{0 if row else 1}]  # another row of the same shard reads
 try:
     a[{row}]
 except Exception as err:
     print("refused:", type(err).__name__, err)
 """], capture_output=True, text=True, timeout=120)
-    assert "refused:" in plain.stdout and "checksum" in plain.stdout, plain.stdout + plain.stderr
+        assert "refused:" in plain.stdout and "checksum" in plain.stdout, array + plain.stdout + plain.stderr
+        reader = ShardReader.for_array(zarr.open_array(f"{damaged}/{array}", mode="r"))
+        with pytest.raises(DamagedChunkError, match=f"row\\(s\\) {row} "):  # the loader's own reader refuses it too
+            reader.read(np.array([row]), np.empty((1, *root[array].shape[1:]), np.uint8))
     for extra in ([], ["--max-memory-gb", "0", "--loader-workers", "1"]):  # in memory (read in the trainer), streamed (in a worker)
         result = run_cli("train", "--store", damaged, "--encoder", "simple3d", "--modality", "av", "--fusion", "concat", "--epochs", "1",
                          "--batch-size", "4", "--device", "cpu", "--no-progress", "--out", str(tmp_path / f"run{len(extra)}"), *extra)

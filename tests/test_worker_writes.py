@@ -92,7 +92,7 @@ def test_the_client_never_receives_the_large_arrays(first_run):
     the shards it received every encoded array first."""
     _, store, _, read = first_run
     shards = large_shards(store)
-    assert {rel.split("/")[2] for rel in shards} >= {"crops", "chunks", "video"}
+    assert {rel.split("/")[2] for rel in shards} >= {"crops", "chunks", "image"}
     assert len([rel for rel in shards if "/crops/" in rel]) == 5  # rows 0-17 in shards of 4
     assert read < sum(shards.values()) / 4, (read, sum(shards.values()))
 

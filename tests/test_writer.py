@@ -8,7 +8,7 @@ import pytest
 from pipeline.audio import MelConfig
 from pipeline.corpora import load_corpus
 from pipeline.corpora.sample import write_sample_corpus
-from pipeline.extract import audio_arrays, audio_params, face_arrays, face_params, fusion_arrays, fusion_params
+from pipeline.extract import audio_arrays, audio_params, face_arrays, face_params, fusion_arrays, fusion_params, stored_arrays
 from pipeline.faces import FaceConfig
 from pipeline.records import ClipRecord
 from pipeline.run import ExtractConfig, materialise_fusion, process_clip, run_extract, shards_task
@@ -40,7 +40,8 @@ def test_fusions_made_on_the_workers_equal_fusions_derived_from_the_store(tmp_pa
     for name in config.fusions:
         fused_set = store.feature_sets("fusion-" + name)[0]
         assert (fused_set.ok() == both_ok).all() and fused_set.done().all()
-        made_on_workers = {key: fused_set[key][:] for key in fusion_arrays(name, FACES.frames, FACES.size)}
+        assert "video" not in fused_set.group and "image" in fused_set.group  # built on read from the faces and chunks
+        made_on_workers = {key: fused_set[key][:] for key in stored_arrays(name, FACES.frames, FACES.size)}
         store.uncommit_rows(fused_set, np.arange(len(records)))
         _, n = materialise_fusion(store, name, faces_set, audio_set, seed=0, progress=False, who={})
         assert n == len(records)
@@ -69,6 +70,7 @@ def store_with_sets(location, records, config: ExtractConfig) -> tuple[FeatureSt
     faces = store.ensure_feature_set("faces", face_params(config.faces), face_arrays(config.faces), {})
     audio = store.ensure_feature_set("audio", audio_params(config.mel, config.faces.frames, config.faces.size),
                                      audio_arrays(config.mel, config.faces.frames, config.faces.size), {})
+    # every array of the fusion, the video too: a set as stores made before issue 24 hold it, still filled by new clips
     fused = store.ensure_feature_set("fusion-concat", fusion_params("concat", faces.fingerprint, audio.fingerprint, 0),
                                      fusion_arrays("concat", config.faces.frames, config.faces.size), {})
     return store, {"faces": faces, "audio": audio, "fusion-concat": fused}
