@@ -19,7 +19,7 @@ from pipeline.compare import N_FEATURES, LldConfig, compare_llds, max_lld_frames
 from pipeline.compare import config_hash as compare_config_hash
 from pipeline.clock import audio_offset, audio_on_video_clock, frame_times
 from pipeline.faces import CASCADE, KEY_SCHEDULE, TRACKING, FaceConfig, letterbox, track_faces
-from pipeline.fuse import fuse, fusion_arrays, get_fusion, stored_arrays
+from pipeline.fuse import fuse, fusion_arrays, get_fusion, read_notes, stored_arrays
 from pipeline.media import FFMPEG_TIMEOUT_S, DecodeError, Media, MediaInfo, decode_audio, open_media
 from pipeline.records import ClipRecord
 
@@ -352,5 +352,5 @@ def fuse_clip(name: str, faces: dict[str, np.ndarray], audio: dict[str, np.ndarr
 
 __all__ = [
     "TaskResult", "clip_timeline", "extract_faces", "extract_audio", "decode_clip_audio", "extract_lld", "lld_arrays", "lld_params", "face_arrays", "audio_arrays",
-    "face_params", "audio_params", "fusion_params", "fuse_clip", "fusion_arrays", "stored_arrays", "STATUSES", "MEDIA_STATUSES",
+    "face_params", "audio_params", "fusion_params", "fuse_clip", "fusion_arrays", "stored_arrays", "read_notes", "STATUSES", "MEDIA_STATUSES",
 ]

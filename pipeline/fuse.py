@@ -96,7 +96,7 @@ class FusionSpec:
     """Arrays the store does not hold: every reader builds them from the faces and audio with `on_device` (needs
     one). The concat and stack videos (issue 24): a 4.8 MB row stored under a delta chain took 32 CPU-ms through
     plain zarr, and under zstd alone the store grew past 2.5 MB per clip; reading the zstd faces and chunks and
-    joining them takes ~6 (bench/results/codecs.md), and the store is smaller."""
+    joining them takes ~6-9 (bench/results/codecs.md), and the store stays under 2.5 MB per clip."""
     normalise: Callable[[Any], Any] = to_unit_range
     """Stored tensor -> the model's float input."""
 
@@ -393,6 +393,13 @@ def get_fusion(name: str) -> FusionSpec:
 def fusion_arrays(name: str, frames: int, size: int) -> ArraySpecs:
     """Per output array of `fuse`: (shape of ONE clip, numpy dtype str)."""
     return get_fusion(name).arrays(frames, size)
+
+
+def read_notes(name: str) -> dict:
+    """What a fusion set's attributes say about the arrays it does not hold, for a reader with plain zarr."""
+    spec = get_fusion(name)
+    return {"built_on_read": {array: f"{spec.description}; built from faces/crops and audio/chunks (pipeline/fuse.py)"
+                              for array in spec.built_on_read}} if spec.built_on_read else {}
 
 
 def stored_arrays(name: str, frames: int, size: int) -> ArraySpecs:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from pipeline.audio import MelConfig
 from pipeline.extract import (
     TaskResult, audio_arrays, audio_params, decode_clip_audio, extract_audio, extract_faces, extract_lld,
-    face_arrays, face_params, fuse_clip, fusion_arrays, fusion_params, lld_arrays, lld_params, probe_timeline, stored_arrays,
+    face_arrays, face_params, fuse_clip, fusion_arrays, fusion_params, lld_arrays, lld_params, probe_timeline, read_notes, stored_arrays,
 )
 from pipeline.compare import LldConfig
 from pipeline.faces import FaceConfig
@@ -283,7 +283,7 @@ def run_extract(
         known: dict[str, dict] = {}  # the files the tasks wrote -> their checksum entries (stores/shard_files.py)
         fused_sets = {name: store.ensure_feature_set(
             "fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, config.fusion_seed),
-            stored_arrays(name, config.faces.frames, config.faces.size), who) for name in config.fusions}
+            stored_arrays(name, config.faces.frames, config.faces.size), {**who, **read_notes(name)}) for name in config.fusions}
         if len(todo):
             sets = {"faces": faces, "audio": audio, **({"lld": lld} if lld is not None else {}),
                     **{"fusion-" + name: s for name, s in fused_sets.items()}}
@@ -463,7 +463,8 @@ def invalidate(store: FeatureStore, faces: FeatureSet, audio: FeatureSet, stale:
 def materialise_fusion(store: FeatureStore, name: str, faces: FeatureSet, audio: FeatureSet, *, seed: int, progress: bool, who: dict) -> tuple[FeatureSet, int]:
     """Derive fusion `name` for every row whose faces and audio are ok, from the stored arrays; cached."""
     frames, size = faces.params["frames"], faces.params["size"]
-    fused = store.ensure_feature_set("fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, seed), stored_arrays(name, frames, size), who)
+    fused = store.ensure_feature_set("fusion-" + name, fusion_params(name, faces.fingerprint, audio.fingerprint, seed), stored_arrays(name, frames, size),
+                                   {**who, **read_notes(name)})
     faces_done, audio_done = faces.done(), audio.done()
     todo = np.flatnonzero(~fused.done() & faces_done & audio_done)
     if not len(todo):  # the usual case: the workers fused every clip

@@ -11,7 +11,7 @@ array gets the chain that suits how it is read (`chain_for`, issue 24):
 
 * `zstd` (level 6, nothing before it): face crops and spectrogram chunks, what 3D encoders read, and what the
   concat and stack videos are built from on read (pipeline/fuse.py FusionSpec.built_on_read: the store does not
-  hold those videos; joined, the parts cost ~6-8 CPU-ms per row through plain zarr).
+  hold those videos; joined, the parts cost ~6-9 CPU-ms per row through plain zarr).
 * `raw` (uncompressed, with a crc32c): fused images, 0.3 MB per clip, read at zarr's own ~1 ms per call.
 * `compact` (colour, vertical and horizontal differences, zstd 1): the rest (middle faces, spectrogram images).
 * `quick` (colour and horizontal differences only, zstd 1): fused arrays that are still stored (concat224's and
@@ -153,10 +153,10 @@ def chain_for(kind: str, array: str) -> str:
 
     Plain zarr undoes every `numcodecs.delta` with numpy's serial cumsum (~2 ns a byte), so an array read at
     training speed carries no difference: face crops and spectrogram chunks under zstd alone (a 3D concat row
-    is these two, joined on read: ~6 CPU-ms through plain zarr, against 32 for the stored video under `quick`),
+    is these two, joined on read: ~6-9 CPU-ms through plain zarr, against ~33 for the stored video under `quick`),
     fused images uncompressed (zarr's ~1 ms per call is then all a 2D concat row costs). The rest (middle faces,
     spectrogram images) stays `compact`, the smallest, and fused arrays that are still stored (concat224's and
-    sum's videos, the sequences) `quick`. At the defaults: 2.28 MB of large arrays per sample clip.
+    sum's videos, the sequences) `quick`. At the defaults: 2.27-2.33 MB of large arrays per clip (sample, GRID).
     """
     if (kind, array) in BUILT_ON_READ_PARTS:
         return "zstd"

@@ -143,6 +143,19 @@ def test_a_registered_encoder_builds_trains_one_step_and_brings_its_learning_rat
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_a_fusion_built_on_read_needs_a_device_builder_and_is_not_stored():
+    """issue 24: an array the store leaves out must be one every reader can rebuild."""
+    import dataclasses
+
+    from pipeline.fuse import get_fusion, stored_arrays
+
+    orphan = dataclasses.replace(get_fusion("concat224"), name="orphan-test", built_on_read=("video",))
+    with pytest.raises(ValueError, match="needs an on_device builder"):
+        register_fusion(orphan)
+    assert "orphan-test" not in list_fusions()
+    assert set(stored_arrays("concat", 4, 8)) == {"image"} and set(fusion_arrays("concat", 4, 8)) == {"image", "video"}
+
+
 def test_a_registered_corpus_loads_its_folders_with_its_class_list(extended, tmp_path):
     for speaker, emotion, clip in (("s1", "ANG", "a"), ("s1", "SAD", "b"), ("s2", "HAP", "a"), ("s2", "bored", "x")):
         (tmp_path / speaker / emotion).mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,7 @@ def test_stored_arrays_are_aligned_and_fusions_cached(extracted):
     assert np.array_equal(image[:, :48], faces["middle"][row])
     assert np.array_equal(image[:, 48:, 0], audio["spec"][row])
     assert "video" not in concat.group  # built on read from the crops and chunks (pipeline/fuse.py built_on_read)
+    assert "faces/crops and audio/chunks" in concat.group.attrs["built_on_read"]["video"]  # and the set says so to a plain-zarr reader
     rfas = s.feature_sets("fusion-rfas")[0]
     assert sorted(rfas["order"][row].tolist()) == list(range(10))
     assert rfas.ok().sum() == len(ok)
