@@ -14,10 +14,11 @@ Candidates are limited to codecs plain zarr (>= 3.1.3) reads with nothing else i
 (numcodecs.delta, which plain zarr undoes with numpy's serial cumsum, ~2 ns a byte), zstd alone at several
 levels, blosc (shuffle or bitshuffle in C, then zstd or lz4) followed by crc32c, and no compression at all
 (zarr's own per-read floor). Issue 24 asks for a 3D concat row in <= 8 ms and a 2D one in <= 1 ms through plain
-zarr with the store <= 2.5 MB per clip: the scenario table adds up each store's bytes under a few choices,
-including not storing the concat fusion and fusing the stored faces and spectrograms on read (fused_on_read), by
-a plain numpy join and by avstore's OpenCV one (pipeline.fuse.side_by_side: numpy's broadcast of the grey
-chunk to RGB alone costs ~5 ms of a 3D row).
+zarr with the store <= 2.5 MB per clip: the scenario table adds up each store's bytes under a few choices. The
+defaults since issue 24 do not store the concat video (pipeline/fuse.py built_on_read): a reader fuses the stored
+faces and spectrogram chunks (fused_on_read), by a plain numpy join or by avstore's OpenCV one
+(pipeline.fuse.side_by_side: numpy's broadcast of the grey chunk to RGB alone costs ~5 ms of a 3D row). The
+video's rows (what storing it would cost) are measured on the video built from the store's parts.
 `integrity` flips bits in chunks to show which chains plain zarr refuses when damaged. Writes
 bench/results/codecs.md and codecs.json.
 """
@@ -47,9 +48,9 @@ from stores.torchdata import ShardReader  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-FAST = ("zstd 9", "zstd 1", "blosc zstd 5 bitshuffle")
+FAST = ("zstd 6", "zstd 9", "zstd 1", "blosc zstd 5 bitshuffle")
 """Chains without a delta, which plain zarr decodes in C (issue 24): the store-size scenarios and the fused-on-read
-timings use each of them for the arrays a trainer reads."""
+timings use each of them for the arrays a trainer reads (zstd 6: the `zstd` chain of stores/codecs.py)."""
 
 
 def blosc(cname: str, level: int, shuffle: str, typesize: int = 1, crc: bool = True) -> list:
@@ -85,7 +86,7 @@ def candidates(clip_shape: tuple[int, ...], dtype: str) -> dict[str, tuple[list,
             found["temporal delta"] = ([TransposeCodec(order=frames_last), delta()], z1)
             if channels:
                 found["colour + temporal deltas"] = ([delta(), TransposeCodec(order=frames_last), delta()], z1)
-        for chain in (CHAINS if channels else ["compact"]):  # grey arrays: one horizontal delta either way
+        for chain in (("compact", "quick") if channels else ["compact"]):  # the delta chains; grey arrays: one horizontal delta either way
             filters = chunk_filters(clip_shape, dtype, chain)
             label = {"quick": "colour + horizontal deltas", "compact": "colour + vertical + horizontal deltas"}[chain] if channels else "horizontal delta"
             found[f"{label} [{chain}]"] = (filters, z1)
@@ -160,18 +161,32 @@ def main(store: list[str] = typer.Option(..., help="Stores to measure (repeat)."
                 for name, array in sorted(group.arrays()):
                     if not is_large(array.shape[1:]) or len(ok) == 0:
                         continue
-                    data = np.stack([array[int(r)] for r in ok])
                     kind = set_name.rsplit("-", 1)[0]
-                    for label, (filters, compressors) in candidates(array.shape[1:], str(array.dtype)).items():
-                        row = {"store": Path(location).name, "array": f"{kind}/{name}", "shape": list(array.shape[1:]),
-                               "dtype": str(array.dtype), "chain": label, "used": _used(label, kind, str(array.dtype)), "clips": len(ok),
-                               **measure(data, filters, compressors, Path(tmp) / "a.zarr", repeat)}
+                    for row in measure_all(np.stack([array[int(r)] for r in ok]), kind, name, location, Path(tmp), repeat):
+                        results.append(row)
+                        print(json.dumps(row), flush=True)
+                if set_name.startswith("fusion-concat-") and "video" not in group and len(ok):  # built on read: what storing it would cost
+                    for row in measure_all(concat_video(root, ok), "fusion-concat", "video", location, Path(tmp), repeat, stored=False):
                         results.append(row)
                         print(json.dumps(row), flush=True)
             for row in fused_on_read(root, rows, Path(tmp), repeat):
                 fused.append({"store": Path(location).name, **row})
                 print(json.dumps(fused[-1]), flush=True)
     write(results, fused, checks)
+
+
+def measure_all(data: np.ndarray, kind: str, name: str, location: str, tmp: Path, repeat: int, stored: bool = True) -> list[dict]:
+    """One array's rows under every candidate chain; `stored` False: an array the store does not hold (no chain is used)."""
+    return [{"store": Path(location).name, "array": f"{kind}/{name}", "shape": list(data.shape[1:]), "dtype": str(data.dtype), "chain": label,
+             "used": stored and _used(label, kind, name, str(data.dtype)), "clips": len(data), **measure(data, filters, compressors, tmp / "a.zarr", repeat)}
+            for label, (filters, compressors) in candidates(data.shape[1:], str(data.dtype)).items()]
+
+
+def concat_video(root: zarr.Group, rows: np.ndarray) -> np.ndarray:
+    """The concat fusion's video of `rows` from the stored faces and chunks, as every reader builds it (a store made
+    since issue 24 does not hold it: pipeline/fuse.py FusionSpec.built_on_read)."""
+    sets = {name.rsplit("-", 1)[0]: root[f"features/{name}"] for name in root["features"].group_keys()}
+    return side_by_side(np.stack([sets["faces"]["crops"][int(r)] for r in rows]), np.stack([sets["audio"]["chunks"][int(r)] for r in rows]))
 
 
 def side_by_side(face: np.ndarray, grey: np.ndarray) -> np.ndarray:
@@ -189,15 +204,19 @@ def fused_on_read(root: zarr.Group, rows: int, tmp: Path, repeat: int) -> list[d
     For each chain of FAST, faces/crops + audio/chunks (3D) and faces/middle + audio/spec (2D) are rewritten under
     it; CPU ms per row through plain zarr to read both parts (what a loader fusing on the device pays on the CPU),
     and to read and fuse them in numpy, one row per call and all rows in one call. The result must equal the
-    stored fusion exactly."""
+    stored fusion exactly (where the store holds it; otherwise np.concatenate with np.repeat, the fusion's
+    definition, written independently of both joins)."""
     sets = {name.rsplit("-", 1)[0]: root[f"features/{name}"] for name in root["features"].group_keys()}
     if not {"faces", "audio", "fusion-concat"} <= set(sets):
         return []
     ok = np.flatnonzero(sets["fusion-concat"]["done"][:].astype(bool))[:rows]
     found = []
     for fusion, (face, grey) in {"video": ("crops", "chunks"), "image": ("middle", "spec")}.items():
-        stored = np.stack([sets["fusion-concat"][fusion][int(r)] for r in ok])
         parts = [np.stack([sets[s][a][int(r)] for r in ok]) for s, a in (("faces", face), ("audio", grey))]
+        if fusion in sets["fusion-concat"]:
+            stored = np.stack([sets["fusion-concat"][fusion][int(r)] for r in ok])
+        else:
+            stored = np.concatenate([parts[0], np.repeat(parts[1][..., None], 3, axis=-1)], axis=-2)
         if not np.array_equal(side_by_side(*parts), stored):
             raise SystemExit(f"fusion-concat/{fusion} is not faces/{face} beside audio/{grey}: the lever does not apply")
         for label in FAST:
@@ -221,13 +240,27 @@ def fused_on_read(root: zarr.Group, rows: int, tmp: Path, repeat: int) -> list[d
     return found
 
 
-def _used(label: str, kind: str, dtype: str) -> bool:
-    """Whether `label` is the chain a new feature set of `kind` gets (stores/codecs.chain_for, level 1, checksum)."""
+def _used(label: str, kind: str, name: str, dtype: str) -> bool:
+    """Whether `label` is the chain array `name` of a new feature set of `kind` gets (stores/codecs.chain_for)."""
+    chain = chain_for(kind, name)
+    if chain == "zstd":
+        return label == f"zstd {CHAINS['zstd'].zstd_level}"
+    if chain == "raw":
+        return label == "uncompressed, crc32c"
     if np.dtype(dtype) != np.uint8:
         return label == "zstd 1"
     if label.startswith("horizontal delta ["):  # grey images: one horizontal delta in either chain
         return label == "horizontal delta [compact]"
-    return label.endswith(f"[{chain_for(kind)}]")
+    return label.endswith(f"[{chain}]")
+
+
+def _before(array: str, dtype: str, shape: list[int]) -> str:
+    """The chain the array had before this round (issue 24's first commits): compact, fused arrays quick."""
+    if np.dtype(dtype) != np.uint8:
+        return "zstd 1"
+    if len(shape) < 3 or shape[-1] > 8:
+        return "horizontal delta [compact]"
+    return "colour + horizontal deltas [quick]" if array.startswith("fusion-") else "colour + vertical + horizontal deltas [compact]"
 
 
 TARGETS = {"mb": 2.5, "3d": 8.0, "2d": 1.0}
@@ -236,30 +269,32 @@ TARGETS = {"mb": 2.5, "3d": 8.0, "2d": 1.0}
 
 def scenarios(mine: list[dict], fused: list[dict]) -> list[dict]:
     """Per-clip bytes of the large arrays and plain-zarr CPU ms of a concat row (one row per call / per row of a batch)
-    for: the chains new feature sets get; the fused arrays under a FAST chain, the rest as now; no fused arrays,
-    faces and audio under a FAST chain, a reader fusing them (fused_on_read)."""
+    for: the chains new feature sets get (the video built on read, avstore's join); the chains before (the video
+    stored under the quick deltas); the video stored besides, under a FAST chain; and the video on read with faces
+    and audio under each FAST chain, joined by numpy or by avstore (fused_on_read)."""
     by = {(r["array"], r["chain"]): r for r in mine}
-    arrays = list(dict.fromkeys(r["array"] for r in mine))
-    used = {a: next(r for r in mine if r["array"] == a and r["used"]) for a in arrays}
-    rows = [{"scenario": "now: chain_for's chains (faces and audio compact, fused quick)", "mb": sum(r["mb_per_clip"] for r in used.values()),
-             "3d": [used.get("fusion-concat/video")], "2d": [used.get("fusion-concat/image")]}]
+    stored = list(dict.fromkeys(r["array"] for r in mine if r["used"]))
+    used = {a: next(r for r in mine if r["array"] == a and r["used"]) for a in stored}
+    now_chain = f"zstd {CHAINS['zstd'].zstd_level}"
+    on_read_now = next((_with_opencv_join(f) for f in fused if f["chain"] == now_chain and f["fusion"] == "concat/video"), None)
+    rows = [{"scenario": f"now: chain_for's chains (faces/crops and audio/chunks {now_chain}, the video joined on read by avstore, "
+                         "fused image uncompressed with crc32c, the rest compact)", "mb": sum(r["mb_per_clip"] for r in used.values()),
+             "3d": [on_read_now], "2d": [used.get("fusion-concat/image")]}]
+    before = {a: by.get((a, _before(a, r["dtype"], r["shape"]))) for a, r in {r["array"]: r for r in mine}.items()}
+    if all(before.values()):
+        rows.append({"scenario": "before: delta chains, the video stored (faces and audio compact, fused quick)",
+                     "mb": sum(r["mb_per_clip"] for r in before.values()), "3d": [before.get("fusion-concat/video")], "2d": [before.get("fusion-concat/image")]})
     for label in FAST:
-        pick = {a: by.get((a, label), used[a]) if a.startswith("fusion-") else used[a] for a in arrays}
-        rows.append({"scenario": f"fused arrays {label}, the rest as now", "mb": sum(r["mb_per_clip"] for r in pick.values()),
-                     "3d": [pick.get("fusion-concat/video")], "2d": [pick.get("fusion-concat/image")]})
-    for label in FAST:
-        pick = {a: by.get((a, label), used[a]) for a in arrays if not a.startswith("fusion-")}
-        on_read = {f["fusion"]: f for f in fused if f["chain"] == label}
-        rows.append({"scenario": f"no fused arrays, faces and audio {label}, fused on read", "mb": sum(r["mb_per_clip"] for r in pick.values()),
-                     "3d": [on_read.get("concat/video")], "2d": [on_read.get("concat/image")]})
+        video = by.get(("fusion-concat/video", label))
+        if video is not None:
+            rows.append({"scenario": f"the video stored too, under {label} (the rest as now)", "mb": sum(r["mb_per_clip"] for r in used.values()) + video["mb_per_clip"],
+                         "3d": [video], "2d": [used.get("fusion-concat/image")]})
     for join in ("numpy", "OpenCV"):  # numpy: what a reader writes; OpenCV: avstore's pipeline.fuse.side_by_side
-        for label in FAST[:2]:  # the fused image is small (0.3 MB): stored uncompressed it reads near zarr's floor
-            pick = {a: by.get((a, label), used[a]) for a in arrays if not a.startswith("fusion-")}
-            image = by.get(("fusion-concat/image", "uncompressed, crc32c"))
+        for label in FAST:
+            pick = {a: by.get((a, label), used[a]) if a in ("faces/crops", "audio/chunks") else used[a] for a in stored}
             on_read = {f["fusion"]: f if join == "numpy" else _with_opencv_join(f) for f in fused if f["chain"] == label}
-            if image is not None:
-                rows.append({"scenario": f"fused video on read ({join} join), faces and audio {label}; fused image stored uncompressed, crc32c",
-                             "mb": sum(r["mb_per_clip"] for r in pick.values()) + image["mb_per_clip"], "3d": [on_read.get("concat/video")], "2d": [image]})
+            rows.append({"scenario": f"the video on read ({join} join), faces/crops and audio/chunks {label} (the rest as now)",
+                         "mb": sum(r["mb_per_clip"] for r in pick.values()), "3d": [on_read.get("concat/video")], "2d": [used.get("fusion-concat/image")]})
     return rows
 
 
@@ -344,14 +379,12 @@ def write(results: list[dict], fused: list[dict], checks: list[dict]) -> None:
             lines.append(f"| {r['array']} {tuple(r['shape'])} {r['dtype']} | {chain} | {r['mb_per_clip']:.3f} | {r['encode_ms_per_clip']:.1f} | "
                          f"{r['zarr_decode_ms_per_row']:.2f} | {r['zarr_batch_decode_ms_per_row']:.2f} | {direct} |")
         total = sum(r["mb_per_clip"] for r in mine if r["used"])
-        before = sum(r["mb_per_clip"] for r in mine if r["chain"].startswith("before"))
-        before += sum(r["mb_per_clip"] for r in mine if r["chain"] == "zstd 1" and np.dtype(r["dtype"]) != np.uint8)
-        lines += ["", f"Large arrays per clip with the chains new feature sets get: **{total:.2f} MB** (with the compact chain everywhere, "
-                  f"as before: {before:.2f} MB; small per-clip arrays add a few kB).", ""]
+        lines += ["", f"Large arrays per clip with the chains new feature sets get: **{total:.2f} MB** (the concat video is not stored: "
+                  "its rows above are what storing it would cost; small per-clip arrays add a few kB).", ""]
         mine_fused = [f for f in fused if f["store"] == store]
         if mine_fused:
-            lines += ["Fused on read (not stored): plain zarr reads the parts, numpy puts them side by side (`side_by_side`); the result "
-                      "equals the stored fusion exactly. CPU ms per row.", "",
+            lines += ["Fused on read: plain zarr reads the parts, numpy puts them side by side (`side_by_side`); the result "
+                      "equals the fusion exactly. CPU ms per row.", "",
                       "| fusion | parts | chain | parts MB/clip | read parts | read + fuse, one row per call | read + fuse, batch per row | "
                       "read + avstore's OpenCV join (pipeline.fuse.side_by_side), one row per call |",
                       "|---|---|---|---:|---:|---:|---:|---:|"]
