@@ -12,6 +12,11 @@ re-made for ``C`` channels by :func:`adapt_input_conv`, which keeps the ImageNet
 ``pretrained=True``. The three CNNs end in adaptive pooling, so any ``(H, W)`` of at least 32x32 works,
 including the 224x448 side-by-side fusion images; ViT-B/16 needs the square ``image_size`` it was
 built for. All return raw logits.
+
+torchvision is imported only when a model is built from it (and for ImageNet weights): its ops import torch._dynamo
+and triton, 0.16 GB of every process that imports it. VGG-16 is built here, with torchvision's modules, parameter
+names and initialisation, so that a vgg16 run, the one whose CPU peak is at 3 GB (bench/results/micro-batches.md),
+never imports torchvision.
 """
 
 from __future__ import annotations
@@ -19,17 +24,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torchvision import models as tvm
-from torchvision.models import WeightsEnum
-from torchvision.models.vision_transformer import interpolate_embeddings
 
 from encoders.registry import register_encoder
 
-__all__ = ["adapt_input_conv", "googlenet", "load_torchvision_weights", "resnet18", "vgg16", "vit_b16"]
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
+
+__all__ = ["VGG16", "adapt_input_conv", "googlenet", "load_torchvision_weights", "resnet18", "vgg16", "vit_b16"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -114,33 +119,96 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 
 def _fit_vit_state(state: StateDict, model: nn.Module) -> StateDict:
     """Resize ViT position embeddings when the model's image size differs from the checkpoint's."""
+    from torchvision.models.vision_transformer import interpolate_embeddings
+
     return interpolate_embeddings(model.image_size, model.patch_size, dict(state))
+
+
+VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+"""Configuration D of the VGG paper (Table 1): 3x3 convolutions of these widths, "M" a 2x2 max-pooling."""
+
+
+class VGG16(nn.Module):
+    """VGG-16 without batch norm, as torchvision builds it: the same modules in the same order (so the same
+    parameter names, and its ImageNet checkpoint loads as is) and the same initialisation (so a seed gives the
+    same weights; tests/test_encoders.py checks both against torchvision's)."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5, weights: None = None) -> None:
+        super().__init__()
+        if weights is not None:
+            raise ValueError("VGG16 builds random weights; load a checkpoint with load_state_dict")
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in VGG16_LAYERS:
+            if width == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(channels, width, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))  # any input of at least 32x32, the 224x448 concat image too
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
+            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
+            nn.Linear(4096, num_classes),
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.constant_(module.bias, 0)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.constant_(module.bias, 0)
+
+        self.recompute = False  # checkpoint_activations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recompute and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            start = 0
+            for end in [k + 1 for k, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]:  # a block: convs, then its pool
+                x = checkpoint(self.features[start:end], x, use_reentrant=False)
+                start = end
+        else:
+            x = self.features(x)
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+    def checkpoint_activations(self) -> None:
+        """Keep only each block's input and recompute the block in the backward (train.lighten_cpu_passes)."""
+        self.recompute = True
 
 
 @dataclass(frozen=True)
 class _TorchvisionVariant:
-    constructor: Callable[..., nn.Module]
-    weights: WeightsEnum
+    constructor: str  # torchvision.models.<constructor>, imported when a model is built
+    weights: str  # torchvision.models.<weights>.DEFAULT: the ImageNet checkpoint
     stem: str  # dotted path of the first convolution
     head: str  # dotted path of the final nn.Linear
     options: Mapping[str, Any] = field(default_factory=dict)
     fit_state: Callable[[StateDict, nn.Module], StateDict] | None = None
+    built_here: Callable[..., nn.Module] | None = None  # instead of torchvision's constructor: same modules, same names
 
 
 _VARIANTS: dict[str, _TorchvisionVariant] = {
-    "resnet18": _TorchvisionVariant(tvm.resnet18, tvm.ResNet18_Weights.DEFAULT, stem="conv1", head="fc"),
+    "resnet18": _TorchvisionVariant("resnet18", "ResNet18_Weights", stem="conv1", head="fc"),
     "googlenet": _TorchvisionVariant(
-        tvm.googlenet,
-        tvm.GoogLeNet_Weights.DEFAULT,
+        "googlenet",
+        "GoogLeNet_Weights",
         stem="conv1.conv",
         head="fc",
         options={"aux_logits": False, "transform_input": False, "init_weights": True},
     ),
-    "vgg16": _TorchvisionVariant(tvm.vgg16, tvm.VGG16_Weights.DEFAULT, stem="features.0", head="classifier.6"),
-    "vit-b16": _TorchvisionVariant(
-        tvm.vit_b_16, tvm.ViT_B_16_Weights.DEFAULT, stem="conv_proj", head="heads.head", fit_state=_fit_vit_state
-    ),
+    "vgg16": _TorchvisionVariant("vgg16", "VGG16_Weights", stem="features.0", head="classifier.6", built_here=VGG16),
+    "vit-b16": _TorchvisionVariant("vit_b_16", "ViT_B_16_Weights", stem="conv_proj", head="heads.head", fit_state=_fit_vit_state),
 }
+
+
+def torchvision_weights(name: str) -> "WeightsEnum":
+    """torchvision.models.<name>.DEFAULT (imports torchvision)."""
+    from torchvision import models
+
+    return getattr(models, name).DEFAULT
 
 
 def _build_torchvision(
@@ -148,16 +216,22 @@ def _build_torchvision(
 ) -> nn.Module:
     """Build torchvision model ``name``, optionally with ImageNet weights, for ``in_channels`` inputs."""
     variant = _VARIANTS[name]
+    if variant.built_here is not None:
+        constructor = variant.built_here
+    else:
+        from torchvision import models
+
+        constructor = getattr(models, variant.constructor)
     if pretrained:
-        model = variant.constructor(weights=None, **variant.options, **arch)  # ImageNet-sized head
-        state = load_torchvision_weights(variant.weights)
+        model = constructor(weights=None, **variant.options, **arch)  # ImageNet-sized head
+        state = load_torchvision_weights(torchvision_weights(variant.weights))
         if variant.fit_state is not None:
             state = variant.fit_state(state, model)
         _load_matching(model, state)  # GoogLeNet's checkpoint also holds the unused auxiliary heads
         old_head = model.get_submodule(variant.head)
         _set_submodule(model, variant.head, nn.Linear(old_head.in_features, num_classes))
     else:
-        model = variant.constructor(weights=None, num_classes=num_classes, **variant.options, **arch)
+        model = constructor(weights=None, num_classes=num_classes, **variant.options, **arch)
     stem = model.get_submodule(variant.stem)
     _set_submodule(model, variant.stem, adapt_input_conv(stem, in_channels, pretrained=pretrained))
     return model
@@ -211,9 +285,9 @@ def googlenet(
 @register_encoder(
     "vgg16",
     input_kind="image",
-    description="VGG-16 (Simonyan & Zisserman 2015), torchvision, ~134 M",
+    description="VGG-16 (Simonyan & Zisserman 2015), torchvision's layout, ~134 M",
     lr=1e-4,
-    cpu_micro_batch=1,  # its lowest CPU peak, 3.1 GB: parameters, gradients and Adam state alone take 2.15 GB (bench/results/micro-batches.md)
+    cpu_micro_batch=1,  # its lowest CPU peak, 3.0 GB: parameters, gradients and Adam state alone take 2.15 GB (bench/results/micro-batches.md)
 )
 def vgg16(
     *,

@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
-from encoders.image2d import adapt_input_conv, load_torchvision_weights
+from encoders.image2d import adapt_input_conv, load_torchvision_weights, torchvision_weights
 from encoders.registry import register_encoder
 
 __all__ = ["I3D", "Simple3DCNN", "VideoMAEClassifier", "build_videomae", "i3d", "simple3d", "videomae"]
@@ -198,7 +197,7 @@ def _inflate_googlenet_weights(model: I3D) -> None:
     ``t``, so a clip of identical frames gives the 2D network's activations (Carreira & Zisserman,
     Sec. 2.3, "boring video" bootstrapping). Batch-norm statistics are copied; the classifier is not.
     """
-    state2d = load_torchvision_weights(tvm.GoogLeNet_Weights.DEFAULT)
+    state2d = load_torchvision_weights(torchvision_weights("GoogLeNet_Weights"))
     inflated: dict[str, torch.Tensor] = {}
     for key, target in model.state_dict().items():
         if key.startswith("fc."):

@@ -149,3 +149,28 @@ def test_videomae_recomputes_its_activations_on_a_cpu_in_passes_with_the_same_gr
     assert all(g is not None for g in plain + lighter)  # every parameter trains, the swapped ones too
     for a, b in zip(plain, lighter):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_vgg16_recomputes_each_block_on_a_cpu_in_passes_with_the_same_gradients():
+    """vgg16 is the CPU run nearest 3 GB (bench/results/micro-batches.md): in passes each block of convolutions
+    keeps only its input for the backward, and the gradients stay autograd's own."""
+    from encoders.image2d import VGG16
+    from encoders.train import lighten_cpu_passes
+
+    def run(checkpointed: bool) -> tuple[int, list[torch.Tensor], str]:
+        torch.manual_seed(0)
+        model = VGG16(num_classes=6).eval()  # eval: no dropout, so both runs see the same function
+        note = lighten_cpu_passes(model) if checkpointed else ""
+        saved = []
+        x = torch.rand(1, 3, 64, 96)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+            model(x).pow(2).sum().backward()
+        features = [p.grad for p in model.features.parameters()]
+        return sum(b for b in saved if b < 50_000_000), features, note  # the activations, not the 0.41 GB fc6 weight
+
+    plain_bytes, plain, _ = run(False)
+    lighter_bytes, lighter, note = run(True)
+    assert "recomputed" in note
+    assert lighter_bytes < plain_bytes / 3
+    for a, b in zip(plain, lighter):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
